@@ -1,0 +1,1 @@
+"""HTTP: the RPC endpoint ``/api/<method>`` and the application factory."""

@@ -1,0 +1,83 @@
+"""The ASGI application: RPC routes, the job monitor, and error bodies for every failure."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from openworkbench.api.methods import METHODS
+from openworkbench.api.rpc import dispatch
+from openworkbench.config import Settings
+from openworkbench.services.container import Services, build_services
+
+log = logging.getLogger(__name__)
+
+
+class Monitor:
+    """A thread that polls the clusters for job state at the configured interval."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.interval = services.settings.local.poll_interval_ms / 1000
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-monitor", daemon=True)
+
+    def start(self) -> None:
+        adopted = self.services.jobs.adopt()
+        if adopted:
+            log.info("following %d job(s) started before this server", adopted)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.services.jobs.poll_once()
+            except Exception:  # one bad poll must not end monitoring
+                log.exception("job monitor poll failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    services = build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        monitor = Monitor(services)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.stop()
+            services.close()
+
+    app = FastAPI(title="Open Workbench", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.services = services
+
+    @app.api_route("/api/{method}", methods=["GET", "POST"])
+    async def rpc(method: str, request: Request) -> Response:
+        return await dispatch(services, METHODS, method, request)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": {"code": exc.status_code, "message": str(exc.detail)}}, exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": {"code": 400, "message": "invalid request"}}, 400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": {"code": 500, "message": "Internal server error"}}, 500)
+
+    return app

@@ -1,0 +1,102 @@
+"""One handler per RPC method. Each checks permissions through the policy and calls a service."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from openworkbench import __version__
+from openworkbench.api import params as p
+from openworkbench.api.rpc import Method
+from openworkbench.auth.permissions import Action, Principal, require
+from openworkbench.errors import InternalError, NotAvailable, WorkbenchError
+from openworkbench.services.compute import compute_envs
+from openworkbench.services.container import Services
+
+FEATURES = ["launch_job", "get_job_output", "stop_job", "get_session", "get_compute_envs", "get_users"]
+
+
+async def version(services: Services, principal: Principal, params: p.NoParams) -> Any:
+    major, minor, patch = __version__.split(".")
+    payload = {
+        "version": {
+            "major": major,
+            "minor": minor,
+            "patch": patch,
+            "build_number": "0",
+            "release_name": "Open Workbench",
+            "build_type": "Release",
+        },
+        "features": FEATURES,
+    }
+    # The live product answers bare, the reference inside "result": serve both at once.
+    return JSONResponse({**payload, "result": payload})
+
+
+async def get_users(services: Services, principal: Principal, params: p.NoParams) -> Any:
+    require(principal, Action.LIST_USERS)
+    return await run_in_threadpool(services.accounts.list_users)
+
+
+async def get_compute_envs(services: Services, principal: Principal, params: p.GetComputeEnvs) -> Any:
+    require(principal, Action.READ, params.user)
+    return await run_in_threadpool(compute_envs, services.settings, services.clusters)
+
+
+async def launch_job(services: Services, principal: Principal, params: p.LaunchJob) -> Any:
+    job = await run_in_threadpool(services.jobs.launch, principal, params.job)
+    return {"job": job}
+
+
+async def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any:
+    await run_in_threadpool(services.jobs.stop, principal, params.job_id, params.force_quit)
+    return {}
+
+
+async def get_job_output(services: Services, principal: Principal, params: p.GetJobOutput) -> Any:
+    chunks = await services.jobs.output(principal, params.job_id, params.user)
+    return StreamingResponse(_guarded(chunks), media_type="application/x-ndjson")
+
+
+async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """An error in mid-stream becomes one more line, as the product does."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except (WorkbenchError, OSError) as exc:
+        err = exc if isinstance(exc, WorkbenchError) else InternalError(f"reading the job's output failed: {exc}")
+        yield json.dumps({"error": {"code": err.code, "message": err.message}}).encode() + b"\n"
+
+
+async def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:
+    username = params.user or principal.username
+    require(principal, Action.READ, username)
+    result: dict[str, Any] = {"sessions": []}
+    if params.include_all_jobs:
+        result["jobs"] = await run_in_threadpool(services.jobs.list_for, principal, username, None)
+    elif params.include_jobs:
+        # Jobs that belong to the listed sessions; there are no sessions before the sessions issue.
+        result["jobs"] = await run_in_threadpool(services.jobs.list_for, principal, username, [])
+    return result
+
+
+async def sessions_not_available(services: Services, principal: Principal, params: p.Params) -> Any:
+    raise NotAvailable("IDE sessions are not available on this server yet; jobs are (launch_job)")
+
+
+METHODS: dict[str, Method] = {
+    "version": Method(p.NoParams, version, allow_get=True),
+    "get_users": Method(p.NoParams, get_users, allow_get=True),
+    "get_compute_envs": Method(p.GetComputeEnvs, get_compute_envs, allow_get=True),
+    "launch_job": Method(p.LaunchJob, launch_job),
+    "get_job_output": Method(p.GetJobOutput, get_job_output),
+    "stop_job": Method(p.StopJob, stop_job),
+    "get_session": Method(p.GetSession, get_session, allow_get=True),
+    "launch_session": Method(p.LaunchSession, sessions_not_available),
+    "resume_session": Method(p.ResumeSession, sessions_not_available),
+    "stop_session": Method(p.StopSession, sessions_not_available),
+}

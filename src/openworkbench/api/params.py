@@ -1,0 +1,67 @@
+"""The kwparams of each RPC method. Unknown keys are refused by name; types are strict."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from openworkbench.models import JobSpec, LaunchParameters, SessionHook
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class NoParams(Params):
+    pass
+
+
+class GetComputeEnvs(Params):
+    user: str | None = None
+
+
+class LaunchJob(Params):
+    job: JobSpec
+    apply_config_settings: bool = True
+
+
+class GetJobOutput(Params):
+    job_id: str = Field(min_length=1)
+    user: str | None = None
+
+
+class StopJob(Params):
+    job_id: str = Field(min_length=1)
+    force_quit: bool = False
+
+
+class GetSession(Params):
+    session_id: str | None = None
+    user: str | None = None
+    fields: list[str] | None = None
+    include_jobs: bool = False
+    include_all_jobs: bool = False
+
+
+class LaunchSession(Params):
+    workbench: str
+    username: str | None = None
+    name: str | None = None
+    open_file: str | None = None
+    working_directory: str | None = None
+    launch_parameters: LaunchParameters | None = None
+    start_hooks: list[SessionHook] | SessionHook | None = None
+    stop_hooks: list[SessionHook] | SessionHook | None = None
+    environment: list[dict[str, str]] | dict[str, str] | None = None
+
+
+class ResumeSession(Params):
+    session_id: str = Field(min_length=1)
+    username: str | None = None
+    launch_parameters: LaunchParameters | None = None
+
+
+class StopSession(Params):
+    session_ids: str = Field(min_length=1)
+    force_quit: bool = False
+    suspend_session: bool = False
+    suspend: bool = False

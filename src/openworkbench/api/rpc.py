@@ -1,0 +1,100 @@
+"""The RPC envelope: ``POST /api/<method>`` with ``{"method", "kwparams"}``, ``GET`` for methods
+without parameters, results as ``{"result": ...}`` and every failure as ``{"error": {code, message}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from openworkbench.api.params import Params
+from openworkbench.auth.permissions import Principal
+from openworkbench.errors import BadRequest, UnknownMethod, WorkbenchError
+from openworkbench.services.container import Services
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Services, Principal, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    params: type[Params]
+    handler: Handler
+    allow_get: bool = False
+
+
+def error_response(exc: WorkbenchError) -> JSONResponse:
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)
+
+
+def describe_validation(exc: ValidationError, prefix: str = "kwparams") -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in (prefix, *err["loc"]))
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown parameter '{where}'")
+        elif err["type"] == "missing":
+            problems.append(f"missing required parameter '{where}'")
+        else:
+            problems.append(f"invalid '{where}': {err['msg']}")
+    return "; ".join(problems)
+
+
+def _drop_nulls(value: Any) -> Any:
+    # Clients drop kwparams whose value is null, so null and absent mean the same.
+    if isinstance(value, dict):
+        return {key: _drop_nulls(item) for key, item in value.items() if item is not None}
+    return value
+
+
+async def read_kwparams(request: Request, name: str, method: Method) -> dict[str, Any]:
+    if request.method == "GET":
+        if not method.allow_get:
+            raise BadRequest(f"method '{name}' takes parameters: use POST /api/{name}")
+        return {}
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object with 'method' and 'kwparams'")
+    if body.get("method") is not None and body["method"] != name:
+        raise BadRequest(f"'method' in the body ({body['method']!r}) does not match the URL ({name!r})")
+    unknown = sorted(set(body) - {"method", "kwparams"})
+    if unknown:
+        raise BadRequest(f"unknown field(s) in the request body: {', '.join(unknown)}")
+    kwparams = body.get("kwparams") or {}
+    if not isinstance(kwparams, dict):
+        raise BadRequest("'kwparams' must be a JSON object")
+    return dict(_drop_nulls(kwparams))
+
+
+async def dispatch(services: Services, methods: dict[str, Method], name: str, request: Request) -> Response:
+    try:
+        principal = await run_in_threadpool(services.accounts.authenticate, request.headers.get("authorization"))
+        method = methods.get(name)
+        if method is None:
+            raise UnknownMethod(f"unknown method '{name}'")
+        kwparams = await read_kwparams(request, name, method)
+        try:
+            params = method.params.model_validate(kwparams)
+        except ValidationError as exc:
+            raise BadRequest(describe_validation(exc)) from None
+        result = await method.handler(services, principal, params)
+    except WorkbenchError as exc:
+        return error_response(exc)
+    if isinstance(result, Response):
+        return result
+    return JSONResponse({"result": result})

@@ -1,0 +1,1 @@
+"""Authentication (who is calling) and the permission policy (what they may do)."""

@@ -1,0 +1,168 @@
+"""``workbench``: serve the API, and manage users and API tokens on the server host.
+
+Token and user commands work on the store directly, like the product's root-only
+``rstudio-server generate-api-token``: whoever can read the data directory is the operator.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from openworkbench.config import Settings, load_settings
+from openworkbench.errors import WorkbenchError
+from openworkbench.services.accounts import Accounts, isoformat
+from openworkbench.services.container import open_store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_options(func: F) -> F:
+    """--data-dir and --config, shared by every command that opens the store."""
+    func = click.option("--config", "config_file", type=click.Path(dir_okay=False), help="workbench.toml")(func)
+    func = click.option("--data-dir", type=click.Path(file_okay=False), help="Where the server keeps its state")(func)
+    return func
+
+
+def fail_cleanly(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except WorkbenchError as exc:
+            click.echo(f"workbench: error: {exc.message}", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(data_dir: str | None, config_file: str | None, **server: Any) -> Settings:
+    return load_settings(config_file, data_dir=data_dir, **server)
+
+
+def _accounts(data_dir: str | None, config_file: str | None) -> Accounts:
+    return Accounts(open_store(_settings(data_dir, config_file)))
+
+
+@click.group()
+def main() -> None:
+    """Open Workbench: the Posit Workbench API for IDE sessions and jobs."""
+
+
+@main.command()
+@click.option("--host", help="Address to listen on (default 127.0.0.1)")
+@click.option("--port", type=int, help="Port to listen on (default 8787)")
+@store_options
+@fail_cleanly
+def serve(host: str | None, port: int | None, data_dir: str | None, config_file: str | None) -> None:
+    """Run the API server."""
+    import uvicorn
+
+    from openworkbench.api.app import create_app
+
+    server: dict[str, Any] = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    # Flags override single keys of [server]; settings sources are deep-merged.
+    settings = _settings(data_dir, config_file, server=server or None)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    app = create_app(settings)
+    address = f"http://{settings.server.host}:{settings.server.port}"
+    click.echo(f"Open Workbench serving on {address} (data in {settings.data_dir.resolve()})", err=True)
+    click.echo(
+        "Create a token with: workbench generate-api-token user <token-name> <username>"
+        + (f" --data-dir {data_dir}" if data_dir else ""),
+        err=True,
+    )
+    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info", access_log=False)
+
+
+@main.command("generate-api-token")
+@click.argument("kind")
+@click.argument("name")
+@click.argument("username")
+@store_options
+@fail_cleanly
+def generate_api_token(kind: str, name: str, username: str, data_dir: str | None, config_file: str | None) -> None:
+    """Create an API token of KIND named NAME for USERNAME and print it (only this once).
+
+    KIND is user, admin, admin-readonly, super-admin or super-admin-readonly.
+    """
+    click.echo(_accounts(data_dir, config_file).generate_token(kind, name, username))
+
+
+@main.command("revoke-api-token")
+@click.argument("name")
+@store_options
+@fail_cleanly
+def revoke_api_token(name: str, data_dir: str | None, config_file: str | None) -> None:
+    """Revoke the token named NAME; it stops working at once."""
+    _accounts(data_dir, config_file).revoke_token(name)
+    click.echo(f"revoked token '{name}'", err=True)
+
+
+@main.command("list-api-tokens")
+@store_options
+@fail_cleanly
+def list_api_tokens(data_dir: str | None, config_file: str | None) -> None:
+    """List tokens: name, kind, user, created, last used (never the token)."""
+    table = Table("name", "kind", "user", "created", "last used", box=None)
+    for token in _accounts(data_dir, config_file).list_tokens():
+        table.add_row(
+            token.name, token.kind, token.username, isoformat(token.created), isoformat(token.last_used) or "never"
+        )
+    Console(width=200).print(table)
+
+
+@main.group()
+def user() -> None:
+    """Manage Workbench users."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="May use admin tokens")
+@click.option("--super-admin", is_flag=True, help="May use super-admin tokens (act on behalf of others)")
+@store_options
+@fail_cleanly
+def user_add(name: str, admin: bool, super_admin: bool, data_dir: str | None, config_file: str | None) -> None:
+    """Register user NAME."""
+    _accounts(data_dir, config_file).add_user(name, admin=admin, super_admin=super_admin)
+    click.echo(f"added user '{name}'", err=True)
+
+
+@user.command("list")
+@store_options
+@fail_cleanly
+def user_list(data_dir: str | None, config_file: str | None) -> None:
+    """List users."""
+    table = Table("username", "status", "admin", "super-admin", "uid", "created", "last sign-in", box=None)
+    for row in _accounts(data_dir, config_file).list_users():
+        table.add_row(
+            row["username"],
+            row["status"],
+            _yes(row["isAdmin"]),
+            _yes(row["isSuperAdmin"]),
+            str(row["uid"]) if row["uid"] is not None else "-",
+            row["created"],
+            row["lastSignIn"] or "never",
+        )
+    Console(width=200).print(table)
+
+
+@user.command("disable")
+@click.argument("name")
+@store_options
+@fail_cleanly
+def user_disable(name: str, data_dir: str | None, config_file: str | None) -> None:
+    """Disable user NAME: their tokens stop working at once."""
+    _accounts(data_dir, config_file).disable_user(name)
+    click.echo(f"disabled user '{name}'", err=True)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"

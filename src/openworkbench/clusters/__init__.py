@@ -1,0 +1,1 @@
+"""Compute clusters: one contract (base.py), one module or package per scheduler."""

@@ -1,0 +1,87 @@
+"""The contract every cluster backend fulfils.
+
+A backend knows how to start a job, find out where its jobs are, stop them and where their
+output lives. Everything it needs to find a job again after a server restart goes into
+``JobState.cluster_state``, which the server stores with the job. Backends never import the
+API or the store: they get plain data and return plain data.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from openworkbench.config import ClusterSettings
+from openworkbench.models import JobSpec
+
+ACTIVE_STATUSES = frozenset({"Pending", "Running", "Suspended"})
+FINAL_STATUSES = frozenset({"Finished", "Failed", "Killed", "Canceled"})
+
+
+@dataclass(frozen=True)
+class Account:
+    """The POSIX identity a job runs as."""
+
+    username: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    shell: str
+
+
+@dataclass
+class JobState:
+    """What a backend reports about one job; ``None`` fields mean "unchanged"."""
+
+    status: str
+    status_message: str = ""
+    exit_code: int | None = None
+    pid: int | None = None
+    host: str | None = None
+    stdout_file: str | None = None
+    stderr_file: str | None = None
+    cluster_state: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A stored job, as a backend sees it."""
+
+    id: str
+    status: str
+    spec: JobSpec
+    account: Account | None
+    cluster_state: dict[str, Any] = field(default_factory=dict)
+
+
+class Cluster(abc.ABC):
+    type: str = ""
+
+    def __init__(self, name: str, settings: ClusterSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """This cluster as a ComputeEnv of ``get_compute_envs``."""
+
+    @abc.abstractmethod
+    def validate(self, spec: JobSpec) -> None:
+        """Raise InvalidParameter when the spec asks for what this cluster cannot give."""
+
+    @abc.abstractmethod
+    def submit(self, job_id: str, spec: JobSpec, account: Account) -> JobState:
+        """Start the job; raise LaunchFailed when the cluster refuses it."""
+
+    @abc.abstractmethod
+    def poll(self, jobs: list[JobRef]) -> dict[str, JobState]:
+        """The current state of every job given (one scheduler query for all); omit unchanged ones."""
+
+    @abc.abstractmethod
+    def stop(self, job: JobRef, force: bool) -> JobState | None:
+        """Ask the job to stop (SIGTERM, or SIGKILL with ``force``); a state when it ended at once."""
+
+    def close(self) -> None:
+        """Release what the backend holds (child handles, connections)."""

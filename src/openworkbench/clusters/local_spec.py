@@ -1,0 +1,161 @@
+"""Pure functions of the Local cluster: limits, the ComputeEnv, and the supervisor's spec."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from openworkbench.clusters.base import Account
+from openworkbench.config import IDE_NAMES, ClusterSettings
+from openworkbench.errors import InvalidParameter
+from openworkbench.models import JobSpec
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def machine_limits() -> dict[str, float]:
+    """What this host can give a single job at most."""
+    pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return {"cpuCount": float(os.cpu_count() or 1), "memory": float(pages // (1024 * 1024))}
+
+
+def effective_limits(settings: ClusterSettings) -> dict[str, tuple[float | None, float | None]]:
+    """limit type -> (max, default): configured values, else what the machine has."""
+    machine = machine_limits()
+    result: dict[str, tuple[float | None, float | None]] = {}
+    for kind in ("cpuCount", "memory", "cpuTime"):
+        conf = settings.limits.get(kind)
+        maximum = conf.max if conf and conf.max is not None else machine.get(kind)
+        result[kind] = (maximum, conf.default if conf else None)
+    if "memorySwap" in settings.limits:
+        conf = settings.limits["memorySwap"]
+        result["memorySwap"] = (conf.max, conf.default)
+    return result
+
+
+def _text(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def describe_local(name: str, settings: ClusterSettings) -> dict[str, Any]:
+    limits = [
+        {"type": kind, "maxValue": _text(maximum), "defaultValue": _text(default)}
+        for kind, (maximum, default) in effective_limits(settings).items()
+    ]
+    interactive = {"supports_interactive_sessions": True, "supports_adhoc_jobs": True}
+    return {
+        "name": name,
+        "type": "Local",
+        "supportsContainers": False,
+        "queues": list(settings.queues),
+        "config": [],
+        "resourceLimits": limits,
+        "placementConstraints": [{"name": c, "value": ""} for c in settings.placement_constraints],
+        "resourceProfiles": [],
+        "images": [],
+        "workbenches": {ide: dict(interactive) for ide in IDE_NAMES},
+    }
+
+
+def check_limits(cluster: str, settings: ClusterSettings, spec: JobSpec) -> None:
+    """Refuse what the Local cluster cannot honour, naming the offending field."""
+    if spec.container_image:
+        raise InvalidParameter(f"cluster '{cluster}' does not support containers (container_image)")
+    for field in ("mounts", "exposed_ports"):
+        if getattr(spec, field):
+            raise InvalidParameter(f"cluster '{cluster}' does not support '{field}'")
+    unknown_queues = sorted(set(spec.queues) - set(settings.queues))
+    if unknown_queues:
+        raise InvalidParameter(f"cluster '{cluster}' has no queue(s) {unknown_queues}")
+    known = set(settings.placement_constraints)
+    bad = sorted({c.name for c in spec.placement_constraints} - known)
+    if bad:
+        raise InvalidParameter(f"cluster '{cluster}' has no placement constraint(s) {bad}")
+    limits = effective_limits(settings)
+    for item in spec.resource_limits:
+        try:
+            value = float(item.value)
+        except ValueError:
+            raise InvalidParameter(
+                f"resource limit {item.type} must be a number, got {item.value!r}"
+            ) from None
+        if value <= 0:
+            raise InvalidParameter(f"resource limit {item.type} must be positive, got {item.value}")
+        maximum = limits.get(item.type, (None, None))[0]
+        if maximum is not None and value > maximum:
+            raise InvalidParameter(
+                f"resource limit {item.type}={item.value} exceeds the maximum {_text(maximum)} of cluster '{cluster}'"
+            )
+
+
+def _limit(spec: JobSpec, settings: ClusterSettings, kind: str) -> float | None:
+    given = spec.limit(kind)
+    if given is not None:
+        return float(given)
+    conf = settings.limits.get(kind)
+    return conf.default if conf else None
+
+
+def job_environment(spec: JobSpec, account: Account) -> dict[str, str]:
+    """A clean login-like environment plus the job's own variables (which win)."""
+    env = {
+        "HOME": account.home,
+        "USER": account.username,
+        "LOGNAME": account.username,
+        "SHELL": account.shell or "/bin/sh",
+        "PATH": DEFAULT_PATH,
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+    }
+    env.update({item.name: item.value for item in spec.environment})
+    return env
+
+
+def working_directory(spec: JobSpec, account: Account) -> str:
+    wanted = spec.working_directory or "~"
+    if wanted == "~" or wanted.startswith("~/"):
+        wanted = account.home + wanted[1:]
+    return wanted if os.path.isabs(wanted) else os.path.join(account.home, wanted)
+
+
+def job_argv(spec: JobSpec) -> list[str]:
+    if spec.command:
+        # The reference: "the job is run as: /bin/sh -c command arg1 arg2..."
+        return ["/bin/sh", "-c", spec.command, *spec.args]
+    assert spec.exe is not None
+    return [spec.exe, *spec.args]
+
+
+def render_spec(
+    job_id: str,
+    spec: JobSpec,
+    account: Account,
+    job_dir: Path,
+    cgroup_root: str | None,
+    settings: ClusterSettings | None = None,
+) -> dict[str, Any]:
+    """The supervisor's ``spec.json`` for this job."""
+    conf = settings or ClusterSettings(type="Local")
+    memory = _limit(spec, conf, "memory")
+    cpu_time = _limit(spec, conf, "cpuTime")
+    return {
+        "argv": job_argv(spec),
+        "env": job_environment(spec, account),
+        "cwd": working_directory(spec, account),
+        "uid": account.uid,
+        "gid": account.gid,
+        "groups": list(account.groups),
+        "user": account.username,
+        "stdout": str(job_dir / "stdout"),
+        "stderr": str(job_dir / "stderr"),
+        "stdin": spec.stdin,
+        "limits": {
+            "memory_mb": int(memory) if memory else None,
+            "cpu_count": _limit(spec, conf, "cpuCount"),
+            "cpu_time_s": int(cpu_time) if cpu_time else None,
+        },
+        "cgroup_root": cgroup_root,
+        "cgroup_name": f"openworkbench/{job_id}",
+    }

@@ -1,0 +1,394 @@
+#!/usr/bin/python3
+"""Per-job supervisor: runs ONE job and records its exit status in JOB_DIR/state.json.
+
+Started detached (``/usr/bin/python3 supervisor.py JOB_DIR``) so the status survives the server dying.
+Stdlib-only: it runs under Debian's Python because the project's interpreter is not readable by users.
+JOB_DIR: spec.json (input), lock (flock held while alive), supervisor.json, state.json (atomic writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import math
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+CPU_PERIOD_US = 100_000
+CLEANUP_TIMEOUT_S = 5.0
+SIGNAL_NAMES = {s.value: s.name for s in signal.Signals}
+
+
+@dataclass
+class Job:
+    """What the supervisor knows about the job; kept so a crash can still record a final state."""
+
+    job_dir: str
+    notes: list[str] = field(default_factory=list)
+    pid: int | None = None
+    reaped: bool = False
+    start_time: str | None = None
+    cgroups: dict[str, str] = field(default_factory=dict)  # controller -> cgroup directory
+
+
+@dataclass
+class ChildPlan:
+    """Everything the forked child needs, computed before fork so the child stays minimal."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    uid: int
+    gid: int
+    groups: list[int]
+    switch_user: bool
+    procs_files: list[str]
+    rlimit_cpu: tuple[int, int] | None
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def write_json_atomic(path: str, data: dict[str, Any]) -> None:
+    # tmp + fsync + rename: readers never see a half-written file, even after a crash.
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_counter(path: str, key: str | None = None) -> int | None:
+    """Read an integer cgroup file, or the ``key N`` line of one; None if absent/unreadable."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            if key is None:
+                return int(fh.read())
+            values = [line.split()[1] for line in fh if line.split()[:1] == [key]]
+        return int(values[0]) if values else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_oom_kills(path: str) -> int:
+    """Return the ``oom_kill`` counter of a memory.oom_control file (0 if absent/unreadable)."""
+    return read_counter(path, "oom_kill") or 0
+
+
+def memory_oom_killed(mem_dir: str) -> bool:
+    """Did the memory cgroup OOM-kill something? Prefer the exact counter (kernel >= 4.13)."""
+    kills = read_counter(os.path.join(mem_dir, "memory.oom_control"), "oom_kill")
+    if kills is not None:
+        return kills > 0  # failcnt > 0 alone may just mean page cache was reclaimed at the limit
+    memsw = os.path.join(mem_dir, "memory.memsw.failcnt")  # old kernels: was the limit hit?
+    return (read_counter(memsw) or read_counter(os.path.join(mem_dir, "memory.failcnt")) or 0) > 0
+
+
+def final_state(wait_status: int, rusage_cpu_s: float, limits: dict[str, Any], oom_killed: bool) -> dict[str, Any]:
+    """Map a wait status to the final state fields: status, exitCode, statusMessage, signal."""
+    if os.WIFEXITED(wait_status):
+        code = os.WEXITSTATUS(wait_status)
+        return {"status": "Finished", "exitCode": code, "statusMessage": "", "signal": None}
+    sig = os.WTERMSIG(wait_status)
+    memory_mb, cpu_s = limits.get("memory_mb"), limits.get("cpu_time_s")
+    killed = {"status": "Killed", "exitCode": 128 + sig, "signal": sig}
+    if sig == signal.SIGKILL and oom_killed and memory_mb is not None:
+        return {**killed, "statusMessage": f"Killed: exceeded its memory limit of {memory_mb:g} MB"}
+    # SIGXCPU only comes from RLIMIT_CPU in practice; SIGKILL is its hard limit (soft + 5 s).
+    if cpu_s is not None and (sig == signal.SIGXCPU or (sig == signal.SIGKILL and rusage_cpu_s >= cpu_s)):
+        return {**killed, "statusMessage": f"Killed: exceeded its CPU time limit of {cpu_s:g} s"}
+    if sig == signal.SIGKILL:
+        return {**killed, "statusMessage": "Killed by SIGKILL"}
+    msg = f"Terminated by {SIGNAL_NAMES.get(sig, f'signal {sig}')}"
+    return {"status": "Finished", "exitCode": 128 + sig, "statusMessage": msg, "signal": sig}
+
+
+def exec_failure_message(argv0: str, cwd: str, report: str) -> str:
+    """Turn the child's "stage:message" report into a user-facing statusMessage."""
+    stage, _, message = report.partition(":")
+    details = {"exec": message, "chdir": f"Could not change to working directory {cwd}: {message}"}
+    return f"Could not start {argv0}: {details.get(stage, f'{stage} failed: {message}')}"
+
+
+def take_lock(job_dir: str) -> int:
+    # os.open fds are non-inheritable (PEP 446), so the job never holds the lock.
+    fd = os.open(os.path.join(job_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def write_cg(cg_dir: str, name: str, value: int) -> None:
+    with open(os.path.join(cg_dir, name), "w", encoding="ascii") as fh:
+        fh.write(str(value))  # cgroupfs reports errors (EINVAL/EBUSY) on write/close
+
+
+def remove_dir(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def configure_controller(job: Job, path: str, controller: str, limits: dict[str, Any]) -> None:
+    remove_dir(path)  # a stale empty group from a crashed supervisor would carry old counters
+    os.makedirs(path, exist_ok=True)
+    if controller == "memory":
+        limit = int(limits["memory_mb"] * 1024 * 1024)
+        write_cg(path, "memory.limit_in_bytes", limit)  # first: memsw must stay >= limit
+        if os.path.exists(os.path.join(path, "memory.memsw.limit_in_bytes")):
+            write_cg(path, "memory.memsw.limit_in_bytes", limit)  # swap must not dodge the limit
+        else:
+            job.notes.append("swap accounting unavailable; memory limit does not cover swap")
+    elif controller == "cpu":
+        write_cg(path, "cpu.cfs_period_us", CPU_PERIOD_US)
+        write_cg(path, "cpu.cfs_quota_us", max(1000, int(limits["cpu_count"] * CPU_PERIOD_US)))
+    job.cgroups[controller] = path
+
+
+def setup_cgroups(job: Job, spec: dict[str, Any]) -> None:
+    """Create the job's cgroups; any failure becomes a note, never a job failure."""
+    root, name, limits = spec.get("cgroup_root"), spec.get("cgroup_name"), spec.get("limits") or {}
+    if not root or not name:
+        return
+    wanted = ["pids"]  # always: lets us find and kill the job's leftovers
+    wanted += [c for c, key in (("memory", "memory_mb"), ("cpu", "cpu_count")) if limits.get(key) is not None]
+    for controller in wanted:
+        base = os.path.join(root, controller)
+        if not os.access(base, os.W_OK):
+            job.notes.append(f"cgroup {base} not writable; {controller} cgroup skipped")
+            continue
+        try:
+            configure_controller(job, os.path.join(base, name), controller, limits)
+        except OSError as exc:
+            remove_dir(os.path.join(base, name))  # a half-configured group must not be used
+            job.notes.append(f"could not set up {controller} cgroup: {exc}")
+
+
+def cpu_rlimit(limits: dict[str, Any]) -> tuple[int, int] | None:
+    cpu_s = limits.get("cpu_time_s")
+    if cpu_s is None:
+        return None
+    soft = max(1, math.ceil(cpu_s))
+    cur_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    cap = soft + 5 if cur_hard == resource.RLIM_INFINITY else cur_hard  # unprivileged can't raise it
+    return min(soft, cap), min(soft + 5, cap)
+
+
+def prepare(job: Job, spec: dict[str, Any]) -> ChildPlan:
+    """Validate the spec and set up cgroups; raise ValueError for specs we cannot honour."""
+    if not spec.get("argv"):
+        raise ValueError("empty argv")
+    euid = os.geteuid()
+    if euid != 0 and spec["uid"] != euid:
+        raise ValueError(f"cannot run as uid {spec['uid']}: supervisor is not root")
+    setup_cgroups(job, spec)
+    argv, env = [str(a) for a in spec["argv"]], {str(k): str(v) for k, v in spec["env"].items()}
+    procs_files = [os.path.join(d, "cgroup.procs") for d in job.cgroups.values()]
+    groups, rlimit = list(spec.get("groups") or [spec["gid"]]), cpu_rlimit(spec.get("limits") or {})
+    switch_user = euid == 0 and spec["uid"] != 0  # unprivileged: spec uid is already our own
+    return ChildPlan(argv, env, spec["cwd"], spec["uid"], spec["gid"], groups, switch_user, procs_files, rlimit)
+
+
+def open_output(path: str, plan: ChildPlan) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)  # the file may have existed with another mode
+    if plan.switch_user:
+        os.fchown(fd, plan.uid, plan.gid)
+    return fd
+
+
+def feed_stdin(write_fd: int, data: bytes) -> None:
+    # Runs in a thread so a job that never reads stdin cannot block the supervisor.
+    with contextlib.suppress(OSError), open(write_fd, "wb", buffering=0) as fh:
+        fh.write(data)  # EPIPE if the job exits early: nothing to do
+
+
+def reset_signals() -> None:
+    # Python ignores SIGPIPE/SIGXFSZ and we ignore SIGTERM/INT/HUP; ignored dispositions survive exec.
+    for sig in signal.valid_signals():
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def child_main(plan: ChildPlan, fds: tuple[int, int, int], err_fd: int) -> NoReturn:
+    """Runs in the forked child: set up the process, then exec. Never returns."""
+    stage = "setpgid"
+    try:
+        os.setpgid(0, 0)  # own process group (pgid == pid) so the server can signal the whole job
+        stage = "cgroup"
+        for procs in plan.procs_files:
+            fd = os.open(procs, os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+        stage = "setrlimit"
+        if plan.rlimit_cpu is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, plan.rlimit_cpu)
+        stage = "dup2"
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        stage = "setuid"
+        if plan.switch_user:  # groups and gid first: after setuid we may no longer change them
+            os.setgroups(plan.groups)
+            os.setgid(plan.gid)
+            os.setuid(plan.uid)
+        stage = "chdir"
+        os.chdir(plan.cwd)  # after setuid so directory permissions are checked as the user
+        stage = "signals"
+        reset_signals()
+        stage = "exec"
+        os.execvpe(plan.argv[0], plan.argv, plan.env)
+    except BaseException as exc:
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        with contextlib.suppress(BaseException):
+            os.write(err_fd, f"{stage}:{message}".encode(errors="replace"))
+    os._exit(127)
+
+
+def start_child(job: Job, spec: dict[str, Any]) -> str | None:
+    """Fork and exec the job; return None on success or the child's "stage:message" report."""
+    plan = prepare(job, spec)
+    out_fd = open_output(spec["stdout"], plan)
+    err_out_fd = out_fd if spec["stderr"] == spec["stdout"] else open_output(spec["stderr"], plan)
+    stdin_data = (spec.get("stdin") or "").encode()
+    in_fd, in_write = os.pipe() if stdin_data else (os.open(os.devnull, os.O_RDONLY), None)
+    err_r, err_w = os.pipe()  # CLOEXEC: EOF without data means exec succeeded
+    pid = os.fork()
+    if pid == 0:
+        child_main(plan, (in_fd, out_fd, err_out_fd), err_w)
+    job.pid = pid
+    for fd in {in_fd, out_fd, err_out_fd, err_w}:
+        os.close(fd)
+    if in_write is not None:
+        threading.Thread(target=feed_stdin, args=(in_write, stdin_data), daemon=True).start()
+    with open(err_r, "rb") as fh:
+        report = fh.read()
+    return report.decode(errors="replace") if report else None
+
+
+def kill_group(pgid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)  # ESRCH: nothing left
+
+
+def wait_child(pid: int) -> tuple[int, resource.struct_rusage]:
+    # Observe the exit without reaping, so the pid (== pgid) cannot be reused while we kill leftovers.
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # PEP 475: EINTR is retried
+    kill_group(pid)
+    _, status, rusage = os.wait4(pid, 0)
+    return status, rusage
+
+
+def base_state(job: Job) -> dict[str, Any]:
+    return {"pid": job.pid, "pgid": job.pid, "startTime": job.start_time, "notes": job.notes}
+
+
+def finish(job: Job, spec: dict[str, Any]) -> dict[str, Any]:
+    status, rusage = wait_child(job.pid or 0)
+    job.reaped = True
+    cpu_s = rusage.ru_utime + rusage.ru_stime
+    mem_dir = job.cgroups.get("memory")
+    oom = memory_oom_killed(mem_dir) if mem_dir else False  # read before cleanup removes the cgroup
+    state = base_state(job)
+    state.update(final_state(status, cpu_s, spec.get("limits") or {}, oom))
+    state.update({"endTime": now_iso(), "maxRssKb": rusage.ru_maxrss, "cpuTimeS": round(cpu_s, 3)})
+    return state
+
+
+def failed_state(job: Job, message: str) -> dict[str, Any]:
+    return {**base_state(job), "status": "Failed", "statusMessage": message, "exitCode": None, "endTime": now_iso()}
+
+
+def supervise(job: Job) -> None:
+    with open(os.path.join(job.job_dir, "spec.json"), encoding="utf-8") as fh:
+        spec: dict[str, Any] = json.load(fh)
+    state_path = os.path.join(job.job_dir, "state.json")
+    report = start_child(job, spec)
+    if report is not None:
+        os.waitpid(job.pid or 0, 0)  # the child already _exit()ed after reporting
+        job.reaped = True
+        message = exec_failure_message(spec["argv"][0], spec["cwd"], report)
+        write_json_atomic(state_path, {**failed_state(job, message), "pid": None, "pgid": None})
+        return
+    job.start_time = now_iso()
+    write_json_atomic(state_path, {**base_state(job), "status": "Running"})
+    write_json_atomic(state_path, finish(job, spec))
+
+
+def live_pids(procs_file: str) -> set[int]:
+    """Pids in a cgroup, ignoring zombies (PID 1 here reaps orphans slowly)."""
+    pids: set[int] = set()
+    live: set[int] = set()
+    with contextlib.suppress(OSError), open(procs_file, encoding="ascii") as fh:
+        pids = {int(line) for line in fh if line.strip()}
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat", errors="replace") as fh:
+            if fh.read().rpartition(")")[2].split()[0] not in ("Z", "X"):  # comm may contain ")"
+                live.add(pid)
+    return live
+
+
+def cleanup_cgroups(job: Job) -> None:
+    """SIGKILL whatever the job left behind in its cgroups, then remove the cgroup directories."""
+    deadline = time.monotonic() + CLEANUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        pids = set().union(*(live_pids(os.path.join(d, "cgroup.procs")) for d in job.cgroups.values()))
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    for path in job.cgroups.values():
+        remove_dir(path)
+        # rmdir fails with EBUSY while unreaped zombies remain; retry until the deadline.
+        while os.path.isdir(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            remove_dir(path)
+
+
+def handle_crash(job: Job, exc: BaseException) -> None:
+    """Last resort: never leave the job without a final state."""
+    print(f"supervisor error: {exc!r}", file=sys.stderr, flush=True)
+    if job.pid is not None and not job.reaped:
+        kill_group(job.pid)  # we can no longer track it; don't leave an unsupervised job running
+        with contextlib.suppress(OSError):
+            os.waitpid(job.pid, 0)
+    message = f"Supervisor error: {type(exc).__name__}: {exc}"
+    try:
+        write_json_atomic(os.path.join(job.job_dir, "state.json"), failed_state(job, message))
+    except BaseException as exc2:
+        print(f"could not write final state: {exc2!r}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int | str:
+    if len(argv) != 2:
+        return "usage: supervisor.py JOB_DIR"
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # stray fds from the server must not reach the job
+    # The server signals the job's process group, never us; a stray signal must not lose the status.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    job = Job(job_dir=os.path.abspath(argv[1]))
+    lock_fd = take_lock(job.job_dir)
+    write_json_atomic(os.path.join(job.job_dir, "supervisor.json"), {"supervisorPid": os.getpid()})
+    try:
+        supervise(job)
+    except BaseException as exc:
+        handle_crash(job, exc)
+    finally:
+        cleanup_cgroups(job)
+    os.close(lock_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,166 @@
+"""Configuration: one TOML file, overridden by ``WORKBENCH_*`` environment variables.
+
+Precedence, highest first: command-line flags, environment (``WORKBENCH_DATA_DIR``,
+``WORKBENCH_SERVER__PORT``, ``WORKBENCH_DATABASE__URL``, ...), the TOML file, built-in defaults.
+Every error names the offending key, so ``serve`` can stop with a useful message.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from openworkbench.errors import ConfigError
+
+LIMIT_TYPES = ("cpuCount", "cpuTime", "memory", "memorySwap")
+IDE_NAMES = ("RStudio", "JupyterLab", "Jupyter Notebook", "VS Code")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+
+
+class DatabaseSettings(_Section):
+    # Empty means SQLite at <data_dir>/workbench.db; otherwise any SQLAlchemy URL
+    # (postgresql+psycopg://user@/db?host=/run/postgresql).
+    url: str = ""
+
+
+class LimitSettings(_Section):
+    max: float | None = Field(default=None, gt=0)
+    default: float | None = Field(default=None, gt=0)
+
+
+class ClusterSettings(_Section):
+    type: Literal["Local", "Slurm"]
+    queues: list[str] = []
+    placement_constraints: list[str] = []
+    limits: dict[str, LimitSettings] = {}
+
+    @field_validator("limits")
+    @classmethod
+    def _known_limits(cls, value: dict[str, LimitSettings]) -> dict[str, LimitSettings]:
+        unknown = sorted(set(value) - set(LIMIT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown limit type(s) {unknown}; expected one of {list(LIMIT_TYPES)}")
+        return value
+
+
+class LocalSettings(_Section):
+    # The supervisor is stdlib-only and runs under a Python every user can execute.
+    supervisor_python: str = "/usr/bin/python3"
+    cgroups: bool = True
+    cgroup_root: str = "/sys/fs/cgroup"
+    poll_interval_ms: int = Field(default=100, ge=10, le=10_000)
+
+
+class IdeSettings(_Section):
+    enabled: bool = True
+    exe: str = ""
+    args: list[str] = []
+    default_cluster: str = "Local"
+    default_image: str = ""
+
+
+def _default_ides() -> dict[str, IdeSettings]:
+    return {
+        "JupyterLab": IdeSettings(exe="jupyter-lab"),
+        "Jupyter Notebook": IdeSettings(exe="jupyter-notebook"),
+        "VS Code": IdeSettings(exe="code-server"),
+        "RStudio": IdeSettings(exe="rserver"),
+    }
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="WORKBENCH_", env_nested_delimiter="__", extra="forbid", toml_file=None
+    )
+
+    data_dir: Path = Path(".workbench")
+    server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    local: LocalSettings = LocalSettings()
+    clusters: dict[str, ClusterSettings] = {"Local": ClusterSettings(type="Local")}
+    ides: dict[str, IdeSettings] = Field(default_factory=_default_ides)
+
+    @field_validator("clusters")
+    @classmethod
+    def _one_cluster(cls, value: dict[str, ClusterSettings]) -> dict[str, ClusterSettings]:
+        if not value:
+            raise ValueError("at least one cluster must be configured")
+        return value
+
+    @field_validator("ides")
+    @classmethod
+    def _known_ides(cls, value: dict[str, IdeSettings]) -> dict[str, IdeSettings]:
+        unknown = sorted(set(value) - set(IDE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown IDE(s) {unknown}; expected one of {list(IDE_NAMES)}")
+        return {**_default_ides(), **value}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir.resolve() / 'workbench.db'}"
+
+    @property
+    def default_cluster(self) -> str:
+        return next(iter(self.clusters))
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; raise ConfigError naming the key or file at fault."""
+    path = config_file or os.environ.get("WORKBENCH_CONFIG") or None
+    if path is not None:
+        _check_toml(Path(path))
+    cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        settings: Settings = cls(**given)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from None
+    return settings
+
+
+def _check_toml(path: Path) -> None:
+    try:
+        with path.open("rb") as handle:
+            tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError, path: str | Path | None) -> str:
+    where = f" in {path}" if path else ""
+    problems = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        problems.append(f"config key '{key}'{where}: {err['msg']}")
+    return "; ".join(problems)

@@ -1,0 +1,108 @@
+"""The one exception tree. Every error a client can see is a WorkbenchError.
+
+Each class carries the RPC error ``code`` sent in ``{"error": {"code", "message"}}`` and the HTTP
+status it travels with: transport and credential problems use real HTTP statuses, application
+errors travel with HTTP 200, as the product does (see docs/api.md for the table).
+"""
+
+from __future__ import annotations
+
+
+class WorkbenchError(Exception):
+    """Base of every error that reaches an API client or the CLI."""
+
+    code: int = 500
+    http_status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# -- transport / credential errors: real HTTP statuses -----------------------------------------
+
+
+class BadRequest(WorkbenchError):
+    """Unreadable JSON, wrong types, unknown or missing parameters."""
+
+    code = 400
+    http_status = 400
+
+
+class Unauthenticated(WorkbenchError):
+    """No, bad or revoked credentials, or a disabled user."""
+
+    code = 401
+    http_status = 401
+
+
+class PermissionDenied(WorkbenchError):
+    """A valid token that lacks the permission the call needs."""
+
+    code = 403
+    http_status = 403
+
+
+class UnknownMethod(WorkbenchError):
+    code = 404
+    http_status = 404
+
+
+class InternalError(WorkbenchError):
+    code = 500
+    http_status = 500
+
+
+# -- application errors: HTTP 200 with an error body -------------------------------------------
+
+
+class InvalidParameter(WorkbenchError):
+    """A well-typed parameter whose value the server cannot accept (unknown cluster, limit too high)."""
+
+    code = 1
+    http_status = 200
+
+
+class NotFound(WorkbenchError):
+    """The job, session or user named does not exist (or is not visible to the caller)."""
+
+    code = 2
+    http_status = 200
+
+
+class NotAvailable(WorkbenchError):
+    """The feature or IDE is not available on this server."""
+
+    code = 3
+    http_status = 200
+
+
+class InvalidState(WorkbenchError):
+    """The object exists but is in a state that does not allow the request."""
+
+    code = 4
+    http_status = 200
+
+
+class LaunchFailed(WorkbenchError):
+    """The cluster refused or could not start the job (missing account, scheduler error)."""
+
+    code = 5
+    http_status = 200
+
+
+# -- errors of the operator's side (CLI, config, store) ----------------------------------------
+
+
+class ConfigError(WorkbenchError):
+    """Invalid configuration; the message names the key."""
+
+    code = 6
+    http_status = 500
+
+
+class StoreError(WorkbenchError):
+    """The database failed; translated from SQLAlchemy at the store boundary."""
+
+    code = 7
+    http_status = 500

@@ -1,0 +1,21 @@
+"""``get_compute_envs``: the configured clusters and the IDEs this server can run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openworkbench.clusters.base import Cluster
+from openworkbench.config import Settings
+from openworkbench.ides import IDES, available
+
+
+def compute_envs(settings: Settings, clusters: dict[str, Cluster]) -> dict[str, Any]:
+    workbenches = {}
+    for name, info in IDES.items():
+        ide = settings.ides[name]
+        workbenches[name] = {
+            "default_cluster": ide.default_cluster,
+            "default_image": ide.default_image,
+            "lang": {"name": info.lang, "available": available(ide)},
+        }
+    return {"clusters": [cluster.describe() for cluster in clusters.values()], "workbenches": workbenches}

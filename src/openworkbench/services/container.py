@@ -1,0 +1,52 @@
+"""Wiring: build every service from the settings, once per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from openworkbench.clusters.base import Cluster
+from openworkbench.clusters.local import LocalCluster
+from openworkbench.config import Settings
+from openworkbench.errors import ConfigError
+from openworkbench.services.accounts import Accounts
+from openworkbench.services.jobs import JobService
+from openworkbench.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    accounts: Accounts
+    clusters: dict[str, Cluster]
+    jobs: JobService
+
+    def close(self) -> None:
+        for cluster in self.clusters.values():
+            cluster.close()
+        self.store.dispose()
+
+
+def open_store(settings: Settings) -> Store:
+    store = Store(settings.database_url)
+    store.migrate()
+    return store
+
+
+def build_clusters(settings: Settings) -> dict[str, Cluster]:
+    clusters: dict[str, Cluster] = {}
+    jobs_dir = settings.data_dir.resolve() / "jobs"
+    for name, conf in settings.clusters.items():
+        if conf.type == "Local":
+            clusters[name] = LocalCluster(name, conf, settings.local, jobs_dir)
+        else:
+            raise ConfigError(f"config key 'clusters.{name}.type': cluster type '{conf.type}' is not supported yet")
+    return clusters
+
+
+def build_services(settings: Settings) -> Services:
+    store = open_store(settings)
+    accounts = Accounts(store)
+    clusters = build_clusters(settings)
+    jobs = JobService(store, accounts, clusters, settings.default_cluster)
+    return Services(settings, store, accounts, clusters, jobs)

@@ -1,0 +1,47 @@
+"""A stored job as the API's WorkbenchJob (camelCase, as the Job Launcher writes it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from openworkbench.services.accounts import isoformat
+from openworkbench.store.schema import Job
+
+
+def job_json(job: Job, owner: str) -> dict[str, Any]:
+    spec = job.spec
+    return {
+        "id": job.id,
+        "name": job.name,
+        "cluster": job.cluster,
+        "user": owner,
+        "status": job.status,
+        "statusMessage": job.status_message,
+        "statusCode": "",
+        "exitCode": job.exit_code,
+        "pid": job.pid,
+        "host": job.host,
+        "exe": spec.get("exe") or "",
+        "command": spec.get("command") or "",
+        "args": spec.get("args", []),
+        "stdin": spec.get("stdin", ""),
+        "stdoutFile": job.stdout_file,
+        "stderrFile": job.stderr_file,
+        "workingDirectory": spec.get("working_directory") or "",
+        "environment": spec.get("environment", []),
+        "tags": spec.get("tags", []),
+        "queues": spec.get("queues", []),
+        "placementConstraints": spec.get("placement_constraints", []),
+        "resourceLimits": [
+            {"type": item["type"], "value": item["value"]} for item in spec.get("resource_limits", [])
+        ],
+        "config": spec.get("config", []),
+        "mounts": spec.get("mounts", []),
+        "exposedPorts": spec.get("exposed_ports", []),
+        "container": {"image": spec["container_image"]} if spec.get("container_image") else None,
+        "metadata": spec.get("metadata", {}),
+        "resourceProfile": "custom",
+        "sessionId": job.session_id,
+        "submissionTime": isoformat(job.submission_time),
+        "lastUpdateTime": isoformat(job.last_update_time),
+    }

@@ -1,0 +1,218 @@
+"""Jobs: launch on a cluster, follow their state, stop them, stream their output.
+
+A job is committed to the store (``Pending``) before its cluster is asked to start it, so a
+request recorded as launched is never lost: after a crash the monitor finds it again, and
+the Local backend starts it if its supervisor never ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import secrets
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import select
+
+from openworkbench.auth.permissions import Action, Principal, require
+from openworkbench.clusters.base import ACTIVE_STATUSES, FINAL_STATUSES, Account, Cluster, JobRef, JobState
+from openworkbench.errors import InvalidParameter, InvalidState, LaunchFailed, NotFound, WorkbenchError
+from openworkbench.models import JobSpec
+from openworkbench.services import output
+from openworkbench.services.accounts import Accounts
+from openworkbench.services.job_json import job_json
+from openworkbench.store import Store
+from openworkbench.store.schema import Job, User, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def posix_account(username: str) -> Account:
+    """The account a job of ``username`` runs as: that user when we are root, else ourselves."""
+    try:
+        entry = pwd.getpwnam(username) if os.geteuid() == 0 else pwd.getpwuid(os.getuid())
+    except KeyError:
+        raise LaunchFailed(f"user '{username}' has no POSIX account on this server") from None
+    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, tuple(groups), entry.pw_dir, entry.pw_shell)
+
+
+class JobService:
+    def __init__(self, store: Store, accounts: Accounts, clusters: dict[str, Cluster], default_cluster: str) -> None:
+        self.store = store
+        self.accounts = accounts
+        self.clusters = clusters
+        self.default_cluster = default_cluster
+        self._active: dict[str, JobRef] = {}
+        self._clusters_of: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # -- launching ---------------------------------------------------------------------------
+    def launch(self, principal: Principal, spec: JobSpec, session_id: str | None = None) -> dict[str, Any]:
+        owner = spec.user or principal.username
+        require(principal, Action.ACT_AS, owner)
+        cluster = self._cluster(spec.cluster or self.default_cluster)
+        cluster.validate(spec)
+        account = posix_account(owner)
+        user_id = self._owner_id(owner)
+        job_id = secrets.token_hex(8)
+        spec = spec.model_copy(update={"user": owner, "cluster": cluster.name})
+        with self.store.session() as db:
+            db.add(_new_job(job_id, user_id, cluster.name, spec, session_id))
+        ref = JobRef(job_id, "Pending", spec, account)
+        try:
+            state = cluster.submit(job_id, spec, account)
+        except WorkbenchError as exc:
+            self._apply(job_id, JobState(status="Failed", status_message=exc.message))
+            raise
+        self._apply(job_id, state)
+        with self._lock:
+            self._active[job_id] = ref
+            self._clusters_of[job_id] = cluster.name
+        return self.get(principal, job_id)
+
+    def _cluster(self, name: str) -> Cluster:
+        try:
+            return self.clusters[name]
+        except KeyError:
+            known = ", ".join(self.clusters)
+            raise InvalidParameter(f"unknown cluster '{name}'; this server has: {known}") from None
+
+    def _owner_id(self, owner: str) -> int:
+        with self.store.session() as db:
+            user = db.scalar(select(User).where(User.username == owner))
+            if user is not None and user.disabled:
+                raise InvalidParameter(f"user '{owner}' is disabled")
+            if user is not None:
+                return user.id
+        # A POSIX user new to Workbench (launched for by a super-admin) is registered, as a sign-in would.
+        return self.accounts.ensure_user(owner)
+
+    # -- reading -----------------------------------------------------------------------------
+    def get(self, principal: Principal, job_id: str) -> dict[str, Any]:
+        with self.store.session() as db:
+            row = db.execute(select(Job, User.username).join(User).where(Job.id == job_id)).first()
+            if row is None:
+                raise NotFound(f"no job '{job_id}'")
+            job, owner = row.tuple()
+            require(principal, Action.READ, owner)
+            return job_json(job, owner)
+
+    def list_for(self, principal: Principal, username: str, session_ids: list[str] | None) -> list[dict[str, Any]]:
+        """Jobs of ``username``: all of them, or those of the given sessions."""
+        require(principal, Action.READ, username)
+        query = select(Job, User.username).join(User).where(User.username == username)
+        if session_ids is not None:
+            query = query.where(Job.session_id.in_(session_ids))
+        with self.store.session() as db:
+            rows = db.execute(query.order_by(Job.submission_time)).all()
+            return [job_json(job, owner) for job, owner in rows]
+
+    def is_active(self, job_id: str) -> bool:
+        return job_id in self._active
+
+    async def output(self, principal: Principal, job_id: str, user: str | None) -> AsyncIterator[bytes]:
+        job = self.get(principal, job_id)
+        if user and user != job["user"]:
+            raise NotFound(f"no job '{job_id}' of user '{user}'")
+        files = [("stdout", job["stdoutFile"]), ("stderr", job["stderrFile"])]
+        return output.follow(job_id, files, lambda: self.is_active(job_id))
+
+    # -- stopping ----------------------------------------------------------------------------
+    def stop(self, principal: Principal, job_id: str, force: bool) -> None:
+        job = self.get(principal, job_id)
+        require(principal, Action.WRITE, job["user"])
+        ref = self._active.get(job_id)
+        if ref is None or job["status"] in FINAL_STATUSES:
+            raise InvalidState(f"job '{job_id}' has already ended ({job['status']})")
+        with self.store.session() as db:
+            row = db.get(Job, job_id)
+            if row is not None:
+                row.stop_requested = "kill" if force else "stop"
+        state = self.clusters[self._clusters_of[job_id]].stop(ref, force)
+        if state is not None:
+            self._apply(job_id, state)
+
+    # -- following state ---------------------------------------------------------------------
+    def adopt(self) -> int:
+        """Load every unfinished job, so the monitor follows jobs started before a restart."""
+        with self.store.session() as db:
+            rows = db.execute(select(Job, User.username).join(User).where(Job.status.in_(ACTIVE_STATUSES))).all()
+            for job, owner in rows:
+                spec = JobSpec.model_validate(job.spec)
+                try:
+                    account: Account | None = posix_account(owner)
+                except LaunchFailed:
+                    account = None
+                self._active[job.id] = JobRef(job.id, job.status, spec, account, job.cluster_state or {})
+                self._clusters_of[job.id] = job.cluster
+        return len(rows)
+
+    def poll_once(self) -> int:
+        """Ask each cluster about its active jobs (one call per cluster) and store what changed."""
+        changed = 0
+        by_cluster: dict[str, list[JobRef]] = {}
+        with self._lock:
+            for job_id, ref in self._active.items():
+                by_cluster.setdefault(self._clusters_of[job_id], []).append(ref)
+        for name, refs in by_cluster.items():
+            cluster = self.clusters.get(name)
+            if cluster is None:
+                updates = {ref.id: JobState("Failed", f"cluster '{name}' is no longer configured") for ref in refs}
+            else:
+                updates = cluster.poll(refs)
+            for job_id, state in updates.items():
+                self._apply(job_id, state)
+                changed += 1
+        return changed
+
+    def _apply(self, job_id: str, state: JobState) -> None:
+        with self.store.session() as db:
+            job = db.get(Job, job_id)
+            if job is None:
+                return
+            _update_row(job, state)
+            status = job.status
+        with self._lock:
+            ref = self._active.get(job_id)
+            if status in FINAL_STATUSES:
+                self._active.pop(job_id, None)
+            elif ref is not None:
+                self._active[job_id] = JobRef(job_id, status, ref.spec, ref.account, ref.cluster_state)
+
+
+def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id: str | None) -> Job:
+    now = utcnow()
+    return Job(
+        id=job_id,
+        user_id=user_id,
+        session_id=session_id,
+        cluster=cluster,
+        name=spec.name,
+        spec=spec.model_dump(mode="json"),
+        status="Pending",
+        status_message="",
+        host="",
+        stdout_file="",
+        stderr_file="",
+        cluster_state={},
+        submission_time=now,
+        last_update_time=now,
+    )
+
+
+def _update_row(job: Job, state: JobState) -> None:
+    if job.status in FINAL_STATUSES:
+        return  # a final status is final: late reports never change it
+    job.status = state.status
+    job.status_message = state.status_message
+    if state.status == "Canceled" and job.stop_requested:
+        job.status_message = job.status_message or "Canceled before it started"
+    for attr in ("exit_code", "pid", "host", "stdout_file", "stderr_file", "cluster_state"):
+        value = getattr(state, attr)
+        if value is not None:
+            setattr(job, attr, value)
+    job.last_update_time = utcnow()
