@@ -85,9 +85,12 @@ class LocalCluster(Cluster):
         updates: dict[str, JobState] = {}
         for job in jobs:
             state = self._poll_one(job)
-            if state is not None and (state.status != job.status or state.status in FINAL_STATUSES):
+            if state is None:
+                continue
+            # Report changes only; a resubmission is a change too (it brings the output paths).
+            if state.status != job.status or state.status in FINAL_STATUSES or state.stdout_file is not None:
                 updates[job.id] = state
-            if state is not None and state.status in FINAL_STATUSES:
+            if state.status in FINAL_STATUSES:
                 self._forget(job.id)
         return updates
 

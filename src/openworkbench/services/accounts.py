@@ -122,7 +122,7 @@ class Accounts:
             row = db.execute(query).first()
             if row is None:
                 raise Unauthenticated("Invalid or revoked API token")
-            api_token, user = row.tuple()
+            api_token, user = row
             if user.disabled:
                 raise Unauthenticated(f"User '{user.username}' is disabled")
             now = utcnow()

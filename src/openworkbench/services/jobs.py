@@ -97,7 +97,7 @@ class JobService:
             row = db.execute(select(Job, User.username).join(User).where(Job.id == job_id)).first()
             if row is None:
                 raise NotFound(f"no job '{job_id}'")
-            job, owner = row.tuple()
+            job, owner = row
             require(principal, Action.READ, owner)
             return job_json(job, owner)
 

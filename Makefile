@@ -1,0 +1,32 @@
+# The two commands of the quick start: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test lint system-deps clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/workbench serve
+
+# Debian packages the tests need (PostgreSQL); installs only what is missing.
+system-deps:
+	scripts/install-system-deps.sh
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+test: install system-deps lint
+	scripts/with-postgres.sh $(BIN)/pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .workbench .pytest_cache .mypy_cache .ruff_cache

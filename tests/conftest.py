@@ -1,0 +1,178 @@
+"""Shared fixtures: a real server on a free port, real databases, real POSIX users."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from openworkbench.services.accounts import Accounts
+from openworkbench.store import Store
+
+BIN = Path(sys.executable).parent
+WORKBENCH = str(BIN / "workbench")
+PG_URL = os.environ.get("WORKBENCH_TEST_PG_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("WORKBENCH_")}
+
+
+@dataclass
+class Server:
+    """A ``workbench serve`` process; restartable on the same data directory and database."""
+
+    data_dir: Path
+    database_url: str = ""
+    config_text: str = ""
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.toml"
+
+    def start(self) -> Server:
+        text = self.config_text
+        if self.database_url:
+            text = f'[database]\nurl = "{self.database_url}"\n' + text
+        self.config_file.write_text(text)
+        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
+        self.proc = subprocess.Popen(
+            [WORKBENCH, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+             "--config", str(self.config_file)],
+            stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log()}")
+            try:
+                httpx.get(f"{self.url}/api/version", timeout=1)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not start: {self.log()}")
+
+    def log(self) -> str:
+        return (self.data_dir.parent / f"{self.data_dir.name}.log").read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=15)
+        self.proc = None
+
+    def accounts(self) -> Accounts:
+        return Accounts(Store(self.database_url or f"sqlite:///{self.data_dir / 'workbench.db'}"))
+
+    def token(self, username: str, kind: str = "user") -> str:
+        return self.accounts().generate_token(kind, f"{username}-{kind}-{secrets.token_hex(4)}", username)
+
+    def post(self, method: str, token: str | None, body: Any = None, **kwparams: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        payload = body if body is not None else {"method": method, "kwparams": kwparams}
+        return httpx.post(f"{self.url}/api/{method}", json=payload, headers=headers, timeout=30)
+
+    def rpc(self, method: str, token: str, **kwparams: Any) -> Any:
+        response = self.post(method, token, **kwparams)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert "error" not in body, body
+        return body["result"]
+
+    def job(self, token: str, job_id: str, user: str | None = None) -> dict[str, Any]:
+        jobs = self.rpc("get_session", token, include_all_jobs=True, user=user)["jobs"]
+        return next(job for job in jobs if job["id"] == job_id)
+
+    def wait_job(self, token: str, job_id: str, statuses: tuple[str, ...] = ("Finished", "Failed", "Killed", "Canceled"),
+                 timeout: float = 30, user: str | None = None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(token, job_id, user)
+            if job["status"] in statuses:
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+
+
+def make_pg_database() -> str:
+    """A fresh, empty PostgreSQL database on the throwaway server that `make test` started."""
+    if not PG_URL:
+        pytest.skip("WORKBENCH_TEST_PG_URL is not set: run the suite with `make test`")
+    name = f"owb_{secrets.token_hex(6)}"
+    engine = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return str(sa.engine.make_url(PG_URL).set(database=name).render_as_string(hide_password=False))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return make_pg_database()
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    store = Store(database_url)
+    store.migrate()
+    yield store
+    store.dispose()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = Server(tmp_path_factory.mktemp("srv") / "data").start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path: Path) -> Iterator[Server]:
+    """A server of the test's own, for tests that kill or restart it."""
+    srv = Server(tmp_path / "data")
+    yield srv
+    srv.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def posix_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pwd.struct_passwd]:
+    """A real unprivileged POSIX user with a home directory, removed after the session."""
+    if os.geteuid() != 0:
+        pytest.skip("creating POSIX users needs root")
+    name = f"owbu{secrets.token_hex(3)}"
+    home = Path("/tmp") / f"owb-home-{name}"
+    subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name], check=True)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)

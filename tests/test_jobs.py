@@ -1,0 +1,190 @@
+"""Local jobs for real: processes, signals, limits, users and live output through the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+JOB_FIELDS = {
+    "id", "name", "user", "cluster", "command", "exe", "args", "stdin", "stdoutFile", "stderrFile",
+    "workingDirectory", "environment", "container", "exposedPorts", "mounts", "placementConstraints", "queues",
+    "resourceLimits", "config", "tags", "host", "pid", "exitCode", "status", "statusMessage", "submissionTime",
+    "lastUpdateTime",
+}
+
+
+@pytest.fixture(scope="module")
+def root_token(server: Server) -> str:
+    return server.token("root", "super-admin")
+
+
+def launch(server: Server, token: str, **job: Any) -> dict[str, Any]:
+    job.setdefault("name", "test job")
+    result = server.rpc("launch_job", token, job=job)
+    return dict(result["job"])
+
+
+def run(server: Server, token: str, **job: Any) -> dict[str, Any]:
+    return server.wait_job(token, launch(server, token, **job)["id"], user=job.get("user"))
+
+
+def output_lines(server: Server, token: str, job_id: str, **extra: Any) -> Iterator[dict[str, Any]]:
+    body = {"method": "get_job_output", "kwparams": {"job_id": job_id, **extra}}
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.stream("POST", f"{server.url}/api/get_job_output", json=body, headers=headers, timeout=60) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("application/x-ndjson")
+        for line in resp.iter_lines():
+            yield json.loads(line)
+
+
+def output_text(server: Server, token: str, job_id: str, kind: str = "stdout") -> str:
+    return "".join(c["output"] for c in output_lines(server, token, job_id) if c["outputType"] == kind)
+
+
+def test_exit_codes_and_fields(server: Server, root_token: str) -> None:
+    ok = run(server, root_token, exe="/bin/true")
+    failed = run(server, root_token, command="exit 3")
+    assert (ok["status"], ok["exitCode"]) == ("Finished", 0)
+    assert (failed["status"], failed["exitCode"]) == ("Finished", 3)
+    assert JOB_FIELDS <= set(failed)
+    assert failed["user"] == "root" and failed["cluster"] == "Local" and failed["host"]
+    assert failed["pid"] > 0 and failed["submissionTime"].endswith("Z")
+    assert failed["lastUpdateTime"] >= failed["submissionTime"]
+
+
+def test_exe_args_environment_directory_and_stdin(server: Server, root_token: str, tmp_path: Path) -> None:
+    job = run(server, root_token, exe="/bin/sh", args=["-c", 'echo "$GREETING" "$(pwd)"; cat; echo oops >&2'],
+              environment=[{"name": "GREETING", "value": "hello world"}], working_directory=str(tmp_path),
+              stdin="from stdin\n")
+    assert job["status"] == "Finished"
+    assert output_text(server, root_token, job["id"]) == f"hello world {tmp_path}\nfrom stdin\n"
+    assert output_text(server, root_token, job["id"], "stderr") == "oops\n"
+    assert Path(job["stdoutFile"]).read_text() == f"hello world {tmp_path}\nfrom stdin\n"
+
+
+def test_command_gets_args_as_positional_parameters(server: Server, root_token: str) -> None:
+    job = run(server, root_token, command='echo "$0|$1"', args=["zero", "one"])
+    assert output_text(server, root_token, job["id"]) == "zero|one\n"
+
+
+def test_missing_executable_fails_with_reason(server: Server, root_token: str) -> None:
+    job = run(server, root_token, exe="/no/such/program")
+    assert job["status"] == "Failed"
+    assert "/no/such/program" in job["statusMessage"] and "No such file" in job["statusMessage"]
+
+
+def test_stop_sends_sigterm_to_the_process_group(server: Server, root_token: str) -> None:
+    job = launch(server, root_token, command="trap 'echo got TERM; exit 7' TERM; sleep 60 & wait")
+    server.wait_job(root_token, job["id"], ("Running",))
+    time.sleep(0.2)  # let the shell install its trap
+    server.rpc("stop_job", root_token, job_id=job["id"])
+    done = server.wait_job(root_token, job["id"])
+    assert (done["status"], done["exitCode"]) == ("Finished", 7)
+    assert output_text(server, root_token, job["id"]) == "got TERM\n"
+
+
+def test_stop_plain_process_and_force_quit(server: Server, root_token: str) -> None:
+    term = launch(server, root_token, exe="/bin/sleep", args=["60"])
+    kill = launch(server, root_token, exe="/bin/sleep", args=["60"])
+    for job in (term, kill):
+        server.wait_job(root_token, job["id"], ("Running",))
+    server.rpc("stop_job", root_token, job_id=term["id"])
+    server.rpc("stop_job", root_token, job_id=kill["id"], force_quit=True)
+    term, kill = server.wait_job(root_token, term["id"]), server.wait_job(root_token, kill["id"])
+    assert (term["status"], term["exitCode"], term["statusMessage"]) == ("Finished", 143, "Terminated by SIGTERM")
+    assert (kill["status"], kill["exitCode"]) == ("Killed", 137)
+    again = server.post("stop_job", root_token, job_id=kill["id"]).json()
+    assert again["error"]["code"] == 4 and "already ended" in again["error"]["message"]
+
+
+def test_memory_limit_is_enforced(server: Server, root_token: str) -> None:
+    hog = "b = bytearray(300 * 1024 * 1024)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint('survived')"
+    job = run(server, root_token, exe="/usr/bin/python3", args=["-c", hog],
+              resource_limits=[{"type": "memory", "value": "64"}])
+    assert job["status"] == "Killed"
+    assert "memory limit of 64 MB" in job["statusMessage"]
+    assert "survived" not in output_text(server, root_token, job["id"])
+    assert not Path(f"/sys/fs/cgroup/memory/openworkbench/{job['id']}").exists()
+
+
+def test_cpu_limits(server: Server, root_token: str) -> None:
+    job = launch(server, root_token, command="while :; do :; done",
+                 resource_limits=[{"type": "cpuCount", "value": "0.5"}, {"name": "cpuTime", "value": 1}])
+    server.wait_job(root_token, job["id"], ("Running", "Killed"))
+    quota = Path(f"/sys/fs/cgroup/cpu/openworkbench/{job['id']}/cpu.cfs_quota_us")
+    if quota.exists():  # the job may already be gone once it has burnt its second of CPU
+        assert quota.read_text().strip() == "50000"
+    done = server.wait_job(root_token, job["id"])
+    assert done["status"] == "Killed" and "CPU time limit of 1 s" in done["statusMessage"]
+    assert {"type": "cpuTime", "value": "1"} in done["resourceLimits"]
+
+
+@pytest.mark.parametrize(
+    ("job", "code", "text"),
+    [
+        ({"cluster": "Nowhere"}, 1, "unknown cluster 'Nowhere'"),
+        ({"resource_limits": [{"type": "cpuCount", "value": "4096"}]}, 1, "exceeds the maximum"),
+        ({"resource_limits": [{"type": "memory", "value": "lots"}]}, 1, "must be a number"),
+        ({"queues": ["gpu"]}, 1, "no queue"),
+        ({"container_image": "ubuntu"}, 1, "containers"),
+        ({"user": "no-such-posix-user"}, 5, "no POSIX account"),
+    ],
+)
+def test_launch_refusals_change_nothing(server: Server, root_token: str, job: dict[str, Any], code: int,
+                                        text: str) -> None:
+    before = len(server.rpc("get_session", root_token, include_all_jobs=True)["jobs"])
+    body = server.post("launch_job", root_token, job={"name": "x", "exe": "/bin/true", **job}).json()
+    assert body["error"]["code"] == code and text in body["error"]["message"]
+    assert len(server.rpc("get_session", root_token, include_all_jobs=True)["jobs"]) == before
+
+
+def test_jobs_run_as_their_posix_user(server: Server, root_token: str, posix_user: pwd.struct_passwd) -> None:
+    name = posix_user.pw_name
+    own = server.token(name)
+    by_owner = run(server, own, command="id -u; id -un; pwd; echo $HOME")
+    on_behalf = run(server, root_token, command="id -un", user=name)
+    assert output_text(server, own, by_owner["id"]) == f"{posix_user.pw_uid}\n{name}\n{posix_user.pw_dir}\n" \
+                                                      f"{posix_user.pw_dir}\n"
+    assert on_behalf["user"] == name and output_text(server, root_token, on_behalf["id"]) == f"{name}\n"
+    assert os.stat(by_owner["stdoutFile"]).st_uid == posix_user.pw_uid
+    assert any(j["id"] == on_behalf["id"] for j in server.rpc("get_session", own, include_all_jobs=True)["jobs"])
+
+
+def test_output_is_live_while_the_job_runs(server: Server, root_token: str) -> None:
+    job = launch(server, root_token, command="echo first; sleep 30; echo never")
+    stream = output_lines(server, root_token, job["id"])
+    first = next(stream)
+    # The first line arrived while the job still sleeps: it was streamed, not read after the end.
+    assert first == {"jobId": job["id"], "outputType": "stdout", "output": "first\n"}
+    assert server.job(root_token, job["id"])["status"] == "Running"
+    server.rpc("stop_job", root_token, job_id=job["id"])
+    assert list(stream) == []  # the stream ends with the job
+
+
+def test_megabytes_of_output_are_streamed_in_chunks(server: Server, root_token: str) -> None:
+    size = 12 * 1024 * 1024
+    job = run(server, root_token, command=f"head -c {size} /dev/zero | tr '\\0' x")
+    chunks = [c["output"] for c in output_lines(server, root_token, job["id"])]
+    assert sum(len(c) for c in chunks) == size and set("".join(chunks[:3])) == {"x"}
+    assert max(len(c) for c in chunks) <= 64 * 1024
+
+
+def test_output_of_unknown_or_foreign_job(server: Server, root_token: str) -> None:
+    missing = server.post("get_job_output", root_token, job_id="nope").json()
+    assert missing["error"]["code"] == 2
+    job = run(server, root_token, exe="/bin/true")
+    other = server.token("mallory")
+    assert server.post("get_job_output", other, job_id=job["id"]).status_code == 403
+    wrong_user = server.post("get_job_output", root_token, job_id=job["id"], user="mallory").json()
+    assert wrong_user["error"]["code"] == 2
