@@ -26,6 +26,7 @@ from openworkbench.store import Store
 BIN = Path(sys.executable).parent
 WORKBENCH = str(BIN / "workbench")
 PG_URL = os.environ.get("WORKBENCH_TEST_PG_URL")
+FINAL = ("Finished", "Failed", "Killed", "Canceled")
 
 
 def free_port() -> int:
@@ -109,7 +110,7 @@ class Server:
         jobs = self.rpc("get_session", token, include_all_jobs=True, user=user)["jobs"]
         return next(job for job in jobs if job["id"] == job_id)
 
-    def wait_job(self, token: str, job_id: str, statuses: tuple[str, ...] = ("Finished", "Failed", "Killed", "Canceled"),
+    def wait_job(self, token: str, job_id: str, statuses: tuple[str, ...] = FINAL,
                  timeout: float = 30, user: str | None = None) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -312,6 +312,10 @@ def supervise(job: Job) -> None:
     with open(os.path.join(job.job_dir, "spec.json"), encoding="utf-8") as fh:
         spec: dict[str, Any] = json.load(fh)
     state_path = os.path.join(job.job_dir, "state.json")
+    if os.path.exists(os.path.join(job.job_dir, "cancel")):
+        # stop_job reached a job still Pending: the server waits for this state or for Running.
+        write_json_atomic(state_path, {**failed_state(job, "Canceled before it started"), "status": "Canceled"})
+        return
     report = start_child(job, spec)
     if report is not None:
         os.waitpid(job.pid or 0, 0)  # the child already _exit()ed after reporting
