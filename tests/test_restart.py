@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ def follow(server: Server, token: str, job_id: str) -> str:
     return "".join(json.loads(line)["output"] for line in response.text.splitlines())
 
 
-def test_sigkill_of_the_server_loses_no_job(fresh_server: Server) -> None:
+def test_sigkill_of_the_server_loses_no_job(fresh_server: Server, database_url: str) -> None:
+    fresh_server.database_url = database_url  # the whole server on SQLite and on PostgreSQL
     server = fresh_server.start()
     token = server.token("root", "super-admin")
     script = "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done; exit {code}"
@@ -82,8 +84,6 @@ def test_a_lost_supervisor_ends_the_job_failed_with_a_reason(fresh_server: Serve
     server.stop(signal.SIGKILL)
     job_dir = server.data_dir / "jobs" / job["id"]
     supervisor = json.loads((job_dir / "supervisor.json").read_text())["supervisorPid"]
-    import os
-
     os.kill(supervisor, signal.SIGKILL)  # the failure we cannot cause otherwise: the supervisor dies
     os.killpg(json.loads((job_dir / "state.json").read_text())["pgid"], signal.SIGKILL)
     server.start()

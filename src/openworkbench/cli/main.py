@@ -78,7 +78,15 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
         + (f" --data-dir {data_dir}" if data_dir else ""),
         err=True,
     )
-    uvicorn.run(app, host=settings.server.host, port=settings.server.port, log_level="info", access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level="info",
+        access_log=False,
+        # Output followers of long jobs must not hold a shutdown hostage.
+        timeout_graceful_shutdown=3,
+    )
 
 
 @main.command("generate-api-token")
