@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint system-deps clean
+.PHONY: install run test lint system-deps clean bench
 
 install: $(STAMP)
 
@@ -30,3 +30,6 @@ test: install system-deps lint
 
 clean:
 	rm -rf $(VENV) .workbench .pytest_cache .mypy_cache .ruff_cache
+
+bench: install
+	PYTHONPATH=. $(BIN)/python bench/local_jobs.py --json bench/results/local_jobs.json
