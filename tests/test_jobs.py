@@ -118,6 +118,15 @@ def test_memory_limit_is_enforced(server: Server, root_token: str) -> None:
     assert not Path(f"/sys/fs/cgroup/memory/openworkbench/{job['id']}").exists()
 
 
+def test_memory_kill_of_a_child_is_named(server: Server, root_token: str) -> None:
+    hog = "b = b'x' * (300 * 1024 * 1024)"
+    job = run(server, root_token, command=f'/usr/bin/python3 -c "{hog}"; echo "child exit $?"',
+              resource_limits=[{"type": "memory", "value": "64"}])
+    assert (job["status"], job["exitCode"]) == ("Finished", 0)
+    assert job["statusMessage"] == "A process of the job was killed: exceeded the memory limit of 64 MB"
+    assert output_text(server, root_token, job["id"]) == "child exit 137\n"
+
+
 def test_cpu_limits(server: Server, root_token: str) -> None:
     job = launch(server, root_token, command="while :; do :; done",
                  resource_limits=[{"type": "cpuCount", "value": "0.5"}, {"name": "cpuTime", "value": 1}])
@@ -139,6 +148,8 @@ def test_cpu_limits(server: Server, root_token: str) -> None:
         ({"queues": ["gpu"]}, 1, "no queue"),
         ({"container_image": "ubuntu"}, 1, "containers"),
         ({"user": "no-such-posix-user"}, 5, "no POSIX account"),
+        ({"resource_limits": [{"type": "memorySwap", "value": "100"}]}, 1, "does not support the memorySwap"),
+        ({"resource_limits": [{"type": "memory", "value": "0.5"}]}, 1, "must be at least 4"),
     ],
 )
 def test_launch_refusals_change_nothing(server: Server, root_token: str, job: dict[str, Any], code: int,

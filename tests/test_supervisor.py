@@ -163,7 +163,13 @@ LIMITS_NONE = {"memory_mb": None, "cpu_count": None, "cpu_time_s": None}
     [
         (exited(0), 0.1, LIMITS_NONE, False, ("Finished", 0, "")),
         (exited(3), 0.1, LIMITS_NONE, False, ("Finished", 3, "")),
-        (exited(137), 0.1, {"memory_mb": 32}, True, ("Finished", 137, "")),
+        (
+            exited(137),
+            0.1,
+            {"memory_mb": 32},
+            True,
+            ("Finished", 137, "A process of the job was killed: exceeded the memory limit of 32 MB"),
+        ),
         (signal.SIGTERM, 0.1, LIMITS_NONE, False, ("Finished", 143, "Terminated by SIGTERM")),
         (signal.SIGSEGV, 0.1, LIMITS_NONE, False, ("Finished", 139, "Terminated by SIGSEGV")),
         (signal.SIGKILL, 0.1, LIMITS_NONE, False, ("Killed", 137, "Killed by SIGKILL")),

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +45,12 @@ class LimitSettings(_Section):
     max: float | None = Field(default=None, gt=0)
     default: float | None = Field(default=None, gt=0)
 
+    @model_validator(mode="after")
+    def _default_within_max(self) -> LimitSettings:
+        if self.max is not None and self.default is not None and self.default > self.max:
+            raise ValueError(f"default {self.default:g} is larger than max {self.max:g}")
+        return self
+
 
 class ClusterSettings(_Section):
     type: Literal["Local", "Slurm"]
@@ -73,17 +79,20 @@ class IdeSettings(_Section):
     enabled: bool = True
     exe: str = ""
     args: list[str] = []
-    default_cluster: str = "Local"
+    default_cluster: str = ""  # empty: the first configured cluster
     default_image: str = ""
 
 
+DEFAULT_IDE_EXES = {
+    "JupyterLab": "jupyter-lab",
+    "Jupyter Notebook": "jupyter-notebook",
+    "VS Code": "code-server",
+    "RStudio": "rserver",
+}
+
+
 def _default_ides() -> dict[str, IdeSettings]:
-    return {
-        "JupyterLab": IdeSettings(exe="jupyter-lab"),
-        "Jupyter Notebook": IdeSettings(exe="jupyter-notebook"),
-        "VS Code": IdeSettings(exe="code-server"),
-        "RStudio": IdeSettings(exe="rserver"),
-    }
+    return {name: IdeSettings(exe=exe) for name, exe in DEFAULT_IDE_EXES.items()}
 
 
 class Settings(BaseSettings):
@@ -105,13 +114,30 @@ class Settings(BaseSettings):
             raise ValueError("at least one cluster must be configured")
         return value
 
-    @field_validator("ides")
+    @field_validator("ides", mode="before")
     @classmethod
-    def _known_ides(cls, value: dict[str, IdeSettings]) -> dict[str, IdeSettings]:
+    def _known_ides(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
         unknown = sorted(set(value) - set(IDE_NAMES))
         if unknown:
             raise ValueError(f"unknown IDE(s) {unknown}; expected one of {list(IDE_NAMES)}")
-        return {**_default_ides(), **value}
+        # A partial [ides."X"] table keeps that IDE's other defaults (its executable above all).
+        merged: dict[str, Any] = {name: {"exe": exe} for name, exe in DEFAULT_IDE_EXES.items()}
+        for name, table in value.items():
+            given = table.model_dump(exclude_unset=True) if isinstance(table, IdeSettings) else table
+            merged[name] = {**merged[name], **given} if isinstance(given, dict) else given
+        return merged
+
+    @model_validator(mode="after")
+    def _ide_clusters_exist(self) -> Settings:
+        for name, ide in self.ides.items():
+            if ide.default_cluster and ide.default_cluster not in self.clusters:
+                raise ValueError(
+                    f"ides.{name}.default_cluster: no cluster named '{ide.default_cluster}' "
+                    f"(configured: {', '.join(self.clusters)})"
+                )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -69,7 +69,6 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
     server: dict[str, Any] = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     # Flags override single keys of [server]; settings sources are deep-merged.
     settings = _settings(data_dir, config_file, server=server or None)
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     app = create_app(settings)
     address = f"http://{settings.server.host}:{settings.server.port}"
     click.echo(f"Open Workbench serving on {address} (data in {settings.data_dir.resolve()})", err=True)

@@ -49,11 +49,12 @@ class LocalCluster(Cluster):
         return describe_local(self.name, self.settings)
 
     def validate(self, spec: JobSpec) -> None:
-        check_limits(self.name, self.settings, spec)
+        check_limits(self.name, self.settings, spec, cgroups=self.cgroup_root is not None)
 
     def submit(self, job_id: str, spec: JobSpec, account: Account) -> JobState:
         job_dir = self.jobs_dir / job_id
-        job_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.jobs_dir.mkdir(mode=0o700, exist_ok=True)
+        job_dir.mkdir(mode=0o700, exist_ok=True)
         rendered = render_spec(job_id, spec, account, job_dir, self.cgroup_root, self.settings)
         _write_json(job_dir / "spec.json", rendered)
         self._spawn(job_id, job_dir)

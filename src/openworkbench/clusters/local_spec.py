@@ -45,7 +45,8 @@ def describe_local(name: str, settings: ClusterSettings) -> dict[str, Any]:
         {"type": kind, "maxValue": _text(maximum), "defaultValue": _text(default)}
         for kind, (maximum, default) in effective_limits(settings).items()
     ]
-    interactive = {"supports_interactive_sessions": True, "supports_adhoc_jobs": True}
+    # Sessions are not served yet (code 3 from launch_session): say so here too.
+    interactive = {"supports_interactive_sessions": False, "supports_adhoc_jobs": True}
     return {
         "name": name,
         "type": "Local",
@@ -60,7 +61,11 @@ def describe_local(name: str, settings: ClusterSettings) -> dict[str, Any]:
     }
 
 
-def check_limits(cluster: str, settings: ClusterSettings, spec: JobSpec) -> None:
+CGROUP_LIMITS = ("memory", "cpuCount")
+MIN_VALUES = {"memory": 4.0, "cpuTime": 1.0}  # below these a limit cannot be applied as asked
+
+
+def check_limits(cluster: str, settings: ClusterSettings, spec: JobSpec, cgroups: bool) -> None:
     """Refuse what the Local cluster cannot honour, naming the offending field."""
     if spec.container_image:
         raise InvalidParameter(f"cluster '{cluster}' does not support containers (container_image)")
@@ -76,19 +81,29 @@ def check_limits(cluster: str, settings: ClusterSettings, spec: JobSpec) -> None
         raise InvalidParameter(f"cluster '{cluster}' has no placement constraint(s) {bad}")
     limits = effective_limits(settings)
     for item in spec.resource_limits:
-        try:
-            value = float(item.value)
-        except ValueError:
-            raise InvalidParameter(
-                f"resource limit {item.type} must be a number, got {item.value!r}"
-            ) from None
-        if value <= 0:
-            raise InvalidParameter(f"resource limit {item.type} must be positive, got {item.value}")
+        value = _checked_value(cluster, item.type, item.value, cgroups)
         maximum = limits.get(item.type, (None, None))[0]
         if maximum is not None and value > maximum:
             raise InvalidParameter(
                 f"resource limit {item.type}={item.value} exceeds the maximum {_text(maximum)} of cluster '{cluster}'"
             )
+
+
+def _checked_value(cluster: str, kind: str, text: str, cgroups: bool) -> float:
+    if kind == "memorySwap":
+        raise InvalidParameter(f"cluster '{cluster}' does not support the memorySwap limit")
+    if kind in CGROUP_LIMITS and not cgroups:
+        # Accepting a limit we cannot enforce would be a silent lie.
+        raise InvalidParameter(f"cluster '{cluster}' cannot enforce {kind}: cgroups are not available")
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidParameter(f"resource limit {kind} must be a number, got {text!r}") from None
+    least = MIN_VALUES.get(kind)
+    if value <= 0 or (least is not None and value < least):
+        bound = f"at least {least:g}" if least else "positive"
+        raise InvalidParameter(f"resource limit {kind} must be {bound}, got {text}")
+    return value
 
 
 def _limit(spec: JobSpec, settings: ClusterSettings, kind: str) -> float | None:

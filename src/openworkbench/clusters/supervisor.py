@@ -96,11 +96,15 @@ def memory_oom_killed(mem_dir: str) -> bool:
 
 def final_state(wait_status: int, rusage_cpu_s: float, limits: dict[str, Any], oom_killed: bool) -> dict[str, Any]:
     """Map a wait status to the final state fields: status, exitCode, statusMessage, signal."""
+    memory_mb, cpu_s = limits.get("memory_mb"), limits.get("cpu_time_s")
     if os.WIFEXITED(wait_status):
         code = os.WEXITSTATUS(wait_status)
-        return {"status": "Finished", "exitCode": code, "statusMessage": "", "signal": None}
+        # The OOM killer may have picked a child of the main process: say so, or the exit code is a riddle.
+        note = ""
+        if oom_killed and memory_mb:
+            note = f"A process of the job was killed: exceeded the memory limit of {memory_mb:g} MB"
+        return {"status": "Finished", "exitCode": code, "statusMessage": note, "signal": None}
     sig = os.WTERMSIG(wait_status)
-    memory_mb, cpu_s = limits.get("memory_mb"), limits.get("cpu_time_s")
     killed = {"status": "Killed", "exitCode": 128 + sig, "signal": sig}
     if sig == signal.SIGKILL and oom_killed and memory_mb is not None:
         return {**killed, "statusMessage": f"Killed: exceeded its memory limit of {memory_mb:g} MB"}

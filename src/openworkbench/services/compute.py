@@ -14,7 +14,7 @@ def compute_envs(settings: Settings, clusters: dict[str, Cluster]) -> dict[str, 
     for name, info in IDES.items():
         ide = settings.ides[name]
         workbenches[name] = {
-            "default_cluster": ide.default_cluster,
+            "default_cluster": ide.default_cluster or settings.default_cluster,
             "default_image": ide.default_image,
             "lang": {"name": info.lang, "available": available(ide)},
         }

@@ -28,6 +28,9 @@ class Services:
 
 
 def open_store(settings: Settings) -> Store:
+    # The data dir holds the token database and job state: the operator's alone, like /etc/shadow.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)
     store = Store(settings.database_url)
     store.migrate()
     return store

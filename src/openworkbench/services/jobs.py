@@ -62,7 +62,6 @@ class JobService:
         spec = spec.model_copy(update={"user": owner, "cluster": cluster.name})
         with self.store.session() as db:
             db.add(_new_job(job_id, user_id, cluster.name, spec, session_id))
-        ref = JobRef(job_id, "Pending", spec, account)
         try:
             state = cluster.submit(job_id, spec, account)
         except WorkbenchError as exc:
@@ -70,7 +69,7 @@ class JobService:
             raise
         self._apply(job_id, state)
         with self._lock:
-            self._active[job_id] = ref
+            self._active[job_id] = JobRef(job_id, state.status, spec, account, state.cluster_state or {})
             self._clusters_of[job_id] = cluster.name
         return self.get(principal, job_id)
 
@@ -181,7 +180,8 @@ class JobService:
             if status in FINAL_STATUSES:
                 self._active.pop(job_id, None)
             elif ref is not None:
-                self._active[job_id] = JobRef(job_id, status, ref.spec, ref.account, ref.cluster_state)
+                cluster_state = state.cluster_state if state.cluster_state is not None else ref.cluster_state
+                self._active[job_id] = JobRef(job_id, status, ref.spec, ref.account, cluster_state)
 
 
 def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id: str | None) -> Job:
