@@ -9,7 +9,7 @@ import pytest
 
 from openworkbench.config import load_settings
 from openworkbench.errors import ConfigError
-from openworkbench.services.container import open_store
+from openworkbench.services.container import build_clusters, open_store
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -73,3 +73,9 @@ def test_the_data_dir_is_private(tmp_path: Path) -> None:
     data.mkdir(mode=0o755)
     open_store(load_settings(data_dir=data)).dispose()
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
+
+
+def test_a_default_limit_without_cgroups_stops_the_server(tmp_path: Path) -> None:
+    text = "[local]\ncgroups = false\n[clusters.Local]\ntype = 'Local'\nlimits.memory = {default=100}\n"
+    with pytest.raises(ConfigError, match=r"clusters\.Local\.limits\.memory\.default"):
+        build_clusters(load_settings(write(tmp_path, text), data_dir=tmp_path))

@@ -23,7 +23,7 @@ from typing import Any
 from openworkbench.clusters.base import FINAL_STATUSES, Account, Cluster, JobRef, JobState
 from openworkbench.clusters.local_spec import check_limits, describe_local, render_spec
 from openworkbench.config import ClusterSettings, LocalSettings
-from openworkbench.errors import LaunchFailed
+from openworkbench.errors import ConfigError, LaunchFailed
 from openworkbench.models import JobSpec
 
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
@@ -41,6 +41,12 @@ class LocalCluster(Cluster):
         self.cgroup_root = (
             local.cgroup_root if local.cgroups and _cgroups_writable(local.cgroup_root) else None
         )
+        if self.cgroup_root is None:
+            for kind in ("memory", "cpuCount"):
+                if (conf := settings.limits.get(kind)) and conf.default is not None:
+                    raise ConfigError(
+                        f"config key 'clusters.{name}.limits.{kind}.default': needs cgroups, which are not available"
+                    )
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._seen: dict[str, int] = {}  # job id -> mtime_ns of the state.json last read
         self._lock_checked: dict[str, float] = {}
