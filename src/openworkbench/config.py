@@ -75,19 +75,32 @@ class LocalSettings(_Section):
     poll_interval_ms: int = Field(default=100, ge=10, le=10_000)
 
 
+class SessionSettings(_Section):
+    # Where scripts/install-ides.sh puts the IDEs: readable by every user (not under /root).
+    ide_prefix: str = "/opt/openworkbench"
+    # Per-user 0700 directories holding each session's Unix socket; only the owner (and the
+    # server, as root) can reach a session except through the proxy.
+    runtime_dir: str = "/tmp/openworkbench-sessions"
+    start_timeout_s: float = Field(default=90, gt=0)
+    stop_grace_s: float = Field(default=5, ge=0)
+    idle_check_interval_s: float = Field(default=30, gt=0)
+
+
 class IdeSettings(_Section):
     enabled: bool = True
-    exe: str = ""
+    exe: str = ""  # absolute, or relative to sessions.ide_prefix, or a name on PATH
     args: list[str] = []
     default_cluster: str = ""  # empty: the first configured cluster
     default_image: str = ""
+    idle_timeout_minutes: float = Field(default=0, ge=0)  # 0: never
+    suspend_on_idle: bool = True  # else an idle session is stopped
 
 
 DEFAULT_IDE_EXES = {
-    "JupyterLab": "jupyter-lab",
-    "Jupyter Notebook": "jupyter-notebook",
-    "VS Code": "code-server",
-    "RStudio": "rserver",
+    "JupyterLab": "jupyter/bin/jupyter-lab",
+    "Jupyter Notebook": "jupyter/bin/jupyter-notebook",
+    "VS Code": "code-server/node_modules/.bin/code-server",
+    "RStudio": "/usr/lib/rstudio-server/bin/rserver",
 }
 
 
@@ -104,6 +117,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
     local: LocalSettings = LocalSettings()
+    sessions: SessionSettings = SessionSettings()
     clusters: dict[str, ClusterSettings] = {"Local": ClusterSettings(type="Local")}
     ides: dict[str, IdeSettings] = Field(default_factory=_default_ides)
 

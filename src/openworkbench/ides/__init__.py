@@ -6,6 +6,7 @@ id of the product, and whether the IDE's executable is present.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 
@@ -27,6 +28,17 @@ IDES: dict[str, IdeInfo] = {
 }
 
 
-def available(settings: IdeSettings) -> bool:
+def resolve_exe(settings: IdeSettings, ide_prefix: str) -> str | None:
+    """The IDE's executable: absolute, relative to the IDE prefix, or found on PATH."""
+    exe = settings.exe
+    if not exe:
+        return None
+    if os.path.isabs(exe) or "/" in exe:
+        path = exe if os.path.isabs(exe) else os.path.join(ide_prefix, exe)
+        return path if os.access(path, os.X_OK) else None
+    return shutil.which(exe)
+
+
+def available(settings: IdeSettings, ide_prefix: str) -> bool:
     """An IDE is available when it is enabled and its executable is found."""
-    return settings.enabled and bool(settings.exe) and shutil.which(settings.exe) is not None
+    return settings.enabled and resolve_exe(settings, ide_prefix) is not None

@@ -16,6 +16,6 @@ def compute_envs(settings: Settings, clusters: dict[str, Cluster]) -> dict[str, 
         workbenches[name] = {
             "default_cluster": ide.default_cluster or settings.default_cluster,
             "default_image": ide.default_image,
-            "lang": {"name": info.lang, "available": available(ide)},
+            "lang": {"name": info.lang, "available": available(ide, settings.sessions.ide_prefix)},
         }
     return {"clusters": [cluster.describe() for cluster in clusters.values()], "workbenches": workbenches}
