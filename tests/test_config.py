@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from openworkbench.config import load_settings
+from openworkbench.config import DEFAULT_IDE_EXES, load_settings
 from openworkbench.errors import ConfigError
 from openworkbench.services.container import build_clusters, open_store
 
@@ -38,8 +38,8 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest
 
 def test_a_partial_ide_table_keeps_the_other_defaults(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, '[ides."VS Code"]\nenabled = false\n'))
-    assert (settings.ides["VS Code"].enabled, settings.ides["VS Code"].exe) == (False, "code-server")
-    assert settings.ides["JupyterLab"].exe == "jupyter-lab"
+    assert (settings.ides["VS Code"].enabled, settings.ides["VS Code"].exe) == (False, DEFAULT_IDE_EXES["VS Code"])
+    assert settings.ides["JupyterLab"].exe == "jupyter/bin/jupyter-lab"
 
 
 @pytest.mark.parametrize(
