@@ -22,7 +22,7 @@ def test_migrations_are_idempotent_and_match_the_schema(store: Store) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     assert diff == []
-    assert version == "0001"
+    assert version == "0002"
 
 
 def test_sqlite_uses_wal(tmp_path) -> None:
@@ -107,3 +107,12 @@ def test_unreachable_database_is_a_store_error(tmp_path) -> None:
     store = Store("postgresql+psycopg://nobody@/nodb?host=/nonexistent")
     with pytest.raises(StoreError):
         store.migrate()
+
+
+def test_no_token_for_a_disabled_user(store: Store) -> None:
+    accounts = Accounts(store)
+    accounts.add_user("gina")
+    accounts.disable_user("gina")
+    with pytest.raises(InvalidParameter, match="disabled"):
+        accounts.generate_token("admin", "g", "gina")
+    assert accounts.list_tokens() == [] and not accounts.list_users()[0]["isAdmin"]

@@ -43,7 +43,7 @@ async def get_users(services: Services, principal: Principal, params: p.NoParams
 
 
 async def get_compute_envs(services: Services, principal: Principal, params: p.GetComputeEnvs) -> Any:
-    require(principal, Action.READ, params.user)
+    require(principal, Action.READ, params.user or principal.username)
     return await run_in_threadpool(compute_envs, services.settings, services.clusters)
 
 

@@ -68,6 +68,8 @@ async def read_kwparams(request: Request, name: str, method: Method) -> dict[str
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object with 'method' and 'kwparams'")
     if body.get("method") is not None and body["method"] != name:
@@ -75,7 +77,9 @@ async def read_kwparams(request: Request, name: str, method: Method) -> dict[str
     unknown = sorted(set(body) - {"method", "kwparams"})
     if unknown:
         raise BadRequest(f"unknown field(s) in the request body: {', '.join(unknown)}")
-    kwparams = body.get("kwparams") or {}
+    kwparams = body.get("kwparams")
+    if kwparams is None:
+        return {}
     if not isinstance(kwparams, dict):
         raise BadRequest("'kwparams' must be a JSON object")
     return dict(_drop_nulls(kwparams))

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from openworkbench.config import Settings, load_settings
 from openworkbench.errors import WorkbenchError
@@ -117,12 +118,11 @@ def revoke_api_token(name: str, data_dir: str | None, config_file: str | None) -
 @fail_cleanly
 def list_api_tokens(data_dir: str | None, config_file: str | None) -> None:
     """List tokens: name, kind, user, created, last used (never the token)."""
-    table = Table("name", "kind", "user", "created", "last used", box=None)
-    for token in _accounts(data_dir, config_file).list_tokens():
-        table.add_row(
-            token.name, token.kind, token.username, isoformat(token.created), isoformat(token.last_used) or "never"
-        )
-    Console(width=200).print(table)
+    rows = [
+        [t.name, t.kind, t.username, isoformat(t.created) or "", isoformat(t.last_used) or "never"]
+        for t in _accounts(data_dir, config_file).list_tokens()
+    ]
+    _print_table(["name", "kind", "user", "created", "last used"], rows)
 
 
 @main.group()
@@ -147,18 +147,15 @@ def user_add(name: str, admin: bool, super_admin: bool, data_dir: str | None, co
 @fail_cleanly
 def user_list(data_dir: str | None, config_file: str | None) -> None:
     """List users."""
-    table = Table("username", "status", "admin", "super-admin", "uid", "created", "last sign-in", box=None)
-    for row in _accounts(data_dir, config_file).list_users():
-        table.add_row(
-            row["username"],
-            row["status"],
-            _yes(row["isAdmin"]),
-            _yes(row["isSuperAdmin"]),
-            str(row["uid"]) if row["uid"] is not None else "-",
-            row["created"],
-            row["lastSignIn"] or "never",
-        )
-    Console(width=200).print(table)
+    headers = ["username", "status", "admin", "super-admin", "uid", "created", "last sign-in"]
+    rows = [
+        [
+            row["username"], row["status"], _yes(row["isAdmin"]), _yes(row["isSuperAdmin"]),
+            str(row["uid"]) if row["uid"] is not None else "-", row["created"], row["lastSignIn"] or "never",
+        ]
+        for row in _accounts(data_dir, config_file).list_users()
+    ]
+    _print_table(headers, rows)
 
 
 @user.command("disable")
@@ -169,6 +166,14 @@ def user_disable(name: str, data_dir: str | None, config_file: str | None) -> No
     """Disable user NAME: their tokens stop working at once."""
     _accounts(data_dir, config_file).disable_user(name)
     click.echo(f"disabled user '{name}'", err=True)
+
+
+def _print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """Names exactly as stored: Text cells are never read as markup, and nothing is cut."""
+    table = Table(*headers, box=None)
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
+    Console(width=100_000, soft_wrap=True).print(table)
 
 
 def _yes(flag: bool) -> str:

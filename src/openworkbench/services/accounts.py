@@ -89,6 +89,8 @@ class Accounts:
         with self.store.session() as db:
             if db.scalar(select(ApiToken.id).where(ApiToken.name == name)):
                 raise InvalidParameter(f"a token named '{name}' already exists")
+            if db.scalar(select(User.disabled).where(User.username == username)):
+                raise InvalidParameter(f"user '{username}' is disabled: a token for them could never be used")
         user_id = self.ensure_user(
             username, admin=kind.startswith("admin"), super_admin=kind.startswith("super-admin")
         )

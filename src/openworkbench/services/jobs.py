@@ -57,7 +57,7 @@ class JobService:
         cluster = self._cluster(spec.cluster or self.default_cluster)
         cluster.validate(spec)
         account = posix_account(owner)
-        user_id = self._owner_id(owner)
+        user_id = self.owner_id(owner)
         job_id = secrets.token_hex(8)
         spec = spec.model_copy(update={"user": owner, "cluster": cluster.name})
         with self.store.session() as db:
@@ -80,7 +80,7 @@ class JobService:
             known = ", ".join(self.clusters)
             raise InvalidParameter(f"unknown cluster '{name}'; this server has: {known}") from None
 
-    def _owner_id(self, owner: str) -> int:
+    def owner_id(self, owner: str) -> int:
         with self.store.session() as db:
             user = db.scalar(select(User).where(User.username == owner))
             if user is not None and user.disabled:

@@ -82,3 +82,46 @@ class Job(Base):
     stop_requested: Mapped[str | None] = mapped_column(String(16), default=None)
     submission_time: Mapped[datetime] = mapped_column(default=utcnow)
     last_update_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Session(Base):
+    """An IDE session: its URL, its state, and the Launcher job that runs the IDE."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(8), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    workbench: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[str] = mapped_column(String(8))
+    url: Mapped[str] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    status_detail: Mapped[str] = mapped_column(Text, default="")
+    cluster: Mapped[str] = mapped_column(String(255))
+    # What the client asked for, kept to resume the session the same way.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)
+    working_dir: Mapped[str] = mapped_column(Text)
+    job_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    socket_path: Mapped[str] = mapped_column(Text)
+    state_dir: Mapped[str] = mapped_column(Text)
+    # Sent by the proxy to the IDE on every request; the data dir is the operator's alone.
+    secret: Mapped[str] = mapped_column(String(64))
+    suspend_manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    suspend_size: Mapped[int | None] = mapped_column(Integer, default=None)
+    executing: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    last_state_updated: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BrowserSession(Base):
+    """A browser's sign-in: a random cookie (stored hashed) bound to the API token used to sign in."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cookie_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Revoking the token ends the browser sign-ins made with it.
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    created: Mapped[datetime] = mapped_column(default=utcnow)
+    expires: Mapped[datetime] = mapped_column()
