@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint system-deps clean bench
+.PHONY: install run test lint system-deps ides clean bench
 
 install: $(STAMP)
 
@@ -21,11 +21,16 @@ run: install
 system-deps:
 	scripts/install-system-deps.sh
 
+# The IDEs sessions run, where every user can read them (default /opt/openworkbench).
+IDE_PREFIX ?= /opt/openworkbench
+ides:
+	scripts/install-ides.sh $(IDE_PREFIX)
+
 lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
-test: install system-deps lint
+test: install system-deps ides lint
 	scripts/with-postgres.sh $(BIN)/pytest -q $(PYTEST_ARGS)
 
 clean:

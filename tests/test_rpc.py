@@ -190,16 +190,17 @@ def test_get_job_output_of_unknown_job_is_not_found(server: Server, root_token: 
 
 
 @pytest.mark.parametrize(
-    ("method", "kwparams"),
+    ("method", "kwparams", "code", "text"),
     [
-        ("launch_session", {"workbench": "RStudio"}),
-        ("resume_session", {"session_id": "acdd5861"}),
-        ("stop_session", {"session_ids": "acdd5861"}),
+        ("launch_session", {"workbench": "RStudio"}, 3, "RStudio is not available"),
+        ("resume_session", {"session_id": "acdd5861"}, 2, "no session 'acdd5861'"),
+        ("stop_session", {"session_ids": "acdd5861"}, 2, "no session 'acdd5861'"),
     ],
 )
-def test_session_methods_are_not_available(server: Server, root_token: str, method: str, kwparams: Any) -> None:
-    message = error(call(server, method, root_token, **kwparams), 200, code=3)
-    assert "not available" in message
+def test_session_methods_refuse_clearly(server: Server, root_token: str, method: str, kwparams: Any, code: int,
+                                        text: str) -> None:
+    message = error(call(server, method, root_token, **kwparams), 200, code=code)
+    assert text in message
 
 
 def test_launch_job_on_unknown_cluster_is_invalid_parameter(server: Server, root_token: str) -> None:

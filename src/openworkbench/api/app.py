@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -14,8 +15,10 @@ from starlette.exceptions import HTTPException
 
 from openworkbench.api.methods import METHODS
 from openworkbench.api.rpc import dispatch
+from openworkbench.api.session_routes import router as session_routes
 from openworkbench.config import Settings
 from openworkbench.services.container import Services, build_services
+from openworkbench.web.signin import router as signin_pages
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +57,14 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         monitor = Monitor(services)
         monitor.start()
+        await services.runner.adopt()
+        watcher = asyncio.get_running_loop().create_task(services.runner.watch())
         try:
             yield
         finally:
+            watcher.cancel()
+            await services.runner.close()
+            await services.pool.close()
             monitor.stop()
             services.close()
 
@@ -66,6 +74,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.api_route("/api/{method}", methods=["GET", "POST"])
     async def rpc(method: str, request: Request) -> Response:
         return await dispatch(services, METHODS, method, request)
+
+    app.include_router(signin_pages(services))
+    app.include_router(session_routes(services))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -13,11 +13,14 @@ from openworkbench import __version__
 from openworkbench.api import params as p
 from openworkbench.api.rpc import Method
 from openworkbench.auth.permissions import Action, Principal, require
-from openworkbench.errors import InternalError, NotAvailable, WorkbenchError
+from openworkbench.errors import InternalError, WorkbenchError
 from openworkbench.services.compute import compute_envs
 from openworkbench.services.container import Services
 
-FEATURES = ["launch_job", "get_job_output", "stop_job", "get_session", "get_compute_envs", "get_users"]
+FEATURES = [
+    "launch_job", "get_job_output", "stop_job", "get_session", "get_compute_envs", "get_users",
+    "launch_session", "resume_session", "stop_session", "session_suspend",
+]
 
 
 async def version(services: Services, principal: Principal, params: p.NoParams) -> Any:
@@ -74,18 +77,30 @@ async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 async def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:
     username = params.user or principal.username
-    require(principal, Action.READ, username)
-    result: dict[str, Any] = {"sessions": []}
+    sessions = await run_in_threadpool(
+        services.sessions.list, principal, username, params.session_id, params.fields
+    )
+    result: dict[str, Any] = {"sessions": sessions}
     if params.include_all_jobs:
         result["jobs"] = await run_in_threadpool(services.jobs.list_for, principal, username, None)
     elif params.include_jobs:
-        # Jobs that belong to the listed sessions; there are no sessions before the sessions issue.
-        result["jobs"] = await run_in_threadpool(services.jobs.list_for, principal, username, [])
+        ids = await run_in_threadpool(services.sessions.list, principal, username, params.session_id, ["id"])
+        result["jobs"] = await run_in_threadpool(
+            services.jobs.list_for, principal, username, [item["id"] for item in ids]
+        )
     return result
 
 
-async def sessions_not_available(services: Services, principal: Principal, params: p.Params) -> Any:
-    raise NotAvailable("IDE sessions are not available on this server yet; jobs are (launch_job)")
+async def launch_session(services: Services, principal: Principal, params: p.LaunchSession) -> Any:
+    return await services.sessions.launch(principal, params)
+
+
+async def resume_session(services: Services, principal: Principal, params: p.ResumeSession) -> Any:
+    return await services.sessions.resume(principal, params)
+
+
+async def stop_session(services: Services, principal: Principal, params: p.StopSession) -> Any:
+    return await services.sessions.stop(principal, params)
 
 
 METHODS: dict[str, Method] = {
@@ -96,7 +111,7 @@ METHODS: dict[str, Method] = {
     "get_job_output": Method(p.GetJobOutput, get_job_output),
     "stop_job": Method(p.StopJob, stop_job),
     "get_session": Method(p.GetSession, get_session, allow_get=True),
-    "launch_session": Method(p.LaunchSession, sessions_not_available),
-    "resume_session": Method(p.ResumeSession, sessions_not_available),
-    "stop_session": Method(p.StopSession, sessions_not_available),
+    "launch_session": Method(p.LaunchSession, launch_session),
+    "resume_session": Method(p.ResumeSession, resume_session),
+    "stop_session": Method(p.StopSession, stop_session),
 }

@@ -45,8 +45,7 @@ def describe_local(name: str, settings: ClusterSettings) -> dict[str, Any]:
         {"type": kind, "maxValue": _text(maximum), "defaultValue": _text(default)}
         for kind, (maximum, default) in effective_limits(settings).items()
     ]
-    # Sessions are not served yet (code 3 from launch_session): say so here too.
-    interactive = {"supports_interactive_sessions": False, "supports_adhoc_jobs": True}
+    interactive = {"supports_interactive_sessions": True, "supports_adhoc_jobs": True}
     return {
         "name": name,
         "type": "Local",

@@ -8,8 +8,12 @@ from openworkbench.clusters.base import Cluster
 from openworkbench.clusters.local import LocalCluster
 from openworkbench.config import Settings
 from openworkbench.errors import ConfigError
+from openworkbench.proxy import UpstreamPool
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.jobs import JobService
+from openworkbench.services.session_runner import SessionRunner
+from openworkbench.services.sessions import SessionService
+from openworkbench.services.signin import SignIn
 from openworkbench.store import Store
 
 
@@ -20,6 +24,10 @@ class Services:
     accounts: Accounts
     clusters: dict[str, Cluster]
     jobs: JobService
+    pool: UpstreamPool
+    runner: SessionRunner
+    sessions: SessionService
+    signin: SignIn
 
     def close(self) -> None:
         for cluster in self.clusters.values():
@@ -52,4 +60,7 @@ def build_services(settings: Settings) -> Services:
     accounts = Accounts(store)
     clusters = build_clusters(settings)
     jobs = JobService(store, accounts, clusters, settings.default_cluster)
-    return Services(settings, store, accounts, clusters, jobs)
+    pool = UpstreamPool()
+    runner = SessionRunner(settings, store, jobs, pool)
+    sessions = SessionService(settings, store, jobs, runner)
+    return Services(settings, store, accounts, clusters, jobs, pool, runner, sessions, SignIn(accounts))

@@ -13,10 +13,11 @@ from sqlalchemy import delete, select
 from openworkbench.auth.permissions import Principal
 from openworkbench.auth.tokens import hash_token, new_token, parse_authorization
 from openworkbench.errors import Unauthenticated
+from openworkbench.proxy import SIGN_IN_COOKIE
 from openworkbench.services.accounts import Accounts
 from openworkbench.store.schema import ApiToken, BrowserSession, User, utcnow
 
-COOKIE_NAME = "owb_session"
+COOKIE_NAME = SIGN_IN_COOKIE  # the proxy strips it, so an IDE never sees it
 LIFETIME = timedelta(days=7)
 
 

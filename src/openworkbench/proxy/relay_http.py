@@ -1,0 +1,104 @@
+"""HTTP forwarding: the browser's request streamed to the IDE, its answer streamed back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from openworkbench.errors import PermissionDenied
+from openworkbench.proxy.pool import UpstreamPool
+from openworkbench.proxy.rewrite import filter_request_headers, filter_response_headers, origin_allowed, upstream_path
+from openworkbench.proxy.target import ProxyTarget, UpstreamUnavailable, error_response
+
+log = logging.getLogger(__name__)
+
+UNREACHABLE = "The session's IDE is not reachable"
+CROSS_ORIGIN = "Cross-origin request refused"
+# Methods a page of another site can make a browser send without CORS' consent, with the user's cookies.
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def raw_path_and_query(conn: HTTPConnection) -> tuple[str, str]:
+    """The path as the browser sent it (still percent-encoded: %2F in Jupyter file names must survive)."""
+    raw = conn.scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else conn.scope["path"]
+    return path, conn.scope.get("query_string", b"").decode("latin-1")
+
+
+def upstream_headers(conn: HTTPConnection, target: ProxyTarget) -> list[tuple[str, str]]:
+    raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in conn.headers.raw]
+    client = conn.client.host if conn.client else None
+    return filter_request_headers(raw, target, client_host=client, scheme=conn.url.scheme)
+
+
+def same_origin(conn: HTTPConnection) -> bool:
+    headers = conn.headers
+    return origin_allowed(headers.get("origin"), headers.get("host"), headers.get("x-forwarded-host"))
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (length is not None and length.strip() != "0")
+
+
+async def _request_body(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():
+        if chunk:
+            yield chunk
+
+
+class _RelayResponse(StreamingResponse):
+    """Streams the IDE's body; always gives the upstream connection back (or drops it) when done.
+
+    StreamingResponse supplies the disconnect handling (a browser that leaves stops the relay).
+    """
+
+    def __init__(self, upstream: aiohttp.ClientResponse, headers: list[tuple[str, str]]) -> None:
+        super().__init__(upstream.content.iter_any(), status_code=upstream.status)
+        self.raw_headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        self._upstream = upstream
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.body_iterator:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except aiohttp.ClientError as exc:
+            # Not sending the final message makes the server drop the connection, so the browser sees a
+            # broken response instead of a truncated one that looks complete.
+            log.warning("IDE response broke off, dropping the browser's connection: %s", exc)
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # After a complete body aiohttp has already pooled the connection and this is a no-op;
+            # after a disconnect or error it closes the half-read connection.
+            self._upstream.close()
+
+
+async def forward_http(request: Request, target: ProxyTarget, pool: UpstreamPool) -> Response:
+    """Forward one HTTP request of any method to the IDE behind ``target``."""
+    if request.method not in _SAFE_METHODS and not same_origin(request):
+        return error_response(PermissionDenied(CROSS_ORIGIN))
+    path, query = raw_path_and_query(request)
+    url = pool.url(upstream_path(target, path, query))
+    headers = upstream_headers(request, target)
+    body = _request_body(request) if _has_body(request) else None
+    try:
+        upstream = await pool.session(target.socket_path).request(
+            request.method, url, headers=headers, data=body, allow_redirects=False
+        )
+    except (aiohttp.ClientError, TimeoutError, ClientDisconnect) as exc:
+        log.warning("proxy %s %s -> %s: %s", request.method, target.prefix, target.socket_path, exc)
+        return error_response(UpstreamUnavailable(UNREACHABLE))
+    raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in upstream.raw_headers]
+    host = request.headers.get("host", "")
+    return _RelayResponse(upstream, filter_response_headers(raw, target, request_host=host))

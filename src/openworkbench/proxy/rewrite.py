@@ -1,0 +1,185 @@
+"""Pure header and URL rules of the proxy: what goes upstream, what comes back, and how it is rewritten."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+from openworkbench.proxy.target import SIGN_IN_COOKIE, ProxyTarget
+
+Headers = list[tuple[str, str]]
+
+# RFC 9110 §7.6.1 connection-specific fields, plus Proxy-* (which only concern the hop to us).
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
+     "te", "trailer", "transfer-encoding", "upgrade"}
+)
+# Never to an IDE: the user's API token travels in Authorization; uvicorn already answered any Expect.
+_DROP_REQUEST = frozenset({"authorization", "expect", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"})
+# uvicorn adds its own Date and Server; passing the IDE's would send both twice.
+_DROP_RESPONSE = frozenset({"date", "server"})
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def upstream_path(target: ProxyTarget, request_path: str, query: str) -> str:
+    """The path and query to request from the IDE; ``request_path`` is the raw (still percent-encoded) path."""
+    path = request_path
+    if target.strip_prefix:
+        if path.startswith(target.prefix):
+            path = "/" + path[len(target.prefix) :]
+        elif path == target.prefix.rstrip("/"):
+            path = "/"
+    return f"{path}?{query}" if query else path
+
+
+def strip_cookie(cookie_header: str, name: str = SIGN_IN_COOKIE) -> str:
+    """A Cookie header without the named cookie; the others keep their order."""
+    pairs = (pair.strip() for pair in cookie_header.split(";"))
+    return "; ".join(pair for pair in pairs if pair and pair.partition("=")[0].strip() != name)
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    """Header names a sender listed in Connection: hop-by-hop too (RFC 9110 §7.6.1)."""
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return tokens
+
+
+def filter_request_headers(
+    headers: Iterable[tuple[str, str]], target: ProxyTarget, *, client_host: str | None, scheme: str
+) -> Headers:
+    """Headers for the upstream request: the browser's, minus hop-by-hop and credentials, plus forwarding info.
+
+    Host is kept as the browser sent it: Jupyter compares it with Origin on WebSockets.
+    """
+    headers = list(headers)
+    drop = HOP_BY_HOP | _DROP_REQUEST | _connection_tokens(headers) | {name.lower() for name in target.headers}
+    chunked = any(n.lower() == "transfer-encoding" and "chunked" in v.lower() for n, v in headers)
+    if chunked:  # a chunked body goes up chunked again; a stray length would contradict it
+        drop = drop | {"content-length"}
+    out: Headers = []
+    cookies: list[str] = []
+    forwarded_for: list[str] = []
+    host = ""
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "cookie":
+            cookies.append(strip_cookie(value))
+        elif lower == "x-forwarded-for":
+            forwarded_for.append(value)
+        elif lower not in drop:
+            out.append((name, value))
+            host = value if lower == "host" else host
+    cookie = "; ".join(c for c in cookies if c)
+    if cookie:
+        out.append(("Cookie", cookie))
+    if client_host:
+        forwarded_for.append(client_host)
+    if forwarded_for:
+        out.append(("X-Forwarded-For", ", ".join(forwarded_for)))
+    out.append(("X-Forwarded-Proto", {"ws": "http", "wss": "https"}.get(scheme, scheme)))
+    if host:
+        out.append(("X-Forwarded-Host", host))
+    if target.strip_prefix:  # "the part of the public path removed before it reached you"
+        out.append(("X-Forwarded-Prefix", target.prefix.rstrip("/")))
+    out.extend(target.headers.items())
+    return out
+
+
+def _netloc_key(netloc: str, scheme: str) -> str:
+    host, sep, port = netloc.lower().rpartition(":")
+    if not sep or "]" in port:  # no port, or the colon was inside an IPv6 literal
+        host, port = netloc.lower(), ""
+    return host if port in ("", _DEFAULT_PORTS.get(scheme, "")) else f"{host}:{port}"
+
+
+def _under_prefix(path: str, target: ProxyTarget) -> str:
+    """An absolute IDE path as the browser must see it (kept if the IDE already knew the prefix)."""
+    if path.startswith(target.prefix) or path == target.prefix.rstrip("/"):
+        return path
+    return target.prefix + path.lstrip("/")
+
+
+def rewrite_location(location: str, target: ProxyTarget, request_host: str) -> str:
+    """A redirect target that keeps the browser under the session prefix.
+
+    ``request_host`` is the Host the browser sent: absolute URLs to it are "ours" whatever their scheme
+    (an IDE behind us sees plain http even when the browser uses https), so they become paths.
+    """
+    parts = urlsplit(location)
+    if parts.scheme or parts.netloc:
+        scheme = parts.scheme.lower() or "http"
+        if scheme not in _DEFAULT_PORTS or not request_host:
+            return location
+        if _netloc_key(parts.netloc, scheme) != _netloc_key(request_host, scheme):
+            return location
+        path = urlunsplit(("", "", parts.path or "/", parts.query, parts.fragment))
+        return _under_prefix(path, target) if target.strip_prefix else path
+    if target.strip_prefix and location.startswith("/"):
+        return _under_prefix(location, target)
+    return location  # relative: the browser resolves it against the public URL already
+
+
+def rewrite_set_cookie(value: str, target: ProxyTarget) -> str:
+    """Keep a stripped IDE's cookies under its prefix: ``Path=/x`` -> ``Path=<prefix>x``; no Path -> the prefix."""
+    if not target.strip_prefix:
+        return value  # the IDE already knows its prefix (Jupyter's base_url)
+    parts = value.split(";")
+    seen_path = False
+    for index, attribute in enumerate(parts[1:], start=1):
+        name, _, path = attribute.strip().partition("=")
+        if name.lower() == "path":
+            seen_path = True
+            path = path.strip()
+            parts[index] = " Path=" + (_under_prefix(path, target) if path.startswith("/") else target.prefix)
+    if not seen_path:
+        parts.append(" Path=" + target.prefix)
+    return ";".join(parts)
+
+
+def filter_response_headers(headers: Iterable[tuple[str, str]], target: ProxyTarget, *, request_host: str) -> Headers:
+    """The IDE's response headers for the browser: hop-by-hop removed, Location and Set-Cookie rewritten."""
+    headers = list(headers)
+    drop = HOP_BY_HOP | _DROP_RESPONSE | _connection_tokens(headers)
+    if any(n.lower() == "transfer-encoding" for n, _ in headers):
+        drop = drop | {"content-length"}
+    out: Headers = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "location":
+            value = rewrite_location(value, target, request_host)
+        elif lower == "set-cookie":
+            value = rewrite_set_cookie(value, target)
+        out.append((name, value))
+    return out
+
+
+def sendable_close_code(code: int | None, default: int = 1000) -> int:
+    """A close code that may go into a close frame (1005/1006/1015 are reserved for reporting only)."""
+    if code is None or code in (1005, 1015):
+        return default
+    if code == 1006:  # the peer vanished: tell the other side we are going away
+        return 1001
+    if 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999:
+        return code
+    return 1011
+
+
+def origin_allowed(origin: str | None, host: str | None, forwarded_host: str | None = None) -> bool:
+    """Is a browser request same-origin (or not from a browser at all)?
+
+    The proxy hands every request the IDE's secret, so the IDE treats it as token-authenticated and skips its
+    own cross-origin checks (Jupyter skips Origin == Host and its XSRF check then). The proxy must make
+    that check itself, or any web page could drive a kernel with the user's sign-in cookie.
+    """
+    if origin is None:
+        return True  # not a browser (curl, SDKs): no ambient credentials to abuse
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in _DEFAULT_PORTS or not parts.netloc:
+        return False  # "null" (sandboxed frames, file://) and anything odd
+    key = _netloc_key(parts.netloc, parts.scheme)
+    return any(_netloc_key(h, parts.scheme) == key for h in (host, forwarded_host) if h)

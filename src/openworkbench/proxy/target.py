@@ -1,0 +1,38 @@
+"""What the proxy forwards to, and the one error it can answer with itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starlette.responses import JSONResponse
+
+from openworkbench.errors import WorkbenchError
+
+# The server's own sign-in cookie: stripped before a request reaches an IDE, so the IDE never sees it.
+SIGN_IN_COOKIE = "owb_session"
+
+
+@dataclass(frozen=True)
+class ProxyTarget:
+    """A resolved session: the caller has authenticated the user and looked the session up."""
+
+    socket_path: str  # the IDE's Unix socket
+    prefix: str  # public URL prefix, e.g. "/s/0da29cfc78a31acdd5861/"; always ends with "/"
+    strip_prefix: bool  # True: the IDE has no base-path option (code-server); forward paths without the prefix
+    headers: dict[str, str] = field(default_factory=dict)  # sent upstream on every request (IDE secret)
+
+    def __post_init__(self) -> None:
+        if not (self.prefix.startswith("/") and self.prefix.endswith("/")):
+            raise ValueError(f"proxy prefix must start and end with '/': {self.prefix!r}")
+
+
+class UpstreamUnavailable(WorkbenchError):
+    """The IDE's socket is missing, refuses connections, or broke off before answering."""
+
+    code = 502
+    http_status = 502
+
+
+def error_response(exc: WorkbenchError) -> JSONResponse:
+    """The error body every client of this server understands."""
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)

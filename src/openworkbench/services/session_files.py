@@ -1,0 +1,93 @@
+"""A session's places on disk: its socket directory and its persistent state directory.
+
+The socket lives in ``<runtime_dir>/<uid>/``, a 0700 directory of the session's owner, so no
+other local user can connect to the IDE; only the owner and the server (root) can. The state
+directory lives in the owner's home and is created *as the owner*, so a symlink planted there
+cannot make root create directories elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from openworkbench.clusters.base import Account
+from openworkbench.errors import LaunchFailed
+
+
+def socket_path(runtime_dir: str, account: Account, session_id: str) -> str:
+    return os.path.join(runtime_dir, str(account.uid), f"{session_id}.sock")
+
+
+def prepare_runtime(runtime_dir: str, account: Account) -> None:
+    """Create ``<runtime_dir>/<uid>`` owned by the user, mode 0700 (idempotent)."""
+    base = Path(runtime_dir)
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    own = base / str(account.uid)
+    own.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(own, account.uid, account.gid)
+    os.chmod(own, 0o700)
+
+
+def state_dir(account: Account, session_id: str) -> str:
+    return os.path.join(account.home, ".local", "share", "openworkbench", "sessions", session_id)
+
+
+def prepare_state_dir(path: str, account: Account) -> None:
+    """Create the session's state directory as its owner."""
+    drop = os.geteuid() == 0 and account.uid != os.geteuid()
+    result = subprocess.run(
+        ["/bin/mkdir", "-p", "-m", "700", path],
+        capture_output=True,
+        text=True,
+        check=False,
+        user=account.uid if drop else None,
+        group=account.gid if drop else None,
+        extra_groups=list(account.groups) if drop else None,
+    )
+    if result.returncode != 0:
+        raise LaunchFailed(f"cannot create the session directory {path}: {result.stderr.strip()}")
+
+
+def write_as(account: Account, path: str, text: str) -> None:
+    """Write a file as the session's user (an IDE's own config), creating its directory."""
+    drop = os.geteuid() == 0 and account.uid != os.geteuid()
+    result = subprocess.run(
+        ["/bin/sh", "-c", 'mkdir -p -m 700 "$(dirname "$1")" && cat > "$1"', "sh", path],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+        user=account.uid if drop else None,
+        group=account.gid if drop else None,
+        extra_groups=list(account.groups) if drop else None,
+    )
+    if result.returncode != 0:
+        raise LaunchFailed(f"cannot write {path}: {result.stderr.strip()}")
+
+
+def remove_tree(path: str) -> None:
+    """Remove an IDE's per-run directory; rmtree never follows a symlink planted inside it."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def tree_size(path: str) -> int:
+    """Bytes under ``path`` (what a suspended session keeps on disk)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def remove_socket(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,397 @@
+"""Driving sessions through their lives, in the event loop.
+
+``start`` runs the start hooks, launches the IDE as a job, and follows it to ``running``;
+``stop`` saves (when suspending), asks the IDE to quit, then escalates SIGTERM -> SIGKILL, and
+runs the stop hooks. ``watch`` follows running sessions: a dead IDE, idleness, activity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from openworkbench.auth.permissions import Principal
+from openworkbench.clusters.base import FINAL_STATUSES
+from openworkbench.config import Settings
+from openworkbench.errors import WorkbenchError
+from openworkbench.ides import Ide, IdeClient, LaunchContext, ide_for
+from openworkbench.models import JobSpec
+from openworkbench.proxy import ProxyTarget, UpstreamPool
+from openworkbench.services import session_files as files
+from openworkbench.services.jobs import JobService, posix_account
+from openworkbench.services.session_json import FINAL_STATES
+from openworkbench.store import Store
+from openworkbench.store.schema import Session, User, utcnow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+POLL = 0.1
+LIVE_STATES = ("launching", "pending", "starting", "running", "resuming", "suspending", "shutting_down")
+
+
+@dataclass(frozen=True)
+class Route:
+    session_id: str
+    owner: str
+    state: str
+    target: ProxyTarget
+
+
+class SessionFailed(Exception):
+    """The session cannot go on; the message becomes its status_detail."""
+
+
+class StopRequested(Exception):
+    """A stop arrived while the session was starting: the start gives way."""
+
+
+class SessionRunner:
+    def __init__(self, settings: Settings, store: Store, jobs: JobService, pool: UpstreamPool) -> None:
+        self.settings = settings
+        self.store = store
+        self.jobs = jobs
+        self.pool = pool
+        self._ides: dict[str, Ide] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._routes: dict[str, Route] = {}
+        self._last_used: dict[str, datetime] = {}
+        self._stopping: set[str] = set()
+
+    def ide(self, workbench: str) -> Ide:
+        if workbench not in self._ides:
+            self._ides[workbench] = ide_for(workbench, self.settings)
+        return self._ides[workbench]
+
+    # -- tasks -------------------------------------------------------------------------------
+    def spawn(self, session_id: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (a start) for the session in the background."""
+        self._tasks[session_id] = asyncio.get_running_loop().create_task(self._guard(session_id, work))
+
+    def request_stop(self, session_id: str, force: bool, suspend: bool) -> None:
+        """Stop after whatever runs for the session now has given way (a start checks often)."""
+        self._stopping.add(session_id)
+        previous = self._tasks.get(session_id)
+        self.spawn(session_id, self._stop_after(previous, session_id, force, suspend))
+
+    async def _stop_after(self, previous: asyncio.Task[None] | None, session_id: str, force: bool,
+                          suspend: bool) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        self._stopping.discard(session_id)
+        await self.stop(session_id, force, suspend)
+
+    def _check_stop(self, session_id: str) -> None:
+        if session_id in self._stopping:
+            raise StopRequested
+
+    async def _guard(self, session_id: str, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except (asyncio.CancelledError, StopRequested):
+            return
+        except SessionFailed as exc:
+            await self._set(session_id, state="failed", status_detail=str(exc))
+        except Exception as exc:  # a bug must not leave a session in a transitional state forever
+            log.exception("session %s", session_id)
+            await self._set(session_id, state="failed", status_detail=f"internal error: {exc}")
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # -- state -------------------------------------------------------------------------------
+    async def _set(self, session_id: str, **fields: Any) -> Session:
+        return await run_in_threadpool(self._set_sync, session_id, fields)
+
+    def _set_sync(self, session_id: str, fields: dict[str, Any]) -> Session:
+        with self.store.session() as db:
+            row = db.get(Session, session_id)
+            assert row is not None
+            if "state" in fields and fields["state"] != row.state:
+                row.last_state_updated = utcnow()
+            for key, value in fields.items():
+                setattr(row, key, value)
+            owner = db.scalar(select(User.username).where(User.id == row.user_id)) or ""
+            self.remember(row, owner)
+            return row
+
+    def remember(self, row: Session, owner: str) -> None:
+        ide = self.ide(row.workbench)
+        ctx = self.context(row, owner)
+        target = ProxyTarget(row.socket_path, row.url, ide.strip_prefix, ide.upstream_headers(ctx))
+        self._routes[row.url] = Route(row.id, owner, row.state, target)
+
+    def route(self, url: str) -> Route | None:
+        return self._routes.get(url)
+
+    def touch(self, session_id: str) -> None:
+        self._last_used[session_id] = utcnow()
+
+    def context(self, row: Session, owner: str) -> LaunchContext:
+        home = row.state_dir.split("/.local/share/openworkbench/")[0]
+        # An IDE that cannot listen on a socket (RStudio) gets a loopback port fixed by the session id.
+        port = None if self.ide(row.workbench).uses_socket else 20000 + int(row.id, 16) % 20000
+        return LaunchContext(
+            session_id=row.id, prefix=row.url, socket_path=row.socket_path, secret=row.secret,
+            state_dir=row.state_dir, working_dir=row.working_dir, open_file=row.request.get("open_file"), home=home,
+            user=owner, port=port,
+        )
+
+    async def load(self, session_id: str) -> tuple[Session, str, Principal]:
+        def read() -> tuple[Session, str, Principal]:
+            with self.store.session() as db:
+                found = db.execute(select(Session, User).join(User).where(Session.id == session_id)).first()
+                assert found is not None
+                row, user = found
+                return row, user.username, Principal(user.id, user.username, "user")
+
+        return await run_in_threadpool(read)
+
+    # -- start -------------------------------------------------------------------------------
+    async def start(self, session_id: str, resuming: bool) -> None:
+        row, owner, principal = await self.load(session_id)
+        await self._run_hooks(row, principal, "start_hooks")
+        ide = self.ide(row.workbench)
+        ctx = self.context(row, owner)
+        account = await run_in_threadpool(posix_account, owner)
+        await run_in_threadpool(files.prepare_runtime, self.settings.sessions.runtime_dir, account)
+        await run_in_threadpool(files.prepare_state_dir, row.state_dir, account)
+        for path, text in ide.config_files(ctx).items():
+            await run_in_threadpool(files.write_as, account, path, text)
+        files.remove_socket(row.socket_path)
+        self._check_stop(session_id)
+        argv = ide.argv(ctx) + (ide.restore_args(ctx, row.suspend_manifest) if resuming else [])
+        spec = self._ide_job(row, argv, ide.environment(ctx))
+        try:
+            # One thread call launches and records the job: a stop arriving meanwhile will find it.
+            job_id = await run_in_threadpool(self._launch_ide, principal, spec, session_id, resuming)
+        except WorkbenchError as exc:
+            raise SessionFailed(f"the IDE could not be launched: {exc.message}") from None
+        await self._until_ready(row, ide, ctx, principal, job_id, resuming)
+
+    def _launch_ide(self, principal: Principal, spec: JobSpec, session_id: str, resuming: bool) -> str:
+        job_id = str(self.jobs.launch(principal, spec, session_id)["id"])
+        self._set_sync(session_id, {"job_id": job_id, "state": "resuming" if resuming else "pending"})
+        return job_id
+
+
+    def _ide_job(self, row: Session, argv: list[str], env: dict[str, str]) -> JobSpec:
+        launch = row.request.get("launch_parameters") or {}
+        environment = [{"name": k, "value": v} for k, v in env.items()] + list(row.request.get("environment", []))
+        return JobSpec.model_validate({
+            "name": f"{row.workbench}: {row.name}", "exe": argv[0], "args": argv[1:], "cluster": row.cluster,
+            "working_directory": row.working_dir, "environment": environment,
+            "resource_limits": launch.get("resource_limits", []), "queues": launch.get("queues", []),
+            "placement_constraints": launch.get("placement_constraints", []), "tags": ["session"],
+        })
+
+    async def _until_ready(self, row: Session, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str,
+                           resuming: bool) -> None:
+        started: float | None = None
+        timeout = self.settings.sessions.start_timeout_s
+        while True:
+            self._check_stop(row.id)
+            job = await run_in_threadpool(self.jobs.get, principal, job_id)
+            if job["status"] in FINAL_STATUSES:
+                raise SessionFailed(f"the IDE process ended before it was ready: {_outcome(job)}")
+            if job["status"] == "Running":
+                if started is None:
+                    started = time.monotonic()
+                    if not resuming:
+                        await self._set(row.id, state="starting")
+                if await _answers(ide, ctx):
+                    await self._set(row.id, state="running", status_detail="", last_used=utcnow())
+                    return
+                if time.monotonic() - started > timeout:
+                    await run_in_threadpool(self.jobs.stop, principal, job_id, True)
+                    raise SessionFailed(f"start timeout: the IDE did not answer within {timeout:g} s")
+            await asyncio.sleep(POLL)
+
+    async def _run_hooks(self, row: Session, principal: Principal, kind: str) -> None:
+        for exe in row.request.get(kind, []):
+            spec = JobSpec.model_validate({
+                "name": f"{kind[:-1].replace('_', ' ')}: {exe}", "exe": exe, "cluster": row.cluster,
+                "working_directory": row.working_dir, "environment": row.request.get("environment", []),
+                "tags": [kind[:-1]],
+            })
+            try:
+                job = await run_in_threadpool(self.jobs.launch, principal, spec, row.id)
+                job = await self._wait_job(principal, job["id"])
+            except WorkbenchError as exc:
+                job = {"status": "Failed", "statusMessage": exc.message, "exitCode": None}
+            if kind == "start_hooks" and (job["status"] != "Finished" or job["exitCode"] != 0):
+                raise SessionFailed(f"start hook {exe} failed: {_outcome(job)}")
+            if kind == "start_hooks":
+                self._check_stop(row.id)
+
+    async def _wait_job(self, principal: Principal, job_id: str, limit: float | None = None) -> dict[str, Any]:
+        deadline = None if limit is None else time.monotonic() + limit
+        while True:
+            job = await run_in_threadpool(self.jobs.get, principal, job_id)
+            if job["status"] in FINAL_STATUSES or (deadline is not None and time.monotonic() > deadline):
+                return job
+            if limit is None:
+                self._check_stop(job.get("sessionId") or "")
+            await asyncio.sleep(POLL)
+
+    # -- stop --------------------------------------------------------------------------------
+    async def stop(self, session_id: str, force: bool, suspend: bool) -> None:
+        row, owner, principal = await self.load(session_id)
+        if row.state == "suspended":  # stopping a suspended session just discards it
+            await self._set(session_id, state="finished", suspend_size=None)
+            return
+        await self._set(session_id, state="suspending" if suspend else "shutting_down")
+        ide, ctx = self.ide(row.workbench), self.context(row, owner)
+        manifest: dict[str, Any] = {}
+        if suspend and not force:
+            manifest = await _quietly(_using(ide, ctx, lambda client: ide.save_state(client, ctx)), {})
+        if row.job_id:
+            await self._end_job(principal, row.job_id, ide, ctx, force)
+        await self._run_hooks(row, principal, "stop_hooks")
+        await self.pool.forget(row.socket_path)
+        files.remove_socket(row.socket_path)
+        for path in ide.transient_dirs(ctx):
+            await run_in_threadpool(files.remove_tree, path)
+        if suspend:
+            # What the session keeps: its state directory and the manifest the server holds for it.
+            size = await run_in_threadpool(files.tree_size, row.state_dir) + len(json.dumps(manifest))
+            await self._set(session_id, state="suspended", suspend_manifest=manifest, suspend_size=size,
+                            executing=False)
+        else:
+            await self._set(session_id, state="killed" if force else "finished", executing=False)
+
+    async def _end_job(self, principal: Principal, job_id: str, ide: Ide, ctx: LaunchContext, force: bool) -> None:
+        grace = self.settings.sessions.stop_grace_s
+        if force:
+            await _quietly(run_in_threadpool(self.jobs.stop, principal, job_id, True), None)
+            await self._wait_job(principal, job_id, 10)
+            return
+        if await _quietly(_using(ide, ctx, ide.request_shutdown), False):
+            job = await self._wait_job(principal, job_id, grace)
+            if job["status"] in FINAL_STATUSES:
+                return
+        for kill in (False, True):
+            await _quietly(run_in_threadpool(self.jobs.stop, principal, job_id, kill), None)
+            job = await self._wait_job(principal, job_id, grace if not kill else 10)
+            if job["status"] in FINAL_STATUSES:
+                return
+
+    # -- following running sessions ------------------------------------------------------
+    async def watch(self) -> None:
+        """Forever: notice IDEs that died, record activity, and act on idleness."""
+        interval = self.settings.sessions.idle_check_interval_s
+        last_idle_check = 0.0
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                check_idle = time.monotonic() - last_idle_check >= interval
+                if check_idle:
+                    last_idle_check = time.monotonic()
+                await self._watch_once(check_idle)
+            except Exception:
+                log.exception("session watch failed")
+
+    async def _watch_once(self, check_idle: bool) -> None:
+        rows = await run_in_threadpool(self._running)
+        for row, owner, principal in rows:
+            if self._tasks.get(row.id) and not self._tasks[row.id].done():
+                continue  # a start or stop is in charge of this one
+            job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
+            if job is None or job["status"] in FINAL_STATUSES:
+                ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
+                why = f"the IDE process ended: {_outcome(job)}" if job else "the session has no IDE job"
+                await self._set(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
+                continue
+            used = self._last_used.pop(row.id, None)
+            if used is not None:
+                await self._set(row.id, last_used=used)
+            if check_idle:
+                await self._check_idle(row, owner, used or row.last_used)
+
+    def _running(self) -> list[tuple[Session, str, Principal]]:
+        query = select(Session, User).join(User).where(Session.state == "running")
+        with self.store.session() as db:
+            return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
+
+    async def _check_idle(self, row: Session, owner: str, last_used: datetime) -> None:
+        ide, ctx = self.ide(row.workbench), self.context(row, owner)
+        activity = await _quietly(_using(ide, ctx, ide.activity), None)
+        executing = bool(activity and activity.executing)
+        if executing != row.executing:
+            await self._set(row.id, executing=executing)
+        minutes = self.settings.ides[row.workbench].idle_timeout_minutes
+        if not minutes or executing:
+            return  # a busy kernel with no browser attached is not idle
+        latest = max([last_used] + ([activity.last_activity] if activity and activity.last_activity else []))
+        if datetime.now(UTC) - latest < timedelta(minutes=minutes):
+            return
+        suspend = self.settings.ides[row.workbench].suspend_on_idle and ide.supports_suspend
+        log.info("session %s idle since %s: %s", row.id, latest, "suspending" if suspend else "stopping")
+        self.request_stop(row.id, force=False, suspend=suspend)
+
+    # -- after a restart -------------------------------------------------------------------
+    async def adopt(self) -> None:
+        """Pick up sessions left in flight by the previous server process."""
+        rows = await run_in_threadpool(self._live)
+        for row, owner, _principal in rows:
+            self.remember(row, owner)
+            if row.state in ("pending", "starting", "resuming") and row.job_id:
+                self.spawn(row.id, self._resume_wait(row.id))
+            elif row.state in ("suspending", "shutting_down"):
+                self.request_stop(row.id, force=False, suspend=row.state == "suspending")
+            elif row.state == "launching":
+                await self._set(row.id, state="failed", status_detail="the server restarted while it launched")
+
+    def _live(self) -> list[tuple[Session, str, Principal]]:
+        query = select(Session, User).join(User).where(Session.state.in_(LIVE_STATES))
+        with self.store.session() as db:
+            return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
+
+    async def _resume_wait(self, session_id: str) -> None:
+        row, owner, principal = await self.load(session_id)
+        assert row.job_id is not None
+        ide = self.ide(row.workbench)
+        await self._until_ready(row, ide, self.context(row, owner), principal, row.job_id, row.state == "resuming")
+
+    def forget_final(self) -> None:
+        for url, route in list(self._routes.items()):
+            if route.state in FINAL_STATES:
+                self._routes.pop(url, None)
+
+
+async def _using(ide: Ide, ctx: LaunchContext, call: Callable[[IdeClient], Awaitable[T]]) -> T:
+    async with IdeClient(ide, ctx) as client:
+        return await call(client)
+
+
+async def _answers(ide: Ide, ctx: LaunchContext) -> bool:
+    try:
+        async with IdeClient(ide, ctx) as client:
+            return await client.status(ide.ready_path) == 200
+    except Exception:  # not listening yet, refused, half-started: all mean "not ready"
+        return False
+
+
+async def _quietly(work: Any, default: Any) -> Any:
+    """An IDE that does not answer a courtesy call (save, shutdown, activity) must not stop the flow."""
+    try:
+        return await asyncio.wait_for(work, timeout=10)
+    except Exception as exc:
+        log.info("IDE call failed: %s", exc)
+        return default
+
+
+def _outcome(job: dict[str, Any]) -> str:
+    status, code, message = job.get("status", "?"), job.get("exitCode"), job.get("statusMessage") or ""
+    text = str(status) + (f" with exit code {code}" if code is not None else "")
+    return text + (f": {message}" if message else "")

@@ -1,0 +1,216 @@
+"""IDE sessions, as the API sees them: launch, resume, stop, list, and routing for the proxy.
+
+A session's IDE runs as a Launcher job of its cluster (so it is listed with ``include_jobs``);
+the lifecycle after the API call answers — hooks, start, readiness, stop, suspend, idle — is
+driven by ``SessionRunner`` in the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from openworkbench.api import params as p
+from openworkbench.auth.permissions import Action, Principal, require
+from openworkbench.config import Settings
+from openworkbench.errors import InvalidParameter, InvalidState, NotAvailable, NotFound, PermissionDenied
+from openworkbench.ides import IDES, available
+from openworkbench.models import JobSpec
+from openworkbench.proxy import ProxyTarget
+from openworkbench.services import session_files as files
+from openworkbench.services.jobs import JobService, posix_account
+from openworkbench.services.session_json import FINAL_STATES, select_fields, session_json
+from openworkbench.services.session_runner import Route, SessionRunner
+from openworkbench.store import Store
+from openworkbench.store.schema import Session, User, utcnow
+
+
+def _hooks(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [hook.exe for hook in (value if isinstance(value, list) else [value])]
+
+
+def _environment(value: Any) -> list[dict[str, str]]:
+    if isinstance(value, dict):
+        return [{"name": key, "value": val} for key, val in value.items()]
+    return list(value or [])
+
+
+class SessionService:
+    def __init__(self, settings: Settings, store: Store, jobs: JobService, runner: SessionRunner) -> None:
+        self.settings = settings
+        self.store = store
+        self.jobs = jobs
+        self.runner = runner
+
+    # -- launch and resume -------------------------------------------------------------------
+    async def launch(self, principal: Principal, params: p.LaunchSession) -> dict[str, str]:
+        row_id = await run_in_threadpool(self._create, principal, params)
+        self.runner.spawn(row_id, self.runner.start(row_id, resuming=False))
+        return await run_in_threadpool(self._address, row_id)
+
+    def _create(self, principal: Principal, params: p.LaunchSession) -> str:
+        owner = params.username or principal.username
+        require(principal, Action.ACT_AS, owner)
+        ide = self._available_ide(params.workbench)
+        account = posix_account(owner)
+        launch = params.launch_parameters.model_dump() if params.launch_parameters else {}
+        cluster = launch.get("cluster") or self.settings.ides[params.workbench].default_cluster
+        cluster = cluster or self.settings.default_cluster
+        self._validate_launch(cluster, launch)
+        user_id = self.jobs.owner_id(owner)
+        session_id = self._new_id()
+        url = f"/s/{_user_code(owner)}{ide.project_id}{session_id}/"
+        request = {
+            "workbench": params.workbench,
+            "open_file": params.open_file,
+            "launch_parameters": launch,
+            "start_hooks": _hooks(params.start_hooks),
+            "stop_hooks": _hooks(params.stop_hooks),
+            "environment": _environment(params.environment),
+        }
+        working_dir = params.working_directory or "~"
+        if working_dir == "~" or working_dir.startswith("~/"):
+            working_dir = account.home + working_dir[1:]
+        with self.store.session() as db:
+            db.add(Session(
+                id=session_id, user_id=user_id, workbench=params.workbench,
+                name=params.name or launch.get("name") or f"{params.workbench} Session", project_id=ide.project_id,
+                url=url, state="launching", status_detail="", cluster=cluster, request=request,
+                working_dir=working_dir, socket_path=files.socket_path(self.settings.sessions.runtime_dir, account,
+                                                                       session_id),
+                state_dir=files.state_dir(account, session_id), secret=secrets.token_urlsafe(32),
+                suspend_manifest={}, executing=False,
+            ))
+        return session_id
+
+    def _available_ide(self, workbench: str) -> Any:
+        if workbench not in IDES:
+            raise InvalidParameter(f"unknown workbench '{workbench}'; expected one of {', '.join(IDES)}")
+        settings = self.settings.ides[workbench]
+        if not available(settings, self.settings.sessions.ide_prefix):
+            why = "it is disabled" if not settings.enabled else f"its executable '{settings.exe}' was not found"
+            raise NotAvailable(f"{workbench} is not available on this server: {why}")
+        return IDES[workbench]
+
+    def _validate_launch(self, cluster_name: str, launch: dict[str, Any]) -> None:
+        cluster = self.jobs.clusters.get(cluster_name)
+        if cluster is None:
+            known = ", ".join(self.jobs.clusters)
+            raise InvalidParameter(f"unknown cluster '{cluster_name}'; this server has: {known}")
+        probe = JobSpec.model_validate({
+            "name": "session", "exe": "/bin/true", "queues": launch.get("queues", []),
+            "resource_limits": launch.get("resource_limits", []),
+            "placement_constraints": launch.get("placement_constraints", []),
+            "container_image": launch.get("container_image") or None,
+        })
+        cluster.validate(probe)
+
+    def _new_id(self) -> str:
+        with self.store.session() as db:
+            while True:
+                candidate = secrets.token_hex(4)
+                if db.get(Session, candidate) is None:
+                    return candidate
+
+    def _address(self, session_id: str) -> dict[str, str]:
+        with self.store.session() as db:
+            row = db.get(Session, session_id)
+            assert row is not None
+            return {"id": row.id, "url": row.url, "project_id": row.project_id}
+
+    async def resume(self, principal: Principal, params: p.ResumeSession) -> dict[str, str]:
+        owner = params.username or principal.username
+        require(principal, Action.ACT_AS, owner)
+        launch = params.launch_parameters.model_dump() if params.launch_parameters else None
+        await run_in_threadpool(self._mark_resuming, params.session_id, owner, launch)
+        self.runner.spawn(params.session_id, self.runner.start(params.session_id, resuming=True))
+        return await run_in_threadpool(self._address, params.session_id)
+
+    def _mark_resuming(self, session_id: str, owner: str, launch: dict[str, Any] | None) -> None:
+        with self.store.session() as db:
+            row, row_owner = self._row(db, session_id)
+            if row_owner != owner:
+                raise NotFound(f"no session '{session_id}' of user '{owner}'")
+            if row.state != "suspended":
+                raise InvalidState(f"session '{session_id}' is {row.state}, not suspended")
+            if launch:
+                self._validate_launch(launch.get("cluster") or row.cluster, launch)
+                row.request = {**row.request, "launch_parameters": launch}
+                row.cluster = launch.get("cluster") or row.cluster
+            row.state, row.status_detail, row.last_state_updated = "resuming", "", utcnow()
+
+    # -- stop, suspend ---------------------------------------------------------------------
+    async def stop(self, principal: Principal, params: p.StopSession) -> dict[str, Any]:
+        ids = [item.strip() for item in params.session_ids.split(",") if item.strip()]
+        suspend = params.suspend_session or params.suspend
+        plans = await run_in_threadpool(self._plan_stop, principal, ids, suspend)
+        for session_id in plans:
+            self.runner.request_stop(session_id, force=params.force_quit, suspend=suspend)
+        return {}
+
+    def _plan_stop(self, principal: Principal, ids: list[str], suspend: bool) -> list[str]:
+        """Check every id first, so a bad one stops nothing."""
+        if not ids:
+            raise InvalidParameter("session_ids names no session")
+        plans = []
+        with self.store.session() as db:
+            for session_id in ids:
+                row, owner = self._row(db, session_id)
+                require(principal, Action.WRITE, owner)
+                if row.state in FINAL_STATES and not (row.state == "suspended" and not suspend):
+                    raise InvalidState(f"session '{session_id}' has already ended ({row.state})")
+                if suspend and not self.runner.ide(row.workbench).supports_suspend:
+                    raise NotAvailable(f"{row.workbench} sessions cannot be suspended")
+                plans.append(session_id)
+        return plans
+
+    # -- reading -----------------------------------------------------------------------------
+    def list(self, principal: Principal, user: str | None, session_ids: str | None, fields: list[str] | None,
+             ) -> list[dict[str, Any]]:
+        username = user or principal.username
+        require(principal, Action.READ, username)
+        query = select(Session, User.username).join(User).where(User.username == username)
+        if session_ids:
+            query = query.where(Session.id.in_([item.strip() for item in session_ids.split(",")]))
+        with self.store.session() as db:
+            rows = db.execute(query.order_by(Session.created)).all()
+            return [select_fields(session_json(row, owner), fields) for row, owner in rows]
+
+    def _row(self, db: Any, session_id: str) -> tuple[Session, str]:
+        found = db.execute(select(Session, User.username).join(User).where(Session.id == session_id)).first()
+        if found is None:
+            raise NotFound(f"no session '{session_id}'")
+        return found[0], found[1]
+
+    # -- the proxy's questions -------------------------------------------------------------
+    def target(self, url_part: str, principal: Principal) -> tuple[str, ProxyTarget]:
+        """Where the proxy sends traffic for ``/s/<url_part>/``; only the owner passes."""
+        route = self.runner.route(f"/s/{url_part}/") or self._load_route(f"/s/{url_part}/")
+        if route is None:
+            raise NotFound(f"no session at /s/{url_part}/")
+        if route.owner != principal.username:
+            raise PermissionDenied("Permission denied: this session belongs to another user")
+        if route.state != "running":
+            raise InvalidState(f"the session is {route.state}")
+        return route.session_id, route.target
+
+
+    def _load_route(self, url: str) -> Route | None:
+        with self.store.session() as db:
+            found = db.execute(select(Session, User.username).join(User).where(Session.url == url)).first()
+            if found is None:
+                return None
+            self.runner.remember(found[0], found[1])
+        return self.runner.route(url)
+
+
+def _user_code(username: str) -> str:
+    """The product's 5 hex characters that stand for the user in a session URL."""
+    return hashlib.sha256(username.encode()).hexdigest()[:5]
+

@@ -1,0 +1,1 @@
+"""Pages for browsers: the sign-in that lets a browser reach its sessions."""

@@ -1,0 +1,231 @@
+"""IDE sessions for real: JupyterLab, Notebook and code-server, run as a POSIX user, used through /s/."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+
+from tests.conftest import Server, free_port
+from tests.sessions_helpers import (
+    cleanup,
+    kernel_round_trip,
+    launch,
+    runtime_dir,
+    session_config,
+    wait_state,
+)
+
+pytestmark = pytest.mark.skipif(not Path("/opt/openworkbench/jupyter/bin/jupyter-lab").exists(),
+                                reason="IDEs not installed: run scripts/install-ides.sh (make test does)")
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    runtime = runtime_dir()
+    server = Server(tmp_path_factory.mktemp("sessions") / "data", config_text=session_config(runtime)).start()
+    yield server
+    server.stop()
+    cleanup(runtime)
+
+
+@pytest.fixture(scope="module")
+def owner(srv: Server, posix_user: pwd.struct_passwd) -> str:
+    return srv.token(posix_user.pw_name)
+
+
+def processes_mentioning(text: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines()[1:] if text in line and " Z" not in line and "ps -eo" not in line]
+
+
+def test_jupyterlab_through_the_proxy(srv: Server, owner: str, posix_user: pwd.struct_passwd) -> None:
+    started = launch(srv, owner, "JupyterLab", name="lab")
+    assert started["url"] == f"/s/{started['url'][3:8]}21f2ed72{started['id']}/" and started["project_id"] == "21f2ed72"
+    running = wait_state(srv, owner, started["id"], ("running",))
+    assert running["seen_states"][-1] == "running" and "starting" in running["seen_states"]
+    assert running["running"] is True and running["workbench"] == "JupyterLab" and running["label"] == "lab"
+    assert running["working_dir"] == posix_user.pw_dir
+    base = srv.url + started["url"]
+    status = httpx.get(base + "api/status", headers={"Authorization": f"Bearer {owner}"})
+    assert status.status_code == 200 and "started" in status.json()
+    assert kernel_round_trip(base, owner) == "2"
+    jobs = srv.rpc("get_session", owner, session_id=started["id"], include_jobs=True)["jobs"]
+    assert [j["status"] for j in jobs] == ["Running"] and jobs[0]["user"] == posix_user.pw_name
+    # The IDE runs as the session's user.
+    assert pwd.getpwuid(os.stat(f"/proc/{jobs[0]['pid']}").st_uid).pw_name == posix_user.pw_name
+
+    srv.rpc("stop_session", owner, session_ids=started["id"])
+    done = wait_state(srv, owner, started["id"], ("finished", "killed"))
+    assert done["activity_state"] == "finished" and done["running"] is False
+    assert processes_mentioning(started["id"]) == []
+
+
+def test_notebook_and_fields_filter(srv: Server, owner: str) -> None:
+    started = launch(srv, owner, "Jupyter Notebook")
+    wait_state(srv, owner, started["id"], ("running",))
+    base = srv.url + started["url"]
+    assert kernel_round_trip(base, owner, "6*7") == "42"
+    assert httpx.get(base + "tree", headers={"Authorization": f"Bearer {owner}"}).status_code == 200
+    only = srv.rpc("get_session", owner, session_id=started["id"], fields=["id", "activity_state"])["sessions"]
+    assert only == [{"id": started["id"], "activity_state": "running"}]
+    srv.rpc("stop_session", owner, session_ids=started["id"], force_quit=True)
+    assert wait_state(srv, owner, started["id"], ("killed",))["activity_state"] == "killed"
+    assert processes_mentioning(started["id"]) == []
+
+
+def test_code_server_page_and_websocket(srv: Server, owner: str) -> None:
+    started = launch(srv, owner, "VS Code")
+    wait_state(srv, owner, started["id"], ("running",))
+    base = srv.url + started["url"]
+    page = httpx.get(base, headers={"Authorization": f"Bearer {owner}"}, follow_redirects=True)
+    assert page.status_code == 200 and "vscode" in page.text.lower()
+    ws_url = base.replace("http://", "ws://") + "?reconnectionToken=t1&reconnection=false&skipWebSocketFrames=false"
+    async def handshake() -> int:
+        headers = {"Authorization": f"Bearer {owner}"}
+        async with aiohttp.ClientSession(headers=headers) as client, client.ws_connect(ws_url) as ws:
+            return 101 if not ws.closed else 0
+
+    assert asyncio.run(handshake()) == 101
+    srv.rpc("stop_session", owner, session_ids=started["id"])
+    wait_state(srv, owner, started["id"], ("finished", "killed"))
+    assert processes_mentioning(started["id"]) == []
+
+
+def test_only_the_owner_reaches_a_session(srv: Server, owner: str, posix_user: pwd.struct_passwd) -> None:
+    started = launch(srv, owner, "JupyterLab")
+    running = wait_state(srv, owner, started["id"], ("running",))
+    url = srv.url + started["url"] + "api/status"
+    assert httpx.get(url).status_code == 401
+    browser = httpx.get(url, headers={"Accept": "text/html"})
+    assert browser.status_code == 302 and browser.headers["location"].startswith("/auth/sign-in?next=")
+    other = srv.token("someone-else")
+    assert httpx.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 403
+    admin = srv.token("an-admin", "super-admin")
+    assert httpx.get(url, headers={"Authorization": f"Bearer {admin}"}).status_code == 403
+
+    # A browser signs in with the token and then passes by cookie alone.
+    client = httpx.Client(base_url=srv.url)
+    signed = client.post("/auth/sign-in", data={"token": owner, "next": started["url"]})
+    assert signed.status_code == 303 and signed.headers["location"] == started["url"]
+    assert client.get(started["url"] + "api/status").status_code == 200
+    assert client.post("/auth/sign-in", data={"token": "wrong"}).status_code == 401
+
+    # No other local user can reach the IDE's socket directly.
+    socket_path = f"{srv_runtime(srv)}/{posix_user.pw_uid}/{started['id']}.sock"
+    assert Path(socket_path).exists()
+    intruder = subprocess.run(
+        ["/usr/bin/python3", "-c", f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({socket_path!r})"],
+        user="nobody", capture_output=True, text=True,
+    )
+    assert intruder.returncode != 0 and "Permission denied" in intruder.stderr
+    assert running["running"]
+    srv.rpc("stop_session", owner, session_ids=started["id"], force_quit=True)
+    wait_state(srv, owner, started["id"], ("killed",))
+
+
+def srv_runtime(srv: Server) -> str:
+    line = next(line for line in srv.config_text.splitlines() if line.startswith("runtime_dir"))
+    return line.split("=", 1)[1].strip().strip('"')
+
+
+def test_suspend_and_resume_keep_saved_work_and_the_url(srv: Server, owner: str) -> None:
+    started = launch(srv, owner, "JupyterLab")
+    wait_state(srv, owner, started["id"], ("running",))
+    base = srv.url + started["url"]
+    auth = {"Authorization": f"Bearer {owner}"}
+    notebook = {"type": "notebook", "format": "json", "content": {
+        "cells": [{"cell_type": "code", "source": "x = 41 + 1", "metadata": {}, "outputs": [],
+                   "execution_count": None}],
+        "metadata": {}, "nbformat": 4, "nbformat_minor": 5}}
+    name = f"kept-{started['id']}.ipynb"
+    assert httpx.put(base + f"api/contents/{name}", json=notebook, headers=auth).status_code in (200, 201)
+    pid = srv.rpc("get_session", owner, session_id=started["id"], include_jobs=True)["jobs"][0]["pid"]
+
+    srv.rpc("stop_session", owner, session_ids=started["id"], suspend_session=True)
+    suspended = wait_state(srv, owner, started["id"], ("suspended",))
+    assert "suspending" in suspended["seen_states"] or suspended["seen_states"] == ["suspended"]
+    assert suspended["suspend_size"] > 0 and suspended["running"] is False
+    assert not Path(f"/proc/{pid}").exists()
+    assert httpx.get(base + "api/status", headers=auth).status_code == 503
+
+    resumed = srv.rpc("resume_session", owner, session_id=started["id"])
+    assert resumed == {"id": started["id"], "url": started["url"], "project_id": started["project_id"]}
+    again = wait_state(srv, owner, started["id"], ("running",))
+    assert "resuming" in again["seen_states"]
+    model = httpx.get(base + f"api/contents/{name}", headers=auth).json()
+    assert model["content"]["cells"][0]["source"] == "x = 41 + 1"
+    srv.rpc("stop_session", owner, session_ids=started["id"])
+    wait_state(srv, owner, started["id"], ("finished", "killed"))
+
+
+def test_hooks_environment_and_failures(srv: Server, owner: str, posix_user: pwd.struct_passwd,
+                                        tmp_path: Path) -> None:
+    home = Path(posix_user.pw_dir)
+    hook = home / "start-hook.sh"
+    hook.write_text('#!/bin/sh\necho "hook ran as $(id -un) with $GREETING"\n')
+    hook.chmod(0o755)
+    os.chown(hook, posix_user.pw_uid, posix_user.pw_gid)
+    failing = home / "bad-hook.sh"
+    failing.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    failing.chmod(0o755)
+    started = launch(srv, owner, "JupyterLab", start_hooks=[{"exe": str(hook)}], stop_hooks={"exe": str(hook)},
+                     environment=[{"name": "GREETING", "value": "hello"}])
+    wait_state(srv, owner, started["id"], ("running",))
+    srv.rpc("stop_session", owner, session_ids=started["id"])
+    wait_state(srv, owner, started["id"], ("finished",))
+    jobs = srv.rpc("get_session", owner, session_id=started["id"], include_jobs=True)["jobs"]
+    hooks = [j for j in jobs if j["tags"] != ["session"]]
+    assert len(hooks) == 2 and all(j["exitCode"] == 0 for j in hooks)
+    out = srv.client.post(f"{srv.url}/api/get_job_output", headers={"Authorization": f"Bearer {owner}"},
+                          json={"method": "get_job_output", "kwparams": {"job_id": hooks[0]["id"]}}).text
+    assert f"hook ran as {posix_user.pw_name} with hello" in out
+
+    bad = launch(srv, owner, "JupyterLab", start_hooks=[{"exe": str(failing)}])
+    failed = wait_state(srv, owner, bad["id"], ("failed",))
+    assert "start hook" in failed["status_detail"] and "exit code 3" in failed["status_detail"]
+
+    refused = srv.post("launch_session", owner, workbench="RStudio").json()
+    assert refused["error"]["code"] == 3 and "RStudio is not available" in refused["error"]["message"]
+    unknown = srv.post("launch_session", owner, workbench="Emacs").json()
+    assert unknown["error"]["code"] == 1
+    too_big = srv.post("launch_session", owner, workbench="JupyterLab",
+                       launch_parameters={"name": "x", "cluster": "Local", "placement_constraints": [],
+                                          "resource_limits": [{"type": "cpuCount", "value": "999"}],
+                                          "queues": []}).json()
+    assert too_big["error"]["code"] == 1 and "exceeds the maximum" in too_big["error"]["message"]
+    assert srv.post("stop_session", owner, session_ids="nope").json()["error"]["code"] == 2
+
+
+def test_restart_readopts_running_sessions(tmp_path: Path, posix_user: pwd.struct_passwd) -> None:
+    runtime = runtime_dir()
+    server = Server(tmp_path / "data", config_text=session_config(runtime), port=free_port()).start()
+    try:
+        token = server.token(posix_user.pw_name)
+        keep = launch(server, token, "JupyterLab")
+        lose = launch(server, token, "JupyterLab")
+        for item in (keep, lose):
+            wait_state(server, token, item["id"], ("running",))
+        lost_pid = server.rpc("get_session", token, session_id=lose["id"], include_jobs=True)["jobs"][0]["pid"]
+        server.stop(signal.SIGKILL)
+        os.kill(lost_pid, signal.SIGKILL)  # its IDE dies while no server runs
+        time.sleep(0.5)
+        server.start()
+        assert httpx.get(server.url + keep["url"] + "api/status",
+                         headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        failed = wait_state(server, token, lose["id"], ("failed",), timeout=30)
+        assert "ended" in failed["status_detail"]
+        server.rpc("stop_session", token, session_ids=keep["id"])
+        wait_state(server, token, keep["id"], ("finished", "killed"))
+    finally:
+        server.stop(signal.SIGKILL)
+        cleanup(runtime)
