@@ -1,0 +1,100 @@
+"""Session lifecycles that need their own server settings: idle handling and start failures."""
+
+from __future__ import annotations
+
+import pwd
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+from tests.sessions_helpers import cleanup, kernel_round_trip, launch, runtime_dir, session, session_config, wait_state
+
+pytestmark = pytest.mark.skipif(not Path("/opt/openworkbench/jupyter/bin/jupyter-lab").exists(),
+                                reason="IDEs not installed: run scripts/install-ides.sh (make test does)")
+
+IDLE = """idle_check_interval_s = 0.5
+[ides.JupyterLab]
+idle_timeout_minutes = 0.05
+[ides."Jupyter Notebook"]
+idle_timeout_minutes = 0.05
+suspend_on_idle = false
+"""
+
+
+@pytest.fixture
+def idle_server(tmp_path: Path) -> Iterator[Server]:
+    runtime = runtime_dir()
+    server = Server(tmp_path / "data", config_text=session_config(runtime, IDLE)).start()
+    yield server
+    server.stop()
+    cleanup(runtime)
+
+
+def test_idle_sessions_are_suspended_or_stopped_but_a_busy_kernel_is_not_idle(
+    idle_server: Server, posix_user: pwd.struct_passwd
+) -> None:
+    token = idle_server.token(posix_user.pw_name)
+    busy = launch(idle_server, token, "JupyterLab")
+    idle = launch(idle_server, token, "JupyterLab")
+    stopped = launch(idle_server, token, "Jupyter Notebook")
+    for item in (busy, idle, stopped):
+        wait_state(idle_server, token, item["id"], ("running",))
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(
+        kernel_round_trip(idle_server.url + busy["url"], token, "import time; time.sleep(10); 'woke'")))
+    worker.start()
+
+    assert wait_state(idle_server, token, idle["id"], ("suspended",), timeout=30)["suspend_size"] > 0
+    assert wait_state(idle_server, token, stopped["id"], ("finished",), timeout=30)["activity_state"] == "finished"
+    during = session(idle_server, token, busy["id"])
+    assert during["activity_state"] == "running" and during["executing"] is True  # busy kernel, no browser
+    worker.join(timeout=30)
+    assert result == ["'woke'"]
+    after = wait_state(idle_server, token, busy["id"], ("suspended",), timeout=30)
+    assert after["executing"] is False
+
+
+def test_proxy_traffic_updates_last_used(idle_server: Server, posix_user: pwd.struct_passwd) -> None:
+    token = idle_server.token(posix_user.pw_name)
+    started = launch(idle_server, token, "VS Code")  # no idle timeout configured for VS Code
+    before = wait_state(idle_server, token, started["id"], ("running",))["last_used"]
+    time.sleep(0.05)
+    assert httpx.get(idle_server.url + started["url"] + "healthz",
+                     headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    deadline = time.monotonic() + 10
+    while session(idle_server, token, started["id"])["last_used"] <= before:
+        assert time.monotonic() < deadline, "last_used never moved"
+        time.sleep(0.1)
+    idle_server.rpc("stop_session", token, session_ids=started["id"], force_quit=True)
+    wait_state(idle_server, token, started["id"], ("killed",))
+
+
+def test_start_failures_say_why(tmp_path: Path, posix_user: pwd.struct_passwd) -> None:
+    # Failures injected through configuration: an "IDE" that never opens its socket, and one that
+    # exits at once on a bad flag.
+    silent = Path("/tmp") / f"owb-silent-{posix_user.pw_name}.sh"
+    silent.write_text("#!/bin/sh\nexec sleep 600\n")
+    silent.chmod(0o755)
+    runtime = runtime_dir()
+    extra = f'[ides."Jupyter Notebook"]\nexe = "{silent}"\n[ides."VS Code"]\nargs = ["--no-such-flag"]\n'
+    text = session_config(runtime, extra).replace("start_timeout_s = 60", "start_timeout_s = 3")
+    server = Server(tmp_path / "data", config_text=text).start()
+    try:
+        token = server.token(posix_user.pw_name)
+        never = launch(server, token, "Jupyter Notebook")
+        broken = launch(server, token, "VS Code")
+        timed_out = wait_state(server, token, never["id"], ("failed",), timeout=30)
+        assert timed_out["status_detail"] == "start timeout: the IDE did not answer within 3 s"
+        exited = wait_state(server, token, broken["id"], ("failed",), timeout=30)
+        assert "ended before it was ready" in exited["status_detail"] and "exit code" in exited["status_detail"]
+        jobs = server.rpc("get_session", token, session_id=never["id"], include_jobs=True)["jobs"]
+        assert jobs[0]["status"] == "Killed"  # the silent IDE was not left running
+    finally:
+        server.stop()
+        cleanup(runtime)
+        silent.unlink()
