@@ -5,10 +5,10 @@ set -euo pipefail
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
 dir=$(mktemp -d /tmp/owb-pg.XXXXXX)
 chmod 755 "$dir"
-as_pg=()
+as_pg=(env -C /)  # the postgres user may not be able to enter the caller's directory
 if [ "$(id -u)" -eq 0 ]; then
     chown postgres: "$dir"   # initdb refuses to run as root
-    as_pg=(runuser -u postgres --)
+    as_pg=(env -C / runuser -u postgres --)
 fi
 stop() {
     "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
