@@ -61,18 +61,26 @@ def test_jupyterlab_through_the_proxy(srv: Server, owner: str, posix_user: pwd.s
     assert kernel_round_trip(base, owner) == "2"
     jobs = srv.rpc("get_session", owner, session_id=started["id"], include_jobs=True)["jobs"]
     assert [j["status"] for j in jobs] == ["Running"] and jobs[0]["user"] == posix_user.pw_name
+    token_env = [item for item in jobs[0]["environment"] if item["name"] == "JUPYTER_TOKEN"]
+    assert token_env == [{"name": "JUPYTER_TOKEN", "value": "********"}]  # the secret is the proxy's alone
     # The IDE runs as the session's user.
     assert pwd.getpwuid(os.stat(f"/proc/{jobs[0]['pid']}").st_uid).pw_name == posix_user.pw_name
 
+    state_dir = Path(posix_user.pw_dir) / ".local/share/openworkbench/sessions" / started["id"]
+    assert state_dir.is_dir()
     srv.rpc("stop_session", owner, session_ids=started["id"])
     done = wait_state(srv, owner, started["id"], ("finished", "killed"))
     assert done["activity_state"] == "finished" and done["running"] is False
     assert processes_mentioning(started["id"]) == []
+    assert not state_dir.exists()  # a stopped (not suspended) session keeps nothing
 
 
-def test_notebook_and_fields_filter(srv: Server, owner: str) -> None:
-    started = launch(srv, owner, "Jupyter Notebook")
-    wait_state(srv, owner, started["id"], ("running",))
+def test_notebook_and_fields_filter(srv: Server, owner: str, posix_user: pwd.struct_passwd) -> None:
+    project = Path(posix_user.pw_dir) / "project"
+    project.mkdir(exist_ok=True)
+    os.chown(project, posix_user.pw_uid, posix_user.pw_gid)
+    started = launch(srv, owner, "Jupyter Notebook", working_directory="project")  # relative: to the home
+    assert wait_state(srv, owner, started["id"], ("running",))["working_dir"] == str(project)
     base = srv.url + started["url"]
     assert kernel_round_trip(base, owner, "6*7") == "42"
     assert httpx.get(base + "tree", headers={"Authorization": f"Bearer {owner}"}).status_code == 200
@@ -223,7 +231,7 @@ def test_restart_readopts_running_sessions(tmp_path: Path, posix_user: pwd.struc
         assert httpx.get(server.url + keep["url"] + "api/status",
                          headers={"Authorization": f"Bearer {token}"}).status_code == 200
         failed = wait_state(server, token, lose["id"], ("failed",), timeout=30)
-        assert "ended" in failed["status_detail"]
+        assert failed["status_detail"].startswith("the IDE process ended while the server was down: Killed")
         server.rpc("stop_session", token, session_ids=keep["id"])
         wait_state(server, token, keep["id"], ("finished", "killed"))
     finally:

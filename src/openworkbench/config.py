@@ -57,6 +57,17 @@ class ClusterSettings(_Section):
     queues: list[str] = []
     placement_constraints: list[str] = []
     limits: dict[str, LimitSettings] = {}
+    # Slurm only. The server host is a submit host: Slurm's commands, munge and slurm.conf are there.
+    slurm_conf: str = ""  # path to slurm.conf (SLURM_CONF for every command); empty: Slurm's default
+    slurm_bin: str = ""  # directory holding sbatch, squeue, scontrol, scancel, sacct; empty: PATH
+    output_dir: str = ""  # shared by the server host and every compute node: job scripts and output
+    poll_interval_s: float = Field(default=2.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _slurm_needs_output_dir(self) -> ClusterSettings:
+        if self.type == "Slurm" and not self.output_dir:
+            raise ValueError("a Slurm cluster needs output_dir, a directory shared with its compute nodes")
+        return self
 
     @field_validator("limits")
     @classmethod

@@ -34,6 +34,7 @@ class Monitor:
 
     def start(self) -> None:
         adopted = self.services.jobs.adopt()
+        self.services.jobs.poll_once()  # fresh job states before sessions are re-adopted
         if adopted:
             log.info("following %d job(s) started before this server", adopted)
         self._thread.start()

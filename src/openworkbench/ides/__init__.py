@@ -5,7 +5,7 @@ See docs/sessions.md ("IDEs") for how each one is started, probed, stopped and s
 
 from __future__ import annotations
 
-from openworkbench.ides.base import Activity, Ide, LaunchContext, available, resolve_exe
+from openworkbench.ides.base import PORT_PLACEHOLDER, Activity, Ide, LaunchContext, available, resolve_exe
 from openworkbench.ides.client import IdeClient, IdeRequestError
 from openworkbench.ides.jupyter import JupyterLab, JupyterNotebook
 from openworkbench.ides.registry import IDES, ide_for
@@ -14,6 +14,7 @@ from openworkbench.ides.vscode import VSCode
 
 __all__ = [
     "IDES",
+    "PORT_PLACEHOLDER",
     "Activity",
     "Ide",
     "IdeClient",

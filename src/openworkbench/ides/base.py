@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 # sun_path is 108 bytes with its NUL: longer socket paths cannot be bound at all.
 MAX_SOCKET_PATH = 107
+PORT_PLACEHOLDER = "@OWB_PORT@"  # replaced by the port the job picks on its node
 
 
 def resolve_exe(settings: IdeSettings, ide_prefix: str) -> str | None:
@@ -53,6 +54,10 @@ class LaunchContext:
     home: str
     user: str = ""  # the session's POSIX user name (RStudio's --server-user needs it)
     port: int | None = None  # loopback TCP port, only for an IDE that cannot listen on a socket (RStudio)
+    # On a cluster node (Slurm) the IDE listens on TCP, on a port chosen on the node when the job
+    # starts: its flags carry PORT_PLACEHOLDER, and ``endpoint`` ("host:port") is known once it runs.
+    network: bool = False
+    endpoint: str | None = None
 
     def runtime_dir(self, kind: str) -> str:
         """A short per-session directory beside the socket (same 0700 parent) for transient files and
@@ -85,6 +90,11 @@ class Ide(abc.ABC):
     supports_suspend: ClassVar[bool]
     ready_path: ClassVar[str]  # relative to the prefix, probed through the socket; 200 = ready
     uses_socket: ClassVar[bool] = True  # False: it listens on 127.0.0.1:ctx.port instead
+    # True: it can run on another host behind a secret it checks itself (Jupyter's token); code-server
+    # with --auth none on a TCP port would be open to anyone on the network.
+    supports_network: ClassVar[bool] = False
+    # Variables of environment() that carry the session secret: never shown in the job's API record.
+    secret_environment: ClassVar[tuple[str, ...]] = ()
     # (process name, signal) that makes the IDE write its own state to disk before it is stopped;
     # the session layer sends it to the job's processes of that name when it suspends.
     self_suspend: ClassVar[tuple[str, int] | None] = None

@@ -32,7 +32,11 @@ class IdeClient:
         self.ctx = ctx
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         path = "/" if ide.strip_prefix else ctx.prefix
-        if ide.uses_socket:
+        if ctx.network:
+            if not ctx.endpoint:
+                raise InternalError(f"{ide.name} on a cluster node has not reported where it listens yet")
+            self.base = f"http://{ctx.endpoint}{path}"
+        elif ide.uses_socket:
             self.base = "http://localhost" + path
         elif ctx.port is not None:
             self.base = f"http://127.0.0.1:{ctx.port}{path}"
@@ -42,7 +46,7 @@ class IdeClient:
 
     async def __aenter__(self) -> IdeClient:
         connector: aiohttp.BaseConnector
-        if self.ide.uses_socket:
+        if self.ide.uses_socket and not self.ctx.network:
             connector = aiohttp.UnixConnector(path=self.ctx.socket_path, force_close=True)
         else:
             connector = aiohttp.TCPConnector(force_close=True)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-from openworkbench.ides.base import MAX_SOCKET_PATH, Activity, Ide, LaunchContext
+from openworkbench.ides.base import MAX_SOCKET_PATH, PORT_PLACEHOLDER, Activity, Ide, LaunchContext
 from openworkbench.ides.client import IdeClient
 
 # Activity probes must not count as activity: Jupyter records any authenticated API request unless
@@ -36,13 +36,12 @@ class _Jupyter(Ide):
     strip_prefix = False
     supports_suspend = True
     ready_path = "api/status"
+    supports_network = True  # it checks its own token
+    secret_environment = ("JUPYTER_TOKEN",)
     app: ClassVar[str]  # the extension app whose default_url opens open_file
 
     def flags(self, ctx: LaunchContext) -> list[str]:
-        flags = [
-            "--no-browser",
-            f"--ServerApp.sock={ctx.socket_path}",
-            "--ServerApp.sock_mode=0600",
+        flags = ["--no-browser", *self.listen_flags(ctx),
             f"--ServerApp.base_url={ctx.prefix}",
             # The proxy keeps the browser's Host header, which is not localhost.
             "--ServerApp.allow_remote_access=True",
@@ -58,7 +57,15 @@ class _Jupyter(Ide):
     def app_flags(self, ctx: LaunchContext) -> list[str]:
         return []
 
+    def listen_flags(self, ctx: LaunchContext) -> list[str]:
+        if ctx.network:
+            # On a cluster node: TCP on a port the job picks; the token is what keeps others out.
+            return ["--ServerApp.ip=0.0.0.0", f"--ServerApp.port={PORT_PLACEHOLDER}", "--ServerApp.port_retries=0"]
+        return [f"--ServerApp.sock={ctx.socket_path}", "--ServerApp.sock_mode=0600"]
+
     def kernel_transport(self, ctx: LaunchContext) -> str:
+        if ctx.network:
+            return "tcp"  # its runtime dir is under $HOME, too deep for IPC socket paths
         fits = len(os.fsencode(ctx.runtime_dir("jupyter"))) + _KERNEL_IPC_SUFFIX <= MAX_SOCKET_PATH
         return "ipc" if fits else "tcp"  # tcp still needs the HMAC key from the 0700 runtime dir to send
 
@@ -79,7 +86,8 @@ class _Jupyter(Ide):
     def environment(self, ctx: LaunchContext) -> dict[str, str]:
         # Runtime files (connection files with kernel keys, kernel IPC sockets) are transient and go
         # beside the session socket, in the user's 0700 directory, where socket paths stay short.
-        return {"JUPYTER_TOKEN": ctx.secret, "JUPYTER_RUNTIME_DIR": ctx.runtime_dir("jupyter")}
+        runtime = os.path.join(ctx.state_dir, "runtime") if ctx.network else ctx.runtime_dir("jupyter")
+        return {"JUPYTER_TOKEN": ctx.secret, "JUPYTER_RUNTIME_DIR": runtime}
 
     def transient_dirs(self, ctx: LaunchContext) -> list[str]:
         return [ctx.runtime_dir("jupyter")]  # its cookie secret stays behind even after a clean exit

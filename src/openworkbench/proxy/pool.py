@@ -12,6 +12,7 @@ KEEPALIVE_SECONDS = 4.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Browsers send large cookie headers, IDEs large Set-Cookie / CSP headers; aiohttp's 8 KiB default is too tight.
 MAX_HEADER_BYTES = 65536
+TCP = "tcp://"  # an upstream "socket path" with this prefix is a host:port
 
 
 class UpstreamPool:
@@ -29,13 +30,22 @@ class UpstreamPool:
         return session
 
     @staticmethod
-    def url(path_and_query: str) -> URL:
-        """An upstream URL; the host is nominal (the socket decides), the path stays percent-encoded as sent."""
+    def url(path_and_query: str, upstream: str = "") -> URL:
+        """An upstream URL, the path percent-encoded as sent; for a socket the host is nominal (the socket
+        decides), for ``tcp://host:port`` it is that host and port."""
         path, _, query = path_and_query.partition("?")
-        return URL.build(scheme="http", host="localhost", path=path, query_string=query, encoded=True)
+        host, port = "localhost", None
+        if upstream.startswith(TCP):
+            host, _, port_text = upstream[len(TCP):].rpartition(":")
+            port = int(port_text)
+        return URL.build(scheme="http", host=host, port=port, path=path, query_string=query, encoded=True)
 
     def _open(self, socket_path: str) -> aiohttp.ClientSession:
-        connector = aiohttp.UnixConnector(path=socket_path, limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
+        connector: aiohttp.BaseConnector
+        if socket_path.startswith(TCP):  # an IDE on a cluster node
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
+        else:
+            connector = aiohttp.UnixConnector(path=socket_path, limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
         return aiohttp.ClientSession(
             connector=connector,
             # Bodies (downloads, event streams, long polls) may last any time; only connecting is bounded.

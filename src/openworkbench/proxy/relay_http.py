@@ -89,7 +89,7 @@ async def forward_http(request: Request, target: ProxyTarget, pool: UpstreamPool
     if request.method not in _SAFE_METHODS and not same_origin(request):
         return error_response(PermissionDenied(CROSS_ORIGIN))
     path, query = raw_path_and_query(request)
-    url = pool.url(upstream_path(target, path, query))
+    url = pool.url(upstream_path(target, path, query), target.socket_path)
     headers = upstream_headers(request, target)
     body = _request_body(request) if _has_body(request) else None
     try:

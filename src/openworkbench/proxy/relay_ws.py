@@ -26,7 +26,7 @@ async def _connect(websocket: WebSocket, target: ProxyTarget, pool: UpstreamPool
     headers = [(n, v) for n, v in upstream_headers(websocket, target) if not n.lower().startswith("sec-websocket-")]
     protocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
     return await pool.session(target.socket_path).ws_connect(
-        pool.url(upstream_path(target, path, query)),
+        pool.url(upstream_path(target, path, query), target.socket_path),
         headers=headers,
         protocols=protocols,
         max_msg_size=0,  # the browser side (uvicorn) already bounds message size

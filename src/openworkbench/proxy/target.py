@@ -16,7 +16,7 @@ SIGN_IN_COOKIE = "owb_session"
 class ProxyTarget:
     """A resolved session: the caller has authenticated the user and looked the session up."""
 
-    socket_path: str  # the IDE's Unix socket
+    socket_path: str  # the IDE's Unix socket, or "tcp://host:port" for an IDE on a cluster node
     prefix: str  # public URL prefix, e.g. "/s/0da29cfc78a31acdd5861/"; always ends with "/"
     strip_prefix: bool  # True: the IDE has no base-path option (code-server); forward paths without the prefix
     headers: dict[str, str] = field(default_factory=dict)  # sent upstream on every request (IDE secret)

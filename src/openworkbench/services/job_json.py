@@ -28,7 +28,7 @@ def job_json(job: Job, owner: str) -> dict[str, Any]:
         "stdoutFile": job.stdout_file,
         "stderrFile": job.stderr_file,
         "workingDirectory": spec.get("working_directory") or "",
-        "environment": spec.get("environment", []),
+        "environment": _redacted(spec.get("environment", []), spec.get("metadata", {}).get("redact", [])),
         "tags": spec.get("tags", []),
         "queues": spec.get("queues", []),
         "placementConstraints": spec.get("placement_constraints", []),
@@ -45,3 +45,8 @@ def job_json(job: Job, owner: str) -> dict[str, Any]:
         "submissionTime": isoformat(job.submission_time),
         "lastUpdateTime": isoformat(job.last_update_time),
     }
+
+
+def _redacted(environment: list[dict[str, str]], secret_names: list[str]) -> list[dict[str, str]]:
+    """A session's secret stays with the proxy: its value is never shown, even to the owner."""
+    return [{**item, "value": "********"} if item.get("name") in secret_names else item for item in environment]

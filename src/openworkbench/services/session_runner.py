@@ -8,6 +8,7 @@ runs the stop hooks. ``watch`` follows running sessions: a dead IDE, idleness, a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
-from openworkbench.clusters.base import FINAL_STATUSES
+from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
 from openworkbench.errors import WorkbenchError
 from openworkbench.ides import Ide, IdeClient, LaunchContext, ide_for
@@ -99,7 +100,9 @@ class SessionRunner:
         except (asyncio.CancelledError, StopRequested):
             return
         except SessionFailed as exc:
-            await self._set(session_id, state="failed", status_detail=str(exc))
+            row = await self._set(session_id, state="failed", status_detail=str(exc))
+            ide = self.ide(row.workbench)
+            await self._clean_up(row, ide, self.context(row, self._routes[row.url].owner))
         except Exception as exc:  # a bug must not leave a session in a transitional state forever
             log.exception("session %s", session_id)
             await self._set(session_id, state="failed", status_detail=f"internal error: {exc}")
@@ -125,10 +128,18 @@ class SessionRunner:
             self.remember(row, owner)
             return row
 
+    def networked(self, row: Session) -> bool:
+        """A session on a cluster other than Local runs on a node: TCP and a reported endpoint."""
+        conf = self.settings.clusters.get(row.cluster)
+        return conf is not None and conf.type != "Local"
+
     def remember(self, row: Session, owner: str) -> None:
         ide = self.ide(row.workbench)
         ctx = self.context(row, owner)
-        target = ProxyTarget(row.socket_path, row.url, ide.strip_prefix, ide.upstream_headers(ctx))
+        upstream = f"tcp://{row.endpoint}" if ctx.network and row.endpoint else row.socket_path
+        if not ide.uses_socket and ctx.port is not None:  # RStudio: a loopback port
+            upstream = f"tcp://127.0.0.1:{ctx.port}"
+        target = ProxyTarget(upstream, row.url, ide.strip_prefix, ide.upstream_headers(ctx))
         self._routes[row.url] = Route(row.id, owner, row.state, target)
 
     def route(self, url: str) -> Route | None:
@@ -144,7 +155,7 @@ class SessionRunner:
         return LaunchContext(
             session_id=row.id, prefix=row.url, socket_path=row.socket_path, secret=row.secret,
             state_dir=row.state_dir, working_dir=row.working_dir, open_file=row.request.get("open_file"), home=home,
-            user=owner, port=port,
+            user=owner, port=port, network=self.networked(row), endpoint=row.endpoint,
         )
 
     async def load(self, session_id: str) -> tuple[Session, str, Principal]:
@@ -164,13 +175,18 @@ class SessionRunner:
         ide = self.ide(row.workbench)
         ctx = self.context(row, owner)
         account = await run_in_threadpool(posix_account, owner)
-        await run_in_threadpool(files.prepare_runtime, self.settings.sessions.runtime_dir, account)
+        if not ctx.network:
+            await run_in_threadpool(files.prepare_runtime, self.settings.sessions.runtime_dir, account)
         await run_in_threadpool(files.prepare_state_dir, row.state_dir, account)
         for path, text in ide.config_files(ctx).items():
             await run_in_threadpool(files.write_as, account, path, text)
         files.remove_socket(row.socket_path)
         self._check_stop(session_id)
         argv = ide.argv(ctx) + (ide.restore_args(ctx, row.suspend_manifest) if resuming else [])
+        if ctx.network:
+            endpoint_file = await run_in_threadpool(self._endpoint_file, row, account)
+            await self._set(session_id, endpoint=None)
+            argv = files.network_wrapper(argv, endpoint_file)
         spec = self._ide_job(row, argv, ide.environment(ctx))
         try:
             # One thread call launches and records the job: a stop arriving meanwhile will find it.
@@ -185,6 +201,11 @@ class SessionRunner:
         return job_id
 
 
+    def _endpoint_file(self, row: Session, account: Account) -> str:
+        """Where the IDE's job reports "host port": the cluster's shared directory, the user's own part."""
+        shared = self.settings.clusters[row.cluster].output_dir
+        return files.prepare_endpoint(shared, account, row.id)
+
     def _ide_job(self, row: Session, argv: list[str], env: dict[str, str]) -> JobSpec:
         launch = row.request.get("launch_parameters") or {}
         environment = [{"name": k, "value": v} for k, v in env.items()] + list(row.request.get("environment", []))
@@ -193,6 +214,7 @@ class SessionRunner:
             "working_directory": row.working_dir, "environment": environment,
             "resource_limits": launch.get("resource_limits", []), "queues": launch.get("queues", []),
             "placement_constraints": launch.get("placement_constraints", []), "tags": ["session"],
+            "metadata": {"redact": list(self.ide(row.workbench).secret_environment)},
         })
 
     async def _until_ready(self, row: Session, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str,
@@ -204,6 +226,11 @@ class SessionRunner:
             job = await run_in_threadpool(self.jobs.get, principal, job_id)
             if job["status"] in FINAL_STATUSES:
                 raise SessionFailed(f"the IDE process ended before it was ready: {_outcome(job)}")
+            if job["status"] == "Pending" and job["statusMessage"] != row.status_detail:
+                # A long queue is normal on HPC: no timeout while pending, but say why it waits.
+                row = await self._set(row.id, status_detail=job["statusMessage"])
+            if job["status"] == "Running" and ctx.network and not ctx.endpoint:
+                ctx = await self._read_endpoint(row, ctx)
             if job["status"] == "Running":
                 if started is None:
                     started = time.monotonic()
@@ -216,6 +243,14 @@ class SessionRunner:
                     await run_in_threadpool(self.jobs.stop, principal, job_id, True)
                     raise SessionFailed(f"start timeout: the IDE did not answer within {timeout:g} s")
             await asyncio.sleep(POLL)
+
+    async def _read_endpoint(self, row: Session, ctx: LaunchContext) -> LaunchContext:
+        path = files.endpoint_path(self.settings.clusters[row.cluster].output_dir, row.id)
+        endpoint = await run_in_threadpool(files.read_endpoint, path)
+        if endpoint is None:
+            return ctx
+        await self._set(row.id, endpoint=endpoint)
+        return dataclasses.replace(ctx, endpoint=endpoint)
 
     async def _run_hooks(self, row: Session, principal: Principal, kind: str) -> None:
         for exe in row.request.get(kind, []):
@@ -247,7 +282,8 @@ class SessionRunner:
     # -- stop --------------------------------------------------------------------------------
     async def stop(self, session_id: str, force: bool, suspend: bool) -> None:
         row, owner, principal = await self.load(session_id)
-        if row.state == "suspended":  # stopping a suspended session just discards it
+        if row.state == "suspended":  # stopping a suspended session discards what it kept
+            await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
             await self._set(session_id, state="finished", suspend_size=None)
             return
         await self._set(session_id, state="suspending" if suspend else "shutting_down")
@@ -255,36 +291,42 @@ class SessionRunner:
         manifest: dict[str, Any] = {}
         if suspend and not force:
             manifest = await _quietly(_using(ide, ctx, lambda client: ide.save_state(client, ctx)), {})
-        if row.job_id:
-            await self._end_job(principal, row.job_id, ide, ctx, force)
+        job = await self._end_job(principal, row.job_id, ide, ctx, force) if row.job_id else None
         await self._run_hooks(row, principal, "stop_hooks")
-        await self.pool.forget(row.socket_path)
-        files.remove_socket(row.socket_path)
-        for path in ide.transient_dirs(ctx):
-            await run_in_threadpool(files.remove_tree, path)
-        if suspend:
+        await self._clean_up(row, ide, ctx)
+        if job is not None and job["status"] == "Canceled":  # its IDE never started (still queued)
+            await self._set(session_id, state="canceled", executing=False)
+        elif suspend:
             # What the session keeps: its state directory and the manifest the server holds for it.
             size = await run_in_threadpool(files.tree_size, row.state_dir) + len(json.dumps(manifest))
             await self._set(session_id, state="suspended", suspend_manifest=manifest, suspend_size=size,
                             executing=False)
         else:
+            await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
             await self._set(session_id, state="killed" if force else "finished", executing=False)
 
-    async def _end_job(self, principal: Principal, job_id: str, ide: Ide, ctx: LaunchContext, force: bool) -> None:
+    async def _clean_up(self, row: Session, ide: Ide, ctx: LaunchContext) -> None:
+        """What one run of the IDE leaves: pooled connections, its socket, its runtime files."""
+        await self.pool.forget(f"tcp://{row.endpoint}" if ctx.network else row.socket_path)
+        files.remove_socket(row.socket_path)
+        for path in ide.transient_dirs(ctx):
+            await run_in_threadpool(files.remove_tree, path)
+
+    async def _end_job(self, principal: Principal, job_id: str, ide: Ide, ctx: LaunchContext,
+                       force: bool) -> dict[str, Any]:
         grace = self.settings.sessions.stop_grace_s
         if force:
             await _quietly(run_in_threadpool(self.jobs.stop, principal, job_id, True), None)
-            await self._wait_job(principal, job_id, 10)
-            return
-        if await _quietly(_using(ide, ctx, ide.request_shutdown), False):
+            return await self._wait_job(principal, job_id, 10)
+        job = await run_in_threadpool(self.jobs.get, principal, job_id)
+        if job["status"] == "Running" and await _quietly(_using(ide, ctx, ide.request_shutdown), False):
             job = await self._wait_job(principal, job_id, grace)
-            if job["status"] in FINAL_STATUSES:
-                return
         for kill in (False, True):
+            if job["status"] in FINAL_STATUSES:
+                break
             await _quietly(run_in_threadpool(self.jobs.stop, principal, job_id, kill), None)
             job = await self._wait_job(principal, job_id, grace if not kill else 10)
-            if job["status"] in FINAL_STATUSES:
-                return
+        return job
 
     # -- following running sessions ------------------------------------------------------
     async def watch(self) -> None:
@@ -311,6 +353,8 @@ class SessionRunner:
                 ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
                 why = f"the IDE process ended: {_outcome(job)}" if job else "the session has no IDE job"
                 await self._set(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
+                ide = self.ide(row.workbench)
+                await self._clean_up(row, ide, self.context(row, owner))
                 continue
             used = self._last_used.pop(row.id, None)
             if used is not None:
@@ -343,9 +387,14 @@ class SessionRunner:
     async def adopt(self) -> None:
         """Pick up sessions left in flight by the previous server process."""
         rows = await run_in_threadpool(self._live)
-        for row, owner, _principal in rows:
+        for row, owner, principal in rows:
             self.remember(row, owner)
-            if row.state in ("pending", "starting", "resuming") and row.job_id:
+            job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
+            if row.state == "running" and job is not None and job["status"] in FINAL_STATUSES:
+                why = f"the IDE process ended while the server was down: {_outcome(job)}"
+                await self._set(row.id, state="failed", status_detail=why)
+                await self._clean_up(row, self.ide(row.workbench), self.context(row, owner))
+            elif row.state in ("pending", "starting", "resuming") and row.job_id:
                 self.spawn(row.id, self._resume_wait(row.id))
             elif row.state in ("suspending", "shutting_down"):
                 self.request_stop(row.id, force=False, suspend=row.state == "suspending")

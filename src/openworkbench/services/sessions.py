@@ -8,6 +8,7 @@ driven by ``SessionRunner`` in the event loop.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 from typing import Any
 
@@ -63,6 +64,11 @@ class SessionService:
         cluster = launch.get("cluster") or self.settings.ides[params.workbench].default_cluster
         cluster = cluster or self.settings.default_cluster
         self._validate_launch(cluster, launch)
+        if self.settings.clusters[cluster].type != "Local" and not self.runner.ide(params.workbench).supports_network:
+            raise NotAvailable(
+                f"{params.workbench} sessions cannot run on cluster '{cluster}': on a cluster node the IDE must "
+                "check a per-session secret itself, and it cannot"
+            )
         user_id = self.jobs.owner_id(owner)
         session_id = self._new_id()
         url = f"/s/{_user_code(owner)}{ide.project_id}{session_id}/"
@@ -77,6 +83,7 @@ class SessionService:
         working_dir = params.working_directory or "~"
         if working_dir == "~" or working_dir.startswith("~/"):
             working_dir = account.home + working_dir[1:]
+        working_dir = os.path.normpath(os.path.join(account.home, working_dir))  # relative: to the home
         with self.store.session() as db:
             db.add(Session(
                 id=session_id, user_id=user_id, workbench=params.workbench,

@@ -103,6 +103,8 @@ class Session(Base):
     working_dir: Mapped[str] = mapped_column(Text)
     job_id: Mapped[str | None] = mapped_column(String(32), default=None)
     socket_path: Mapped[str] = mapped_column(Text)
+    # "host:port" of an IDE on a cluster node, reported by its job once it runs.
+    endpoint: Mapped[str | None] = mapped_column(String(300), default=None)
     state_dir: Mapped[str] = mapped_column(Text)
     # Sent by the proxy to the IDE on every request; the data dir is the operator's alone.
     secret: Mapped[str] = mapped_column(String(64))
