@@ -58,8 +58,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         monitor = Monitor(services)
         monitor.start()
-        await services.runner.adopt()
-        watcher = asyncio.get_running_loop().create_task(services.runner.watch())
+        await services.watch.adopt()
+        watcher = asyncio.get_running_loop().create_task(services.watch.run())
         try:
             yield
         finally:

@@ -125,15 +125,19 @@ class Accounts:
             if row is None:
                 raise Unauthenticated("Invalid or revoked API token")
             api_token, user = row
-            if user.disabled:
-                raise Unauthenticated(f"User '{user.username}' is disabled")
+            principal = principal_of(api_token, user)
             now = utcnow()
             if api_token.last_used is None or now - api_token.last_used > LAST_USED_RESOLUTION:
                 api_token.last_used = now
                 user.last_sign_in = now
-            return Principal.from_standing(
-                user.id, user.username, api_token.kind, user.is_admin, user.is_super_admin
-            )
+            return principal
+
+
+def principal_of(api_token: ApiToken, user: User) -> Principal:
+    """The caller a valid token stands for; a disabled user is refused whatever the token."""
+    if user.disabled:
+        raise Unauthenticated(f"User '{user.username}' is disabled")
+    return Principal.from_standing(user.id, user.username, api_token.kind, user.is_admin, user.is_super_admin)
 
 
 def _check_username(username: str) -> None:

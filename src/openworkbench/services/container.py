@@ -12,6 +12,7 @@ from openworkbench.proxy import UpstreamPool
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.jobs import JobService
 from openworkbench.services.session_runner import SessionRunner
+from openworkbench.services.session_watch import SessionWatch
 from openworkbench.services.sessions import SessionService
 from openworkbench.services.signin import SignIn
 from openworkbench.store import Store
@@ -26,6 +27,7 @@ class Services:
     jobs: JobService
     pool: UpstreamPool
     runner: SessionRunner
+    watch: SessionWatch
     sessions: SessionService
     signin: SignIn
 
@@ -63,4 +65,5 @@ def build_services(settings: Settings) -> Services:
     pool = UpstreamPool()
     runner = SessionRunner(settings, store, jobs, pool)
     sessions = SessionService(settings, store, jobs, runner)
-    return Services(settings, store, accounts, clusters, jobs, pool, runner, sessions, SignIn(accounts))
+    watch = SessionWatch(runner)
+    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts))

@@ -38,11 +38,12 @@ def state_dir(account: Account, session_id: str) -> str:
     return os.path.join(account.home, ".local", "share", "openworkbench", "sessions", session_id)
 
 
-def prepare_state_dir(path: str, account: Account) -> None:
-    """Create the session's state directory as its owner."""
+def run_as(account: Account, argv: list[str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run a small command as the session's user: what it does in their home is done with their rights."""
     drop = os.geteuid() == 0 and account.uid != os.geteuid()
-    result = subprocess.run(
-        ["/bin/mkdir", "-p", "-m", "700", path],
+    return subprocess.run(
+        argv,
+        input=stdin,
         capture_output=True,
         text=True,
         check=False,
@@ -50,6 +51,11 @@ def prepare_state_dir(path: str, account: Account) -> None:
         group=account.gid if drop else None,
         extra_groups=list(account.groups) if drop else None,
     )
+
+
+def prepare_state_dir(path: str, account: Account) -> None:
+    """Create the session's state directory as its owner."""
+    result = run_as(account, ["/bin/mkdir", "-p", "-m", "700", path])
     if result.returncode != 0:
         raise LaunchFailed(f"cannot create the session directory {path}: {result.stderr.strip()}")
 
@@ -99,32 +105,14 @@ def network_wrapper(argv: list[str], endpoint_file: str) -> list[str]:
 
 def write_as(account: Account, path: str, text: str) -> None:
     """Write a file as the session's user (an IDE's own config), creating its directory."""
-    drop = os.geteuid() == 0 and account.uid != os.geteuid()
-    result = subprocess.run(
-        ["/bin/sh", "-c", 'mkdir -p -m 700 "$(dirname "$1")" && cat > "$1"', "sh", path],
-        input=text,
-        capture_output=True,
-        text=True,
-        check=False,
-        user=account.uid if drop else None,
-        group=account.gid if drop else None,
-        extra_groups=list(account.groups) if drop else None,
-    )
+    result = run_as(account, ["/bin/sh", "-c", 'mkdir -p -m 700 "$(dirname "$1")" && cat > "$1"', "sh", path], text)
     if result.returncode != 0:
         raise LaunchFailed(f"cannot write {path}: {result.stderr.strip()}")
 
 
 def remove_as(account: Account, path: str) -> None:
     """Remove a directory in the user's home as that user (a planted symlink cannot aim root elsewhere)."""
-    drop = os.geteuid() == 0 and account.uid != os.geteuid()
-    subprocess.run(
-        ["/bin/rm", "-rf", "--", path],
-        capture_output=True,
-        check=False,
-        user=account.uid if drop else None,
-        group=account.gid if drop else None,
-        extra_groups=list(account.groups) if drop else None,
-    )
+    run_as(account, ["/bin/rm", "-rf", "--", path])
 
 
 def remove_tree(path: str) -> None:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -29,7 +29,6 @@ from openworkbench.models import JobSpec
 from openworkbench.proxy import ProxyTarget, UpstreamPool
 from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
-from openworkbench.services.session_json import FINAL_STATES
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
 
@@ -62,9 +61,9 @@ class SessionRunner:
         self.jobs = jobs
         self.pool = pool
         self._ides: dict[str, Ide] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks: dict[str, asyncio.Task[None]] = {}
         self._routes: dict[str, Route] = {}
-        self._last_used: dict[str, datetime] = {}
+        self.last_used: dict[str, datetime] = {}
         self._stopping: set[str] = set()
 
     def ide(self, workbench: str) -> Ide:
@@ -75,12 +74,12 @@ class SessionRunner:
     # -- tasks -------------------------------------------------------------------------------
     def spawn(self, session_id: str, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` (a start) for the session in the background."""
-        self._tasks[session_id] = asyncio.get_running_loop().create_task(self._guard(session_id, work))
+        self.tasks[session_id] = asyncio.get_running_loop().create_task(self._guard(session_id, work))
 
     def request_stop(self, session_id: str, force: bool, suspend: bool) -> None:
         """Stop after whatever runs for the session now has given way (a start checks often)."""
         self._stopping.add(session_id)
-        previous = self._tasks.get(session_id)
+        previous = self.tasks.get(session_id)
         self.spawn(session_id, self._stop_after(previous, session_id, force, suspend))
 
     async def _stop_after(self, previous: asyncio.Task[None] | None, session_id: str, force: bool,
@@ -100,23 +99,23 @@ class SessionRunner:
         except (asyncio.CancelledError, StopRequested):
             return
         except SessionFailed as exc:
-            row = await self._set(session_id, state="failed", status_detail=str(exc))
+            row = await self.update(session_id, state="failed", status_detail=str(exc))
             ide = self.ide(row.workbench)
-            await self._clean_up(row, ide, self.context(row, self._routes[row.url].owner))
+            await self.clean_up(row, ide, self.context(row, self._routes[row.url].owner))
         except Exception as exc:  # a bug must not leave a session in a transitional state forever
             log.exception("session %s", session_id)
-            await self._set(session_id, state="failed", status_detail=f"internal error: {exc}")
+            await self.update(session_id, state="failed", status_detail=f"internal error: {exc}")
 
     async def close(self) -> None:
-        for task in self._tasks.values():
+        for task in self.tasks.values():
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
     # -- state -------------------------------------------------------------------------------
-    async def _set(self, session_id: str, **fields: Any) -> Session:
-        return await run_in_threadpool(self._set_sync, session_id, fields)
+    async def update(self, session_id: str, **fields: Any) -> Session:
+        return await run_in_threadpool(self.update_sync, session_id, fields)
 
-    def _set_sync(self, session_id: str, fields: dict[str, Any]) -> Session:
+    def update_sync(self, session_id: str, fields: dict[str, Any]) -> Session:
         with self.store.session() as db:
             row = db.get(Session, session_id)
             assert row is not None
@@ -146,7 +145,7 @@ class SessionRunner:
         return self._routes.get(url)
 
     def touch(self, session_id: str) -> None:
-        self._last_used[session_id] = utcnow()
+        self.last_used[session_id] = utcnow()
 
     def context(self, row: Session, owner: str) -> LaunchContext:
         home = row.state_dir.split("/.local/share/openworkbench/")[0]
@@ -185,7 +184,7 @@ class SessionRunner:
         argv = ide.argv(ctx) + (ide.restore_args(ctx, row.suspend_manifest) if resuming else [])
         if ctx.network:
             endpoint_file = await run_in_threadpool(self._endpoint_file, row, account)
-            await self._set(session_id, endpoint=None)
+            await self.update(session_id, endpoint=None)
             argv = files.network_wrapper(argv, endpoint_file)
         spec = self._ide_job(row, argv, ide.environment(ctx))
         try:
@@ -193,11 +192,11 @@ class SessionRunner:
             job_id = await run_in_threadpool(self._launch_ide, principal, spec, session_id, resuming)
         except WorkbenchError as exc:
             raise SessionFailed(f"the IDE could not be launched: {exc.message}") from None
-        await self._until_ready(row, ide, ctx, principal, job_id, resuming)
+        await self.until_ready(row, ide, ctx, principal, job_id, resuming)
 
     def _launch_ide(self, principal: Principal, spec: JobSpec, session_id: str, resuming: bool) -> str:
         job_id = str(self.jobs.launch(principal, spec, session_id)["id"])
-        self._set_sync(session_id, {"job_id": job_id, "state": "resuming" if resuming else "pending"})
+        self.update_sync(session_id, {"job_id": job_id, "state": "resuming" if resuming else "pending"})
         return job_id
 
 
@@ -217,7 +216,7 @@ class SessionRunner:
             "metadata": {"redact": list(self.ide(row.workbench).secret_environment)},
         })
 
-    async def _until_ready(self, row: Session, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str,
+    async def until_ready(self, row: Session, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str,
                            resuming: bool) -> None:
         started: float | None = None
         timeout = self.settings.sessions.start_timeout_s
@@ -225,19 +224,19 @@ class SessionRunner:
             self._check_stop(row.id)
             job = await run_in_threadpool(self.jobs.get, principal, job_id)
             if job["status"] in FINAL_STATUSES:
-                raise SessionFailed(f"the IDE process ended before it was ready: {_outcome(job)}")
+                raise SessionFailed(f"the IDE process ended before it was ready: {outcome(job)}")
             if job["status"] == "Pending" and job["statusMessage"] != row.status_detail:
                 # A long queue is normal on HPC: no timeout while pending, but say why it waits.
-                row = await self._set(row.id, status_detail=job["statusMessage"])
+                row = await self.update(row.id, status_detail=job["statusMessage"])
             if job["status"] == "Running" and ctx.network and not ctx.endpoint:
                 ctx = await self._read_endpoint(row, ctx)
             if job["status"] == "Running":
                 if started is None:
                     started = time.monotonic()
                     if not resuming:
-                        await self._set(row.id, state="starting")
-                if await _answers(ide, ctx):
-                    await self._set(row.id, state="running", status_detail="", last_used=utcnow())
+                        await self.update(row.id, state="starting")
+                if await answers(ide, ctx):
+                    await self.update(row.id, state="running", status_detail="", last_used=utcnow())
                     return
                 if time.monotonic() - started > timeout:
                     await run_in_threadpool(self.jobs.stop, principal, job_id, True)
@@ -249,7 +248,7 @@ class SessionRunner:
         endpoint = await run_in_threadpool(files.read_endpoint, path)
         if endpoint is None:
             return ctx
-        await self._set(row.id, endpoint=endpoint)
+        await self.update(row.id, endpoint=endpoint)
         return dataclasses.replace(ctx, endpoint=endpoint)
 
     async def _run_hooks(self, row: Session, principal: Principal, kind: str) -> None:
@@ -265,7 +264,7 @@ class SessionRunner:
             except WorkbenchError as exc:
                 job = {"status": "Failed", "statusMessage": exc.message, "exitCode": None}
             if kind == "start_hooks" and (job["status"] != "Finished" or job["exitCode"] != 0):
-                raise SessionFailed(f"start hook {exe} failed: {_outcome(job)}")
+                raise SessionFailed(f"start hook {exe} failed: {outcome(job)}")
             if kind == "start_hooks":
                 self._check_stop(row.id)
 
@@ -284,28 +283,28 @@ class SessionRunner:
         row, owner, principal = await self.load(session_id)
         if row.state == "suspended":  # stopping a suspended session discards what it kept
             await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
-            await self._set(session_id, state="finished", suspend_size=None)
+            await self.update(session_id, state="finished", suspend_size=None)
             return
-        await self._set(session_id, state="suspending" if suspend else "shutting_down")
+        await self.update(session_id, state="suspending" if suspend else "shutting_down")
         ide, ctx = self.ide(row.workbench), self.context(row, owner)
         manifest: dict[str, Any] = {}
         if suspend and not force:
-            manifest = await _quietly(_using(ide, ctx, lambda client: ide.save_state(client, ctx)), {})
+            manifest = await quietly(using(ide, ctx, lambda client: ide.save_state(client, ctx)), {})
         job = await self._end_job(principal, row.job_id, ide, ctx, force) if row.job_id else None
         await self._run_hooks(row, principal, "stop_hooks")
-        await self._clean_up(row, ide, ctx)
+        await self.clean_up(row, ide, ctx)
         if job is not None and job["status"] == "Canceled":  # its IDE never started (still queued)
-            await self._set(session_id, state="canceled", executing=False)
+            await self.update(session_id, state="canceled", executing=False)
         elif suspend:
             # What the session keeps: its state directory and the manifest the server holds for it.
             size = await run_in_threadpool(files.tree_size, row.state_dir) + len(json.dumps(manifest))
-            await self._set(session_id, state="suspended", suspend_manifest=manifest, suspend_size=size,
+            await self.update(session_id, state="suspended", suspend_manifest=manifest, suspend_size=size,
                             executing=False)
         else:
             await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
-            await self._set(session_id, state="killed" if force else "finished", executing=False)
+            await self.update(session_id, state="killed" if force else "finished", executing=False)
 
-    async def _clean_up(self, row: Session, ide: Ide, ctx: LaunchContext) -> None:
+    async def clean_up(self, row: Session, ide: Ide, ctx: LaunchContext) -> None:
         """What one run of the IDE leaves: pooled connections, its socket, its runtime files."""
         await self.pool.forget(f"tcp://{row.endpoint}" if ctx.network else row.socket_path)
         files.remove_socket(row.socket_path)
@@ -316,114 +315,24 @@ class SessionRunner:
                        force: bool) -> dict[str, Any]:
         grace = self.settings.sessions.stop_grace_s
         if force:
-            await _quietly(run_in_threadpool(self.jobs.stop, principal, job_id, True), None)
+            await quietly(run_in_threadpool(self.jobs.stop, principal, job_id, True), None)
             return await self._wait_job(principal, job_id, 10)
         job = await run_in_threadpool(self.jobs.get, principal, job_id)
-        if job["status"] == "Running" and await _quietly(_using(ide, ctx, ide.request_shutdown), False):
+        if job["status"] == "Running" and await quietly(using(ide, ctx, ide.request_shutdown), False):
             job = await self._wait_job(principal, job_id, grace)
         for kill in (False, True):
             if job["status"] in FINAL_STATUSES:
                 break
-            await _quietly(run_in_threadpool(self.jobs.stop, principal, job_id, kill), None)
+            await quietly(run_in_threadpool(self.jobs.stop, principal, job_id, kill), None)
             job = await self._wait_job(principal, job_id, grace if not kill else 10)
         return job
 
-    # -- following running sessions ------------------------------------------------------
-    async def watch(self) -> None:
-        """Forever: notice IDEs that died, record activity, and act on idleness."""
-        interval = self.settings.sessions.idle_check_interval_s
-        last_idle_check = 0.0
-        while True:
-            await asyncio.sleep(0.5)
-            try:
-                check_idle = time.monotonic() - last_idle_check >= interval
-                if check_idle:
-                    last_idle_check = time.monotonic()
-                await self._watch_once(check_idle)
-            except Exception:
-                log.exception("session watch failed")
-
-    async def _watch_once(self, check_idle: bool) -> None:
-        rows = await run_in_threadpool(self._running)
-        for row, owner, principal in rows:
-            if self._tasks.get(row.id) and not self._tasks[row.id].done():
-                continue  # a start or stop is in charge of this one
-            job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
-            if job is None or job["status"] in FINAL_STATUSES:
-                ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
-                why = f"the IDE process ended: {_outcome(job)}" if job else "the session has no IDE job"
-                await self._set(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
-                ide = self.ide(row.workbench)
-                await self._clean_up(row, ide, self.context(row, owner))
-                continue
-            used = self._last_used.pop(row.id, None)
-            if used is not None:
-                await self._set(row.id, last_used=used)
-            if check_idle:
-                await self._check_idle(row, owner, used or row.last_used)
-
-    def _running(self) -> list[tuple[Session, str, Principal]]:
-        query = select(Session, User).join(User).where(Session.state == "running")
-        with self.store.session() as db:
-            return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
-
-    async def _check_idle(self, row: Session, owner: str, last_used: datetime) -> None:
-        ide, ctx = self.ide(row.workbench), self.context(row, owner)
-        activity = await _quietly(_using(ide, ctx, ide.activity), None)
-        executing = bool(activity and activity.executing)
-        if executing != row.executing:
-            await self._set(row.id, executing=executing)
-        minutes = self.settings.ides[row.workbench].idle_timeout_minutes
-        if not minutes or executing:
-            return  # a busy kernel with no browser attached is not idle
-        latest = max([last_used] + ([activity.last_activity] if activity and activity.last_activity else []))
-        if datetime.now(UTC) - latest < timedelta(minutes=minutes):
-            return
-        suspend = self.settings.ides[row.workbench].suspend_on_idle and ide.supports_suspend
-        log.info("session %s idle since %s: %s", row.id, latest, "suspending" if suspend else "stopping")
-        self.request_stop(row.id, force=False, suspend=suspend)
-
-    # -- after a restart -------------------------------------------------------------------
-    async def adopt(self) -> None:
-        """Pick up sessions left in flight by the previous server process."""
-        rows = await run_in_threadpool(self._live)
-        for row, owner, principal in rows:
-            self.remember(row, owner)
-            job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
-            if row.state == "running" and job is not None and job["status"] in FINAL_STATUSES:
-                why = f"the IDE process ended while the server was down: {_outcome(job)}"
-                await self._set(row.id, state="failed", status_detail=why)
-                await self._clean_up(row, self.ide(row.workbench), self.context(row, owner))
-            elif row.state in ("pending", "starting", "resuming") and row.job_id:
-                self.spawn(row.id, self._resume_wait(row.id))
-            elif row.state in ("suspending", "shutting_down"):
-                self.request_stop(row.id, force=False, suspend=row.state == "suspending")
-            elif row.state == "launching":
-                await self._set(row.id, state="failed", status_detail="the server restarted while it launched")
-
-    def _live(self) -> list[tuple[Session, str, Principal]]:
-        query = select(Session, User).join(User).where(Session.state.in_(LIVE_STATES))
-        with self.store.session() as db:
-            return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
-
-    async def _resume_wait(self, session_id: str) -> None:
-        row, owner, principal = await self.load(session_id)
-        assert row.job_id is not None
-        ide = self.ide(row.workbench)
-        await self._until_ready(row, ide, self.context(row, owner), principal, row.job_id, row.state == "resuming")
-
-    def forget_final(self) -> None:
-        for url, route in list(self._routes.items()):
-            if route.state in FINAL_STATES:
-                self._routes.pop(url, None)
-
-
-async def _using(ide: Ide, ctx: LaunchContext, call: Callable[[IdeClient], Awaitable[T]]) -> T:
+async def using(ide: Ide, ctx: LaunchContext, call: Callable[[IdeClient], Awaitable[T]]) -> T:
     async with IdeClient(ide, ctx) as client:
         return await call(client)
 
 
-async def _answers(ide: Ide, ctx: LaunchContext) -> bool:
+async def answers(ide: Ide, ctx: LaunchContext) -> bool:
     try:
         async with IdeClient(ide, ctx) as client:
             return await client.status(ide.ready_path) == 200
@@ -431,7 +340,7 @@ async def _answers(ide: Ide, ctx: LaunchContext) -> bool:
         return False
 
 
-async def _quietly(work: Any, default: Any) -> Any:
+async def quietly(work: Any, default: Any) -> Any:
     """An IDE that does not answer a courtesy call (save, shutdown, activity) must not stop the flow."""
     try:
         return await asyncio.wait_for(work, timeout=10)
@@ -440,7 +349,7 @@ async def _quietly(work: Any, default: Any) -> Any:
         return default
 
 
-def _outcome(job: dict[str, Any]) -> str:
+def outcome(job: dict[str, Any]) -> str:
     status, code, message = job.get("status", "?"), job.get("exitCode"), job.get("statusMessage") or ""
     text = str(status) + (f" with exit code {code}" if code is not None else "")
     return text + (f": {message}" if message else "")

@@ -14,7 +14,7 @@ from openworkbench.auth.permissions import Principal
 from openworkbench.auth.tokens import hash_token, new_token, parse_authorization
 from openworkbench.errors import Unauthenticated
 from openworkbench.proxy import SIGN_IN_COOKIE
-from openworkbench.services.accounts import Accounts
+from openworkbench.services.accounts import Accounts, principal_of
 from openworkbench.store.schema import ApiToken, BrowserSession, User, utcnow
 
 COOKIE_NAME = SIGN_IN_COOKIE  # the proxy strips it, so an IDE never sees it
@@ -56,7 +56,4 @@ class SignIn:
             row = db.execute(query).first()
         if row is None:
             raise Unauthenticated("Not signed in, or the sign-in has expired")
-        api_token, user = row
-        if user.disabled:
-            raise Unauthenticated(f"User '{user.username}' is disabled")
-        return Principal.from_standing(user.id, user.username, api_token.kind, user.is_admin, user.is_super_admin)
+        return principal_of(*row)

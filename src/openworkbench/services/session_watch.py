@@ -1,0 +1,113 @@
+"""Following sessions after they start: dead IDEs, activity, idleness, and a restart's leftovers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from openworkbench.auth.permissions import Principal
+from openworkbench.clusters.base import FINAL_STATUSES
+from openworkbench.services.session_runner import LIVE_STATES, SessionRunner, outcome, quietly, using
+from openworkbench.store.schema import Session, User
+
+log = logging.getLogger(__name__)
+
+
+class SessionWatch:
+    """Runs beside the runner: notices what happens to sessions without an API call."""
+
+    def __init__(self, runner: SessionRunner) -> None:
+        self.runner = runner
+        self.settings = runner.settings
+        self.store = runner.store
+        self.jobs = runner.jobs
+
+    # -- following running sessions ------------------------------------------------------
+    async def run(self) -> None:
+        """Forever: notice IDEs that died, record activity, and act on idleness."""
+        interval = self.settings.sessions.idle_check_interval_s
+        last_idle_check = 0.0
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                check_idle = time.monotonic() - last_idle_check >= interval
+                if check_idle:
+                    last_idle_check = time.monotonic()
+                await self._watch_once(check_idle)
+            except Exception:
+                log.exception("session watch failed")
+
+    async def _watch_once(self, check_idle: bool) -> None:
+        rows = await run_in_threadpool(self._running)
+        for row, owner, principal in rows:
+            if self.runner.tasks.get(row.id) and not self.runner.tasks[row.id].done():
+                continue  # a start or stop is in charge of this one
+            job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
+            if job is None or job["status"] in FINAL_STATUSES:
+                ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
+                why = f"the IDE process ended: {outcome(job)}" if job else "the session has no IDE job"
+                await self.runner.update(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
+                ide = self.runner.ide(row.workbench)
+                await self.runner.clean_up(row, ide, self.runner.context(row, owner))
+                continue
+            used = self.runner.last_used.pop(row.id, None)
+            if used is not None:
+                await self.runner.update(row.id, last_used=used)
+            if check_idle:
+                await self._check_idle(row, owner, used or row.last_used)
+
+    def _running(self) -> list[tuple[Session, str, Principal]]:
+        query = select(Session, User).join(User).where(Session.state == "running")
+        with self.store.session() as db:
+            return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
+
+    async def _check_idle(self, row: Session, owner: str, last_used: datetime) -> None:
+        ide, ctx = self.runner.ide(row.workbench), self.runner.context(row, owner)
+        activity = await quietly(using(ide, ctx, ide.activity), None)
+        executing = bool(activity and activity.executing)
+        if executing != row.executing:
+            await self.runner.update(row.id, executing=executing)
+        minutes = self.settings.ides[row.workbench].idle_timeout_minutes
+        if not minutes or executing:
+            return  # a busy kernel with no browser attached is not idle
+        latest = max([last_used] + ([activity.last_activity] if activity and activity.last_activity else []))
+        if datetime.now(UTC) - latest < timedelta(minutes=minutes):
+            return
+        suspend = self.settings.ides[row.workbench].suspend_on_idle and ide.supports_suspend
+        log.info("session %s idle since %s: %s", row.id, latest, "suspending" if suspend else "stopping")
+        self.runner.request_stop(row.id, force=False, suspend=suspend)
+
+    # -- after a restart -------------------------------------------------------------------
+    async def adopt(self) -> None:
+        """Pick up sessions left in flight by the previous server process."""
+        rows = await run_in_threadpool(self._live)
+        for row, owner, principal in rows:
+            self.runner.remember(row, owner)
+            job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
+            if row.state == "running" and job is not None and job["status"] in FINAL_STATUSES:
+                why = f"the IDE process ended while the server was down: {outcome(job)}"
+                await self.runner.update(row.id, state="failed", status_detail=why)
+                await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
+            elif row.state in ("pending", "starting", "resuming") and row.job_id:
+                self.runner.spawn(row.id, self._resume_wait(row.id))
+            elif row.state in ("suspending", "shutting_down"):
+                self.runner.request_stop(row.id, force=False, suspend=row.state == "suspending")
+            elif row.state == "launching":
+                await self.runner.update(row.id, state="failed", status_detail="the server restarted while it launched")
+
+    def _live(self) -> list[tuple[Session, str, Principal]]:
+        query = select(Session, User).join(User).where(Session.state.in_(LIVE_STATES))
+        with self.store.session() as db:
+            return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
+
+    async def _resume_wait(self, session_id: str) -> None:
+        row, owner, principal = await self.runner.load(session_id)
+        assert row.job_id is not None
+        ide = self.runner.ide(row.workbench)
+        ctx = self.runner.context(row, owner)
+        await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == "resuming")
