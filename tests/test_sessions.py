@@ -237,3 +237,30 @@ def test_restart_readopts_running_sessions(tmp_path: Path, posix_user: pwd.struc
     finally:
         server.stop(signal.SIGKILL)
         cleanup(runtime)
+
+
+def test_revoking_a_token_closes_its_open_websockets(srv: Server, owner: str, posix_user: pwd.struct_passwd) -> None:
+    started = launch(srv, owner, "JupyterLab")
+    wait_state(srv, owner, started["id"], ("running",))
+    name = f"ws-{started['id']}"
+    doomed = srv.accounts().generate_token("user", name, posix_user.pw_name)
+    base = srv.url + started["url"]
+
+    async def revoke_while_open() -> tuple[str, float]:
+        headers = {"Authorization": f"Bearer {doomed}"}
+        async with aiohttp.ClientSession(headers=headers) as client:
+            async with client.post(f"{base}api/kernels", json={"name": "python3"}) as resp:
+                kernel = (await resp.json())["id"]
+            ws_url = base.replace("http://", "ws://") + f"api/kernels/{kernel}/channels"
+            async with client.ws_connect(ws_url) as ws:
+                srv.accounts().revoke_token(name)
+                revoked = time.monotonic()
+                message = await asyncio.wait_for(ws.receive(), timeout=10)
+                while message.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    message = await asyncio.wait_for(ws.receive(), timeout=10)
+                return str(ws.close_code), time.monotonic() - revoked
+
+    code, after = asyncio.run(revoke_while_open())
+    assert code == "4401" and after < 5
+    srv.rpc("stop_session", owner, session_ids=started["id"], force_quit=True)
+    wait_state(srv, owner, started["id"], ("killed",))

@@ -5,6 +5,8 @@ Only the session's owner passes; everyone else gets 401/403 and never reaches th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, WebSocket
@@ -19,14 +21,18 @@ from openworkbench.services.signin import COOKIE_NAME
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # The proxy answers in HTTP terms: a missing session is 404 here, not an RPC error code.
 HTTP_STATUS = {Unauthenticated: 401, PermissionDenied: 403, NotFound: 404, InvalidState: 503}
+# An open WebSocket (a kernel, a terminal) is checked again this often: revoking a token, disabling a
+# user or stopping the session ends it, not only new requests.
+REVALIDATE_SECONDS = 1.0
 WS_CLOSE = {Unauthenticated: 4401, PermissionDenied: 4403, NotFound: 4404, InvalidState: 1013}
 
 
 async def resolve(services: Services, part: str, authorization: str | None, cookie: str | None,
-                  ) -> tuple[str, ProxyTarget]:
+                  touch: bool = True) -> tuple[str, ProxyTarget]:
     principal = await run_in_threadpool(services.signin.authenticate, authorization, cookie)
     session_id, target = await run_in_threadpool(services.sessions.target, part, principal)
-    services.runner.touch(session_id)
+    if touch:
+        services.runner.touch(session_id)
     return session_id, target
 
 
@@ -59,13 +65,34 @@ def router(services: Services) -> APIRouter:
 
     @routes.websocket("/s/{part}/{rest:path}")
     async def session_ws(part: str, rest: str, websocket: WebSocket) -> None:
+        credentials = (websocket.headers.get("authorization"), websocket.cookies.get(COOKIE_NAME))
         try:
-            _sid, target = await resolve(
-                services, part, websocket.headers.get("authorization"), websocket.cookies.get(COOKIE_NAME)
-            )
+            _sid, target = await resolve(services, part, *credentials)
         except WorkbenchError as exc:
             await websocket.close(code=WS_CLOSE.get(type(exc), 1011), reason=exc.message[:100])
             return
-        await forward_websocket(websocket, target, services.pool)
+        relay = asyncio.create_task(forward_websocket(websocket, target, services.pool))
+        watchdog = asyncio.create_task(_until_refused(services, part, *credentials))
+        done, _ = await asyncio.wait({relay, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+        if relay in done:
+            watchdog.cancel()
+            return
+        # A revoked token, a disabled user or a stopped session: the open socket closes too, with the reason.
+        refused = watchdog.result()
+        with contextlib.suppress(RuntimeError):
+            await websocket.close(code=WS_CLOSE.get(type(refused), 1011), reason=refused.message[:100])
+        relay.cancel()
+        await asyncio.gather(relay, return_exceptions=True)
 
     return routes
+
+
+async def _until_refused(services: Services, part: str, authorization: str | None,
+                         cookie: str | None) -> WorkbenchError:
+    """Ask again every REVALIDATE_SECONDS whether this connection may go on; return the refusal."""
+    while True:
+        await asyncio.sleep(REVALIDATE_SECONDS)
+        try:
+            await resolve(services, part, authorization, cookie, touch=False)
+        except WorkbenchError as exc:
+            return exc

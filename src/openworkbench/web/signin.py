@@ -17,18 +17,37 @@ from openworkbench.services.container import Services
 from openworkbench.services.signin import COOKIE_NAME, LIFETIME
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Sign in - Open Workbench</title>
-<style>body{{font-family:sans-serif;max-width:28em;margin:4em auto}}input{{width:100%;padding:.4em}}
-.error{{color:#b00}}</style></head>
-<body><h1>Open Workbench</h1>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in - Open Workbench</title>
+<style>
+*{{box-sizing:border-box}}
+body{{font:16px/1.5 system-ui,sans-serif;color:#1f2328;background:#f3f4f6;margin:0;padding:4em 1em}}
+main{{max-width:30em;margin:0 auto;background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:2em}}
+h1{{font-size:1.5em;margin:0 0 .25em}}
+.lead{{color:#57606a;margin:0 0 1.5em}}
+label{{display:block;font-weight:600;margin-bottom:.3em}}
+input{{width:100%;padding:.55em .7em;font:inherit;border:1px solid #8c959f;border-radius:6px}}
+input:focus{{outline:2px solid #0969da;outline-offset:1px;border-color:#0969da}}
+button{{width:100%;margin-top:1em;padding:.6em;font:inherit;font-weight:600;color:#fff;background:#0969da;
+border:0;border-radius:6px;cursor:pointer}}
+button:hover{{background:#0550ae}}
+.error{{color:#82071e;background:#ffebe9;border:1px solid #ff8182;border-radius:6px;padding:.5em .75em;
+margin:1em 0 0}}
+.hint{{color:#57606a;font-size:.875em;margin:1.5em 0 0}}
+code{{display:block;margin-top:.3em;white-space:nowrap;overflow-x:auto;background:#f6f8fa;padding:.3em .5em;
+border-radius:4px}}
+</style></head>
+<body><main><h1>Open Workbench</h1>
+<p class="lead">Sign in with your API token to open your sessions.</p>
 <form method="post" action="/auth/sign-in">
-<p><label for="token">API token</label><br>
-<input id="token" name="token" type="password" autocomplete="off" autofocus required></p>
+<label for="token">API token</label>
+<input id="token" name="token" type="password" autocomplete="off" autofocus required>
 <input type="hidden" name="next" value="{next}">
-{error}<p><button type="submit">Sign in</button></p>
+{error}<button type="submit">Sign in</button>
 </form>
-<p>An operator creates tokens with <code>workbench generate-api-token user NAME USERNAME</code>.</p>
-</body></html>
+<p class="hint">No token? An operator creates one with
+<code>workbench generate-api-token user NAME USERNAME</code></p>
+</main></body></html>
 """
 
 
