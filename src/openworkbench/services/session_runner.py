@@ -184,7 +184,8 @@ class SessionRunner:
         argv = ide.argv(ctx) + (ide.restore_args(ctx, row.suspend_manifest) if resuming else [])
         if ctx.network:
             endpoint_file = await run_in_threadpool(self._endpoint_file, row, account)
-            await self.update(session_id, endpoint=None)
+            row = await self.update(session_id, endpoint=None)  # the last run's port is gone
+            ctx = dataclasses.replace(ctx, endpoint=None)
             argv = files.network_wrapper(argv, endpoint_file)
         spec = self._ide_job(row, argv, ide.environment(ctx))
         try:
