@@ -31,7 +31,7 @@ lint: install
 	$(BIN)/mypy
 
 test: install system-deps ides lint
-	scripts/with-postgres.sh $(BIN)/pytest -q $(PYTEST_ARGS)
+	scripts/with-postgres.sh scripts/with-slurm.sh $(BIN)/pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .workbench .pytest_cache .mypy_cache .ruff_cache

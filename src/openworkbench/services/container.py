@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from openworkbench.clusters.base import Cluster
 from openworkbench.clusters.local import LocalCluster
+from openworkbench.clusters.slurm import SlurmCluster
 from openworkbench.config import Settings
 from openworkbench.errors import ConfigError
 from openworkbench.proxy import UpstreamPool
@@ -52,6 +53,8 @@ def build_clusters(settings: Settings) -> dict[str, Cluster]:
     for name, conf in settings.clusters.items():
         if conf.type == "Local":
             clusters[name] = LocalCluster(name, conf, settings.local, jobs_dir)
+        elif conf.type == "Slurm":
+            clusters[name] = SlurmCluster(name, conf)
         else:
             raise ConfigError(f"config key 'clusters.{name}.type': cluster type '{conf.type}' is not supported yet")
     return clusters

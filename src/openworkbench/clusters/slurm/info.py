@@ -1,0 +1,146 @@
+"""What a live Slurm cluster offers (partitions, nodes, features), as a ComputeEnv and as launch checks.
+
+Pure: ``ClusterInfo`` is built from parsed ``scontrol show partition`` and ``sinfo`` output. Queues
+and placement constraints may be narrowed by the cluster's config (``queues``,
+``placement_constraints``); configured limits cap what the cluster has and give defaults.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from openworkbench.clusters.slurm.parse import Node, Partition
+from openworkbench.config import IDE_NAMES, ClusterSettings
+from openworkbench.errors import InvalidParameter
+from openworkbench.models import JobSpec
+
+NETWORK_IDES = ("JupyterLab", "Jupyter Notebook")  # the IDEs sessions may run on a node
+
+LIMIT_KINDS = ("cpuCount", "memory", "cpuTime")  # memorySwap: Slurm has no per-job swap limit
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    partitions: tuple[Partition, ...]
+    nodes: tuple[Node, ...]
+
+    def queues(self, settings: ClusterSettings) -> list[str]:
+        names = [p.name for p in self.partitions]
+        return [n for n in names if n in settings.queues] if settings.queues else names
+
+    def features(self, settings: ClusterSettings) -> list[str]:
+        found = sorted({f for node in self.nodes for f in node.features})
+        allowed = settings.placement_constraints
+        return [f for f in found if f in allowed] if allowed else found
+
+    def maxima(self, partitions: list[str]) -> dict[str, float | None]:
+        """The most one job can get in any of ``partitions``: CPUs, MB, seconds (None: no limit known)."""
+        chosen = [p for p in self.partitions if p.name in partitions]
+        cpus: list[float] = []
+        memory: list[float] = []
+        for part in chosen:
+            nodes = [n for n in self.nodes if part.name in n.partitions]
+            if nodes:
+                cpus.append(min(max(n.cpus for n in nodes), part.max_cpus_per_node or math.inf))
+                memory.append(min(max(n.memory_mb for n in nodes), part.max_mem_per_node or math.inf))
+        times = [p.max_time_s for p in chosen]
+        return {
+            "cpuCount": max(cpus) if cpus else None,
+            "memory": max(memory) if memory else None,
+            "cpuTime": None if not times or None in times else float(max(t for t in times if t is not None)),
+        }
+
+    def default_partitions(self, settings: ClusterSettings) -> list[str]:
+        """Where a job that names no queue goes: Slurm's default partition (or any we offer)."""
+        offered = self.queues(settings)
+        defaults = [p.name for p in self.partitions if p.default and p.name in offered]
+        return defaults or offered
+
+
+def effective_max(kind: str, settings: ClusterSettings, live: float | None) -> float | None:
+    """A configured max caps what the cluster has (it never raises it: Slurm would refuse the job)."""
+    conf = settings.limits.get(kind)
+    known = [v for v in (conf.max if conf else None, live) if v is not None]
+    return min(known) if known else None
+
+
+def _text(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def describe_slurm(name: str, settings: ClusterSettings, info: ClusterInfo) -> dict[str, Any]:
+    """The ComputeEnv of ``get_compute_envs``, read from the live cluster."""
+    maxima = info.maxima(info.queues(settings))
+    limits = []
+    for kind in LIMIT_KINDS:
+        conf = settings.limits.get(kind)
+        limits.append({
+            "type": kind,
+            "maxValue": _text(effective_max(kind, settings, maxima[kind])),
+            "defaultValue": _text(conf.default if conf else None),
+        })
+    return {
+        "name": name,
+        "type": "Slurm",
+        "supportsContainers": False,
+        "queues": info.queues(settings),
+        "config": [],
+        "resourceLimits": limits,
+        "placementConstraints": [{"name": f, "value": ""} for f in info.features(settings)],
+        "resourceProfiles": [],
+        "images": [],
+        # On a node an IDE listens on TCP, so it must check the session secret itself: Jupyter does
+        # (its token); code-server and rserver cannot, so their sessions stay off Slurm.
+        "workbenches": {ide: {"supports_interactive_sessions": ide in NETWORK_IDES, "supports_adhoc_jobs": True}
+                        for ide in IDE_NAMES},
+    }
+
+
+def check_spec(cluster: str, settings: ClusterSettings, info: ClusterInfo, spec: JobSpec) -> None:
+    """Refuse, before anything is submitted, what this Slurm cluster cannot give, naming the field."""
+    if spec.container_image:
+        raise InvalidParameter(f"cluster '{cluster}' does not support containers (container_image)")
+    for field in ("mounts", "exposed_ports"):
+        if getattr(spec, field):
+            raise InvalidParameter(f"cluster '{cluster}' does not support '{field}'")
+    for var in spec.environment:
+        if not ENV_NAME.match(var.name) or "\0" in var.value:
+            raise InvalidParameter(f"environment variable {var.name!r} is not a valid name=value pair")
+    offered = info.queues(settings)
+    unknown = sorted(set(spec.queues) - set(offered))
+    if unknown:
+        raise InvalidParameter(f"cluster '{cluster}' has no queue(s) {unknown}; its partitions: {offered}")
+    features = info.features(settings)
+    bad = sorted({c.name for c in spec.placement_constraints} - set(features))
+    if bad:
+        raise InvalidParameter(f"cluster '{cluster}' has no placement constraint(s) {bad}; its features: {features}")
+    partitions = list(spec.queues) or info.default_partitions(settings)
+    maxima = info.maxima(partitions)
+    where = f"partition(s) {','.join(partitions)} of cluster '{cluster}'"
+    for item in spec.resource_limits:
+        value = checked_value(cluster, item.type, item.value)
+        maximum = effective_max(item.type, settings, maxima.get(item.type))
+        if maximum is not None and value > maximum:
+            raise InvalidParameter(f"resource limit {item.type}={item.value} exceeds the maximum "
+                                   f"{_text(maximum)} of {where}")
+
+
+def checked_value(cluster: str, kind: str, text: str) -> float:
+    if kind == "memorySwap":
+        raise InvalidParameter(f"cluster '{cluster}' does not support the memorySwap limit")
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidParameter(f"resource limit {kind} must be a number, got {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise InvalidParameter(f"resource limit {kind} must be positive, got {text}")
+    if kind == "cpuCount" and not value.is_integer():
+        # --cpus-per-task takes whole CPUs; rounding up would hand out more than was asked.
+        raise InvalidParameter(f"resource limit cpuCount must be a whole number on Slurm, got {text}")
+    return value

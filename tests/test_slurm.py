@@ -1,0 +1,321 @@
+"""Slurm jobs for real: a single-node cluster (scripts/with-slurm.sh) driven through the API.
+
+The TIMEOUT job starts first and is checked last: Slurm's time limits are whole minutes and
+slurmctld checks them every 30 s, so it ends 61-90 s after it started, while the other tests run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from openworkbench.clusters.base import FINAL_STATUSES, JobRef, JobState
+from openworkbench.clusters.slurm import SlurmCluster
+from openworkbench.clusters.slurm.parse import parse_key_values
+from openworkbench.config import ClusterSettings
+from openworkbench.errors import LaunchFailed
+from openworkbench.models import JobSpec
+from openworkbench.services.jobs import posix_account
+from openworkbench.store.schema import Job
+from tests.conftest import Server
+
+SLURM_CONF = os.environ.get("WORKBENCH_TEST_SLURM_CONF", "")
+pytestmark = pytest.mark.skipif(not SLURM_CONF, reason="needs a Slurm cluster: run under scripts/with-slurm.sh")
+POLL_S = 0.5
+
+
+def slurm(*argv: str) -> str:
+    done = subprocess.run(argv, env={**os.environ, "SLURM_CONF": SLURM_CONF}, capture_output=True, text=True,
+                          check=True, timeout=30)
+    return done.stdout
+
+
+def scontrol_job(slurm_id: str) -> dict[str, str]:
+    return parse_key_values(slurm("scontrol", "show", "job", "-o", slurm_id))
+
+
+def slurm_jobs_of(user: str) -> list[str]:
+    return sorted(slurm("squeue", "-h", "--states=all", "-u", user, "-o", "%i").split())
+
+
+@pytest.fixture(scope="module")
+def output_dir() -> Iterator[Path]:
+    # Not pytest's tmp dir: that one is 0700 root's, and the jobs' users must reach their own files.
+    path = Path(tempfile.mkdtemp(prefix="owb-slurm-out-", dir="/tmp"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, output_dir: Path,
+        posix_user: pwd.struct_passwd) -> Iterator[Server]:
+    config = (f'[clusters.Local]\ntype = "Local"\n[clusters.Slurm]\ntype = "Slurm"\nslurm_conf = "{SLURM_CONF}"\n'
+              f'output_dir = "{output_dir}"\npoll_interval_s = {POLL_S}\n')
+    server = Server(tmp_path_factory.mktemp("slurm") / "data", config_text=config).start()
+    yield server
+    server.stop(signal.SIGKILL)
+    subprocess.run(["scancel", "-u", posix_user.pw_name], env={**os.environ, "SLURM_CONF": SLURM_CONF}, check=False)
+
+
+@pytest.fixture(scope="module")
+def user(posix_user: pwd.struct_passwd) -> str:
+    return posix_user.pw_name
+
+
+@pytest.fixture(scope="module")
+def token(srv: Server, user: str) -> str:
+    return srv.token(user)
+
+
+@pytest.fixture(scope="module")
+def timeout_job(srv: Server, token: str) -> dict[str, Any]:
+    """Started by the first test, checked by the last one."""
+    return launch(srv, token, command="echo started; exec sleep 300", queues=["short"],
+                  resource_limits=[{"type": "cpuTime", "value": "60"}])
+
+
+def launch(srv: Server, token: str, **job: Any) -> dict[str, Any]:
+    job.setdefault("name", "slurm test job")
+    return dict(srv.rpc("launch_job", token, job={"cluster": "Slurm", **job})["job"])
+
+
+def wait(srv: Server, token: str, job: dict[str, Any], *statuses: str, timeout: float = 30) -> dict[str, Any]:
+    return srv.wait_job(token, job["id"], statuses or tuple(FINAL_STATUSES), timeout=timeout)
+
+
+def slurm_id(srv: Server, job_id: str) -> str:
+    with srv.accounts().store.session() as db:
+        row = db.get(Job, job_id)
+        assert row is not None
+        return str(row.cluster_state["slurmJobId"])
+
+
+def output(srv: Server, token: str, job_id: str) -> Iterator[dict[str, Any]]:
+    body = {"method": "get_job_output", "kwparams": {"job_id": job_id}}
+    with httpx.stream("POST", f"{srv.url}/api/get_job_output", json=body,
+                      headers={"Authorization": f"Bearer {token}"}, timeout=60) as resp:
+        for line in resp.iter_lines():
+            yield json.loads(line)
+
+
+def text(srv: Server, token: str, job_id: str, kind: str = "stdout") -> str:
+    return "".join(c["output"] for c in output(srv, token, job_id) if c["outputType"] == kind)
+
+
+def test_compute_env_is_read_from_the_live_cluster(srv: Server, token: str, timeout_job: dict[str, Any]) -> None:
+    envs = srv.rpc("get_compute_envs", token)["clusters"]
+    env = next(e for e in envs if e["name"] == "Slurm")
+    node, cpus, memory, features, _ = slurm("sinfo", "-h", "-N", "-o", "%N|%c|%m|%f|%P").splitlines()[0].split("|")
+    assert env["type"] == "Slurm" and env["queues"] == ["main", "short"]
+    assert env["placementConstraints"] == [{"name": f, "value": ""} for f in sorted(features.split(","))]
+    limits = {item["type"]: item["maxValue"] for item in env["resourceLimits"]}
+    assert limits == {"cpuCount": cpus, "memory": memory, "cpuTime": "3600"}  # main's MaxTime=60 min, in s
+    assert node == socket.gethostname().split(".")[0]
+
+
+def test_jobs_run_as_their_user_with_exit_codes_environment_and_input(srv: Server, token: str, user: str,
+                                                                      posix_user: pwd.struct_passwd) -> None:
+    job = launch(srv, token, command='id -u; pwd; printf "%s|" "$GREETING" "$0"; cat; echo oops >&2; exit 3',
+                 args=["a,b c"], environment=[{"name": "GREETING", "value": "hello, world\nbye"}],
+                 stdin="from stdin\n", working_directory="/tmp")
+    true = launch(srv, srv.token("root", "super-admin"), exe="/bin/true", user=user)
+    done, ok = wait(srv, token, job), wait(srv, token, true)
+    assert (done["status"], done["exitCode"], done["statusMessage"]) == ("Finished", 3, "")
+    assert (ok["status"], ok["exitCode"], ok["user"]) == ("Finished", 0, user)
+    assert text(srv, token, job["id"]) == f"{posix_user.pw_uid}\n/tmp\nhello, world\nbye|a,b c|from stdin\n"
+    assert text(srv, token, job["id"], "stderr") == "oops\n"
+    assert done["host"] == socket.gethostname().split(".")[0] and done["pid"] is None
+    assert os.stat(done["stdoutFile"]).st_uid == posix_user.pw_uid
+    assert scontrol_job(slurm_id(srv, job["id"]))["UserId"] == f"{user}({posix_user.pw_uid})"
+
+
+def test_limits_live_output_and_stop(srv: Server, token: str) -> None:
+    job = launch(srv, token, command="trap 'echo got TERM; exit 7' TERM; echo started; sleep 60 & wait",
+                 queues=["short"], placement_constraints=[{"name": "fast", "value": ""}, {"name": "owbtest",
+                                                                                          "value": ""}],
+                 resource_limits=[{"type": "cpuCount", "value": "1"}, {"type": "memory", "value": "300"},
+                                  {"type": "cpuTime", "value": "90"}])
+    stream = output(srv, token, job["id"])
+    assert next(stream) == {"jobId": job["id"], "outputType": "stdout", "output": "started\n"}
+    assert wait(srv, token, job, "Running")["status"] == "Running"
+    fields = scontrol_job(slurm_id(srv, job["id"]))
+    assert (fields["NumCPUs"], fields["MinMemoryNode"], fields["TimeLimit"]) == ("1", "300M", "00:02:00")
+    assert (fields["Partition"], fields["Features"], fields["JobState"]) == ("short", "fast&owbtest", "RUNNING")
+    srv.rpc("stop_job", token, job_id=job["id"])
+    rest = list(stream)  # streamed live until the job ended
+    assert [c["output"] for c in rest if c["outputType"] == "stdout"] == ["got TERM\n"]
+    assert "CANCELLED AT" in "".join(c["output"] for c in rest if c["outputType"] == "stderr")  # slurmstepd's note
+    done = wait(srv, token, job)
+    assert (done["status"], done["exitCode"], done["statusMessage"]) == ("Finished", 7, "Cancelled in Slurm")
+
+
+def test_force_quit_kills_at_once(srv: Server, token: str) -> None:
+    job = launch(srv, token, command="trap 'echo got TERM' TERM; while :; do sleep 1; done")
+    wait(srv, token, job, "Running")
+    started = time.monotonic()
+    srv.rpc("stop_job", token, job_id=job["id"], force_quit=True)
+    done = wait(srv, token, job)
+    assert (done["status"], done["exitCode"], done["statusMessage"]) == ("Killed", 137, "Killed by SIGKILL")
+    assert time.monotonic() - started < 3  # KillWait=3: no TERM-then-KILL round
+    assert text(srv, token, job["id"]) == ""
+
+
+def test_cancel_while_pending(srv: Server, token: str, timeout_job: dict[str, Any]) -> None:
+    assert srv.job(token, timeout_job["id"])["status"] == "Running"  # it holds a CPU ...
+    cpus = next(lim["maxValue"] for e in srv.rpc("get_compute_envs", token)["clusters"] if e["name"] == "Slurm"
+                for lim in e["resourceLimits"] if lim["type"] == "cpuCount")
+    job = launch(srv, token, exe="/bin/true", resource_limits=[{"type": "cpuCount", "value": cpus}])
+    time.sleep(2 * POLL_S + 1)  # ... so a job wanting all of them waits
+    pending = srv.job(token, job["id"])
+    assert (pending["status"], pending["statusMessage"]) in (("Pending", "Resources"), ("Pending", "Priority"))
+    srv.rpc("stop_job", token, job_id=job["id"])
+    done = wait(srv, token, job)
+    assert (done["status"], done["statusMessage"]) == ("Canceled", "Cancelled in Slurm before it started")
+    assert scontrol_job(slurm_id(srv, job["id"]))["JobState"] == "CANCELLED"
+
+
+def test_suspend_and_resume(srv: Server, token: str, user: str) -> None:
+    job = launch(srv, token, command="sleep 60")
+    wait(srv, token, job, "Running")
+    slurm("scontrol", "suspend", slurm_id(srv, job["id"]))
+    assert wait(srv, token, job, "Suspended")["statusMessage"] == "Suspended by Slurm"
+    slurm("scontrol", "resume", slurm_id(srv, job["id"]))
+    wait(srv, token, job, "Running")
+    # slurmd sends SIGCONT a second or so after squeue says RUNNING; a cancel before that ends in SIGKILL.
+    deadline = time.monotonic() + 10
+    while "T" in subprocess.run(["ps", "-o", "stat=", "-u", user], capture_output=True, text=True).stdout:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    srv.rpc("stop_job", token, job_id=job["id"])
+    done = wait(srv, token, job)
+    assert (done["status"], done["exitCode"]) == ("Finished", 143)
+    assert done["statusMessage"] == "Cancelled in Slurm: terminated by SIGTERM"
+
+
+def test_a_program_that_cannot_start_fails(srv: Server, token: str) -> None:
+    done = wait(srv, token, launch(srv, token, exe="/no/such/program"))
+    assert (done["status"], done["statusMessage"]) == ("Failed", "Could not start /no/such/program: No such file "
+                                                                 "or directory")
+
+
+@pytest.mark.parametrize(("job", "message"), [
+    ({"queues": ["nope"]}, "cluster 'Slurm' has no queue(s) ['nope']; its partitions: ['main', 'short']"),
+    ({"resource_limits": [{"type": "memory", "value": "99999999"}]}, "exceeds the maximum"),
+    ({"queues": ["short"], "resource_limits": [{"type": "cpuTime", "value": "301"}]},
+     "resource limit cpuTime=301 exceeds the maximum 300 of partition(s) short of cluster 'Slurm'"),
+    ({"placement_constraints": [{"name": "gpu", "value": ""}]}, "has no placement constraint(s) ['gpu']"),
+])
+def test_refusals_record_nothing(srv: Server, token: str, user: str, job: dict[str, Any], message: str) -> None:
+    before = (len(srv.rpc("get_session", token, include_all_jobs=True)["jobs"]), slurm_jobs_of(user))
+    body = srv.post("launch_job", token, job={"name": "x", "exe": "/bin/true", "cluster": "Slurm", **job}).json()
+    assert body["error"]["code"] == 1 and message in body["error"]["message"]
+    assert (len(srv.rpc("get_session", token, include_all_jobs=True)["jobs"]), slurm_jobs_of(user)) == before
+
+
+def test_sbatch_refusals_carry_slurm_s_message(output_dir: Path, user: str) -> None:
+    cluster = SlurmCluster("Slurm", ClusterSettings(type="Slurm", slurm_conf=SLURM_CONF, output_dir=str(output_dir)))
+    with pytest.raises(LaunchFailed) as err:  # validate() would have refused it: ask sbatch directly
+        cluster.submit("refused", JobSpec(name="x", exe="/bin/true", queues=["nope"]), posix_account(user))
+    assert err.value.message.startswith("Slurm refused the job: invalid partition specified: nope")
+
+
+def test_restart_follows_the_same_slurm_jobs(srv: Server, token: str, user: str) -> None:
+    quick = launch(srv, token, command="sleep 2; echo done; exit 4")
+    slow = launch(srv, token, command="sleep 60")
+    wait(srv, token, slow, "Running")
+    ids = slurm_jobs_of(user)
+    srv.stop(signal.SIGKILL)
+    time.sleep(3)  # the quick job ends while no server watches
+    srv.start()
+    done = wait(srv, token, quick)
+    assert (done["status"], done["exitCode"]) == ("Finished", 4) and text(srv, token, quick["id"]) == "done\n"
+    assert srv.job(token, slow["id"])["status"] == "Running"
+    srv.rpc("stop_job", token, job_id=slow["id"])
+    assert wait(srv, token, slow)["status"] == "Finished"
+    assert slurm_jobs_of(user) == ids  # nothing submitted twice
+
+
+def test_a_job_whose_submit_was_cut_short_is_found_or_submitted(output_dir: Path, user: str) -> None:
+    # The server stores a job as launched before sbatch runs; it may die before it stored Slurm's id.
+    cluster = SlurmCluster("Slurm", ClusterSettings(type="Slurm", slurm_conf=SLURM_CONF, output_dir=str(output_dir),
+                                                    poll_interval_s=0.01))
+    account, spec = posix_account(user), JobSpec(name="lost", command="exit 5")
+    submitted = cluster.submit("cutshort-sent", spec, account)  # died after sbatch, before the id was stored ...
+    (output_dir / "cutshort-sent" / "slurm_job_id").unlink()  # ... and even before it was written down
+    refs = [JobRef("cutshort-sent", "Pending", spec, account, {}), JobRef("cutshort-never", "Pending", spec, account)]
+    found = cluster.poll(refs)  # the first by its comment, the second is submitted now
+    assert found["cutshort-sent"].cluster_state == submitted.cluster_state
+    assert cluster.commands.counts["sbatch"] == 2
+    refs = [JobRef(r.id, "Pending", spec, account, found[r.id].cluster_state or {}) for r in refs]
+    deadline, final = time.monotonic() + 20, {}
+    while len(final) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        final.update({k: v for k, v in cluster.poll(refs).items() if v.status in FINAL_STATUSES})
+    assert {(s.status, s.exit_code) for s in final.values()} == {("Finished", 5)}
+    assert cluster.commands.counts["sbatch"] == 2  # each job went to Slurm exactly once
+
+
+def test_200_jobs_are_followed_with_one_squeue_per_poll(output_dir: Path, user: str) -> None:
+    # In-process, driven as the server's monitor drives a backend: poll every 100 ms, stop through the backend.
+    cluster = SlurmCluster("Slurm", ClusterSettings(type="Slurm", slurm_conf=SLURM_CONF, output_dir=str(output_dir),
+                                                    poll_interval_s=POLL_S))
+    account = posix_account(user)
+    spec = JobSpec(name="many", exe="/bin/true")
+    refs: dict[str, JobRef] = {}
+    for n in range(200):
+        state = cluster.submit(f"many{n:03d}", spec, account)
+        refs[f"many{n:03d}"] = JobRef(f"many{n:03d}", state.status, spec, account, state.cluster_state or {})
+    assert cluster.commands.counts["sbatch"] == 200
+    seen: dict[str, str] = {}
+
+    def follow(seconds: float) -> int:
+        """Poll like the monitor; the number of polls that asked Slurm."""
+        asked, deadline = 0, time.monotonic() + seconds
+        while refs and time.monotonic() < deadline:
+            before = cluster.commands.counts["squeue"]
+            for job_id, state in cluster.poll(list(refs.values())).items():
+                update(job_id, state)
+            asked += cluster.commands.counts["squeue"] - before
+            time.sleep(0.1)
+        return asked
+
+    def update(job_id: str, state: JobState) -> None:
+        seen[job_id] = state.status
+        if state.status in FINAL_STATUSES:
+            del refs[job_id]
+        else:
+            ref = refs[job_id]
+            refs[job_id] = JobRef(job_id, state.status, spec, account, state.cluster_state or ref.cluster_state)
+
+    polls = follow(3)
+    assert 3 / POLL_S - 1 <= polls <= 3 / POLL_S + 1
+    assert cluster.commands.counts["squeue"] == polls  # one squeue per poll, whatever the number of jobs
+    assert len(seen) == 200  # every job was reported (Pending with its reason, or further)
+    for ref in list(refs.values()):
+        cluster.stop(ref, force=False)
+    polls += follow(15)
+    assert not refs and cluster.commands.counts["squeue"] == polls
+    assert set(seen.values()) <= {"Finished", "Canceled"} and "Canceled" in seen.values()
+    assert cluster.commands.counts["scontrol"] == 0  # every job was still in squeue: no per-job questions
+
+
+def test_timeout_kills_the_job(srv: Server, token: str, timeout_job: dict[str, Any]) -> None:
+    done = wait(srv, token, timeout_job, timeout=100)
+    assert (done["status"], done["exitCode"]) == ("Killed", 143)
+    assert done["statusMessage"] == "Killed: exceeded its time limit of 1 min"
+    assert text(srv, token, timeout_job["id"]) == "started\n"
