@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from openworkbench.config import ClusterSettings
+from openworkbench.errors import InvalidParameter
 from openworkbench.models import JobSpec
 
 ACTIVE_STATUSES = frozenset({"Pending", "Running", "Suspended"})
@@ -54,6 +55,15 @@ class JobRef:
     spec: JobSpec
     account: Account | None
     cluster_state: dict[str, Any] = field(default_factory=dict)
+
+
+def refuse_containers(cluster: str, spec: JobSpec) -> None:
+    """Neither Local nor Slurm runs containers: say so instead of ignoring the request."""
+    if spec.container_image:
+        raise InvalidParameter(f"cluster '{cluster}' does not support containers (container_image)")
+    for field_name in ("mounts", "exposed_ports"):
+        if getattr(spec, field_name):
+            raise InvalidParameter(f"cluster '{cluster}' does not support '{field_name}'")
 
 
 class Cluster(abc.ABC):

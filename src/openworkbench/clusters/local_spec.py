@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from openworkbench.clusters.base import Account
+from openworkbench.clusters.base import Account, refuse_containers
 from openworkbench.config import IDE_NAMES, ClusterSettings
 from openworkbench.errors import InvalidParameter
 from openworkbench.models import JobSpec
@@ -66,11 +66,7 @@ MIN_VALUES = {"memory": 4.0, "cpuTime": 1.0}  # below these a limit cannot be ap
 
 def check_limits(cluster: str, settings: ClusterSettings, spec: JobSpec, cgroups: bool) -> None:
     """Refuse what the Local cluster cannot honour, naming the offending field."""
-    if spec.container_image:
-        raise InvalidParameter(f"cluster '{cluster}' does not support containers (container_image)")
-    for field in ("mounts", "exposed_ports"):
-        if getattr(spec, field):
-            raise InvalidParameter(f"cluster '{cluster}' does not support '{field}'")
+    refuse_containers(cluster, spec)
     unknown_queues = sorted(set(spec.queues) - set(settings.queues))
     if unknown_queues:
         raise InvalidParameter(f"cluster '{cluster}' has no queue(s) {unknown_queues}")

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from openworkbench.clusters.base import refuse_containers
 from openworkbench.clusters.slurm.parse import Node, Partition
 from openworkbench.config import IDE_NAMES, ClusterSettings
 from openworkbench.errors import InvalidParameter
@@ -104,11 +105,7 @@ def describe_slurm(name: str, settings: ClusterSettings, info: ClusterInfo) -> d
 
 def check_spec(cluster: str, settings: ClusterSettings, info: ClusterInfo, spec: JobSpec) -> None:
     """Refuse, before anything is submitted, what this Slurm cluster cannot give, naming the field."""
-    if spec.container_image:
-        raise InvalidParameter(f"cluster '{cluster}' does not support containers (container_image)")
-    for field in ("mounts", "exposed_ports"):
-        if getattr(spec, field):
-            raise InvalidParameter(f"cluster '{cluster}' does not support '{field}'")
+    refuse_containers(cluster, spec)
     for var in spec.environment:
         if not ENV_NAME.match(var.name) or "\0" in var.value:
             raise InvalidParameter(f"environment variable {var.name!r} is not a valid name=value pair")
