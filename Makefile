@@ -36,5 +36,8 @@ test: install system-deps ides lint
 clean:
 	rm -rf $(VENV) .workbench .pytest_cache .mypy_cache .ruff_cache
 
-bench: install
-	PYTHONPATH=. $(BIN)/python bench/local_jobs.py --json bench/results/local_jobs.json
+# Ours against JupyterHub + configurable-http-proxy and the bare baselines, side by side in one run:
+# results in bench/results/, the table in docs/performance.md. Installs the peers on first use.
+bench: install system-deps ides
+	bench/install-deps.sh $(IDE_PREFIX)
+	PYTHONPATH=. $(BIN)/python -m bench.run
