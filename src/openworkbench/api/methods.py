@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from openworkbench import __version__
 from openworkbench.api import params as p
@@ -23,7 +22,7 @@ FEATURES = [
 ]
 
 
-async def version(services: Services, principal: Principal, params: p.NoParams) -> Any:
+def version(services: Services, principal: Principal, params: p.NoParams) -> Any:
     major, minor, patch = __version__.split(".")
     payload = {
         "version": {
@@ -40,23 +39,22 @@ async def version(services: Services, principal: Principal, params: p.NoParams) 
     return JSONResponse({**payload, "result": payload})
 
 
-async def get_users(services: Services, principal: Principal, params: p.NoParams) -> Any:
+def get_users(services: Services, principal: Principal, params: p.NoParams) -> Any:
     require(principal, Action.LIST_USERS)
-    return await run_in_threadpool(services.accounts.list_users)
+    return services.accounts.list_users()
 
 
-async def get_compute_envs(services: Services, principal: Principal, params: p.GetComputeEnvs) -> Any:
+def get_compute_envs(services: Services, principal: Principal, params: p.GetComputeEnvs) -> Any:
     require(principal, Action.READ, params.user or principal.username)
-    return await run_in_threadpool(compute_envs, services.settings, services.clusters)
+    return compute_envs(services.settings, services.clusters)
 
 
-async def launch_job(services: Services, principal: Principal, params: p.LaunchJob) -> Any:
-    job = await run_in_threadpool(services.jobs.launch, principal, params.job)
-    return {"job": job}
+def launch_job(services: Services, principal: Principal, params: p.LaunchJob) -> Any:
+    return {"job": services.jobs.launch(principal, params.job)}
 
 
-async def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any:
-    await run_in_threadpool(services.jobs.stop, principal, params.job_id, params.force_quit)
+def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any:
+    services.jobs.stop(principal, params.job_id, params.force_quit)
     return {}
 
 
@@ -75,19 +73,15 @@ async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield json.dumps({"error": {"code": err.code, "message": err.message}}).encode() + b"\n"
 
 
-async def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:
+def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:
     username = params.user or principal.username
-    sessions = await run_in_threadpool(
-        services.sessions.list, principal, username, params.session_id, params.fields
-    )
+    sessions = services.sessions.list(principal, username, params.session_id, params.fields)
     result: dict[str, Any] = {"sessions": sessions}
     if params.include_all_jobs:
-        result["jobs"] = await run_in_threadpool(services.jobs.list_for, principal, username, None)
+        result["jobs"] = services.jobs.list_for(principal, username, None)
     elif params.include_jobs:
-        ids = await run_in_threadpool(services.sessions.list, principal, username, params.session_id, ["id"])
-        result["jobs"] = await run_in_threadpool(
-            services.jobs.list_for, principal, username, [item["id"] for item in ids]
-        )
+        ids = [item["id"] for item in services.sessions.list(principal, username, params.session_id, ["id"])]
+        result["jobs"] = services.jobs.list_for(principal, username, ids)
     return result
 
 
@@ -104,14 +98,14 @@ async def stop_session(services: Services, principal: Principal, params: p.StopS
 
 
 METHODS: dict[str, Method] = {
-    "version": Method(p.NoParams, version, allow_get=True),
-    "get_users": Method(p.NoParams, get_users, allow_get=True),
-    "get_compute_envs": Method(p.GetComputeEnvs, get_compute_envs, allow_get=True),
-    "launch_job": Method(p.LaunchJob, launch_job),
-    "get_job_output": Method(p.GetJobOutput, get_job_output),
-    "stop_job": Method(p.StopJob, stop_job),
-    "get_session": Method(p.GetSession, get_session, allow_get=True),
-    "launch_session": Method(p.LaunchSession, launch_session),
-    "resume_session": Method(p.ResumeSession, resume_session),
-    "stop_session": Method(p.StopSession, stop_session),
+    "version": Method(p.NoParams, blocking=version, allow_get=True),
+    "get_users": Method(p.NoParams, blocking=get_users, allow_get=True),
+    "get_compute_envs": Method(p.GetComputeEnvs, blocking=get_compute_envs, allow_get=True),
+    "launch_job": Method(p.LaunchJob, blocking=launch_job),
+    "get_job_output": Method(p.GetJobOutput, handler=get_job_output),
+    "stop_job": Method(p.StopJob, blocking=stop_job),
+    "get_session": Method(p.GetSession, blocking=get_session, allow_get=True),
+    "launch_session": Method(p.LaunchSession, handler=launch_session),
+    "resume_session": Method(p.ResumeSession, handler=resume_session),
+    "stop_session": Method(p.StopSession, handler=stop_session),
 }

@@ -23,12 +23,17 @@ from openworkbench.services.container import Services
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Services, Principal, Any], Awaitable[Any]]
+Blocking = Callable[[Services, Principal, Any], Any]
 
 
 @dataclass(frozen=True)
 class Method:
+    """A method's parameters and its handler: ``blocking`` (store work, run in the request's one thread
+    hop) or ``handler`` (async: streams, background work in the event loop)."""
+
     params: type[Params]
-    handler: Handler
+    handler: Handler | None = None
+    blocking: Blocking | None = None
     allow_get: bool = False
 
 
@@ -56,12 +61,11 @@ def _drop_nulls(value: Any) -> Any:
     return value
 
 
-async def read_kwparams(request: Request, name: str, method: Method) -> dict[str, Any]:
-    if request.method == "GET":
+def parse_kwparams(http_method: str, raw: bytes, name: str, method: Method) -> dict[str, Any]:
+    if http_method == "GET":
         if not method.allow_get:
             raise BadRequest(f"method '{name}' takes parameters: use POST /api/{name}")
         return {}
-    raw = await request.body()
     if not raw.strip():
         return {}
     try:
@@ -85,18 +89,32 @@ async def read_kwparams(request: Request, name: str, method: Method) -> dict[str
     return dict(_drop_nulls(kwparams))
 
 
+def prepare(services: Services, methods: dict[str, Method], name: str, http_method: str, raw: bytes,
+            authorization: str | None) -> tuple[Method, Principal, Params, Any]:
+    """Everything up to the handler, in the order clients see errors: credentials, method, parameters.
+
+    A blocking handler runs here too, so a call costs one thread hop, not one per step.
+    """
+    principal = services.accounts.authenticate(authorization)
+    method = methods.get(name)
+    if method is None:
+        raise UnknownMethod(f"unknown method '{name}'")
+    try:
+        params = method.params.model_validate(parse_kwparams(http_method, raw, name, method))
+    except ValidationError as exc:
+        raise BadRequest(describe_validation(exc)) from None
+    result = method.blocking(services, principal, params) if method.blocking else None
+    return method, principal, params, result
+
+
 async def dispatch(services: Services, methods: dict[str, Method], name: str, request: Request) -> Response:
     try:
-        principal = await run_in_threadpool(services.accounts.authenticate, request.headers.get("authorization"))
-        method = methods.get(name)
-        if method is None:
-            raise UnknownMethod(f"unknown method '{name}'")
-        kwparams = await read_kwparams(request, name, method)
-        try:
-            params = method.params.model_validate(kwparams)
-        except ValidationError as exc:
-            raise BadRequest(describe_validation(exc)) from None
-        result = await method.handler(services, principal, params)
+        raw = await request.body() if request.method != "GET" else b""
+        method, principal, params, result = await run_in_threadpool(
+            prepare, services, methods, name, request.method, raw, request.headers.get("authorization")
+        )
+        if method.handler is not None:
+            result = await method.handler(services, principal, params)
     except WorkbenchError as exc:
         return error_response(exc)
     if isinstance(result, Response):
