@@ -67,11 +67,13 @@ class JobService:
         except WorkbenchError as exc:
             self._apply(job_id, JobState(status="Failed", status_message=exc.message))
             raise
-        self._apply(job_id, state)
         with self._lock:
             self._active[job_id] = JobRef(job_id, state.status, spec, account, state.cluster_state or {})
             self._clusters_of[job_id] = cluster.name
-        return self.get(principal, job_id)
+        # The reply is rendered from the row this update holds: no read-back transaction.
+        job = self._apply(job_id, state, owner)
+        assert job is not None
+        return job
 
     def _cluster(self, name: str) -> Cluster:
         try:
@@ -168,13 +170,15 @@ class JobService:
                 changed += 1
         return changed
 
-    def _apply(self, job_id: str, state: JobState) -> None:
+    def _apply(self, job_id: str, state: JobState, owner: str | None = None) -> dict[str, Any] | None:
+        """Store what the cluster reported; with ``owner``, also return the job as the API shows it."""
         with self.store.session() as db:
             job = db.get(Job, job_id)
             if job is None:
-                return
+                return None
             _update_row(job, state)
             status = job.status
+            rendered = job_json(job, owner) if owner is not None else None
         with self._lock:
             ref = self._active.get(job_id)
             if status in FINAL_STATUSES:
@@ -182,6 +186,7 @@ class JobService:
             elif ref is not None:
                 cluster_state = state.cluster_state if state.cluster_state is not None else ref.cluster_state
                 self._active[job_id] = JobRef(job_id, status, ref.spec, ref.account, cluster_state)
+        return rendered
 
 
 def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id: str | None) -> Job:
