@@ -241,6 +241,7 @@ class SessionRunner:
                     return
                 if time.monotonic() - started > timeout:
                     await run_in_threadpool(self.jobs.stop, principal, job_id, True)
+                    await self._wait_job(principal, job_id, 10)  # "failed" is said once the IDE is gone
                     raise SessionFailed(f"start timeout: the IDE did not answer within {timeout:g} s")
             await asyncio.sleep(POLL)
 
