@@ -15,6 +15,7 @@ from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.errors import InternalError, WorkbenchError
 from openworkbench.services.compute import compute_envs
 from openworkbench.services.container import Services
+from openworkbench.services.session_json import select_fields
 
 FEATURES = [
     "launch_job", "get_job_output", "stop_job", "get_session", "get_compute_envs", "get_users",
@@ -75,13 +76,12 @@ async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:
     username = params.user or principal.username
-    sessions = services.sessions.list(principal, username, params.session_id, params.fields)
-    result: dict[str, Any] = {"sessions": sessions}
+    sessions = services.sessions.list(principal, username, params.session_id)
+    result: dict[str, Any] = {"sessions": [select_fields(item, params.fields) for item in sessions]}
     if params.include_all_jobs:
         result["jobs"] = services.jobs.list_for(principal, username, None)
-    elif params.include_jobs:
-        ids = [item["id"] for item in services.sessions.list(principal, username, params.session_id, ["id"])]
-        result["jobs"] = services.jobs.list_for(principal, username, ids)
+    elif params.include_jobs:  # the jobs of the sessions just listed: no second query for their ids
+        result["jobs"] = services.jobs.list_for(principal, username, [item["id"] for item in sessions])
     return result
 
 

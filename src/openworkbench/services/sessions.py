@@ -24,7 +24,7 @@ from openworkbench.models import JobSpec
 from openworkbench.proxy import ProxyTarget
 from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
-from openworkbench.services.session_json import FINAL_STATES, select_fields, session_json
+from openworkbench.services.session_json import FINAL_STATES, session_json
 from openworkbench.services.session_runner import Route, SessionRunner
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
@@ -178,8 +178,7 @@ class SessionService:
         return plans
 
     # -- reading -----------------------------------------------------------------------------
-    def list(self, principal: Principal, user: str | None, session_ids: str | None, fields: list[str] | None,
-             ) -> list[dict[str, Any]]:
+    def list(self, principal: Principal, user: str | None, session_ids: str | None) -> list[dict[str, Any]]:
         username = user or principal.username
         require(principal, Action.READ, username)
         query = select(Session, User.username).join(User).where(User.username == username)
@@ -187,7 +186,7 @@ class SessionService:
             query = query.where(Session.id.in_([item.strip() for item in session_ids.split(",")]))
         with self.store.session() as db:
             rows = db.execute(query.order_by(Session.created)).all()
-            return [select_fields(session_json(row, owner), fields) for row, owner in rows]
+            return [session_json(row, owner) for row, owner in rows]
 
     def _row(self, db: Any, session_id: str) -> tuple[Session, str]:
         found = db.execute(select(Session, User.username).join(User).where(Session.id == session_id)).first()
