@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pwd
-import secrets
-import shutil
 import signal
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.conftest import WORKBENCH, Server, clean_env, free_port
+from tests.conftest import WORKBENCH, Server, clean_env, free_port, temporary_posix_user
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -83,30 +82,8 @@ def wrk(url: str, connections: int, seconds: int = WRK_SECONDS, headers: dict[st
 WRK_KEYS = ("req_s", "p50_ms", "p99_ms")
 
 
-# -- a throwaway unprivileged user (Jupyter refuses root; sessions run as their user) ----------------
-@contextlib.contextmanager
-def posix_user() -> Iterator[pwd.struct_passwd]:
-    name = f"owbb{secrets.token_hex(3)}"
-    home = Path("/tmp") / f"owb-bench-home-{name}"
-    subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name], check=True)
-    try:
-        yield pwd.getpwnam(name)
-    finally:
-        kill_user_processes(pwd.getpwnam(name).pw_uid)
-        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def kill_user_processes(uid: int) -> None:
-    """SIGKILL, by pid, whatever still runs as the bench's own user (all of it was started by the bench)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            status = (entry / "status").read_text()
-            real_uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
-            if int(real_uid) == uid:
-                os.kill(int(entry.name), signal.SIGKILL)
+# A throwaway unprivileged user (Jupyter refuses root; sessions run as their user): the tests' own helper.
+posix_user = functools.partial(temporary_posix_user, "owbb")
 
 
 def as_user(user: pwd.struct_passwd, argv: list[str], env: dict[str, str], log: Path,

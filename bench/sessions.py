@@ -38,7 +38,7 @@ from bench.common import (
 )
 from bench.hub import CHP, Hub
 from openworkbench.store.schema import Session
-from tests.sessions_helpers import cleanup, launch, session_config, wait_state
+from tests.sessions_helpers import launch, session_server, wait_state
 
 START_ROUNDS = int(os.environ.get("OWB_BENCH_START_ROUNDS", "5"))
 WS_COUNT = 100
@@ -171,23 +171,19 @@ def kernel_round_trips(server: Server, token: str, session_id: str, peers: Peers
 
 
 def run(user: pwd.struct_passwd, hub: Hub, workdir: Path, rounds: int) -> dict[str, Any]:
-    runtime = Path("/tmp") / f"owb-brt-{secrets.token_hex(4)}"
-    data = workdir / "sessions-data"
-    server = Server(data, config_text=session_config(runtime)).start()
     peers: Peers | None = None
-    try:
-        token = server.token(user.pw_name)
-        result: dict[str, Any] = {"start": session_start(server, token, user, hub, workdir)}
-        address = launch(server, token, "JupyterLab")
-        wait_state(server, token, address["id"], ("running",))
-        peers = Peers(user, workdir)
-        result["small_gets"] = small_gets(server, token, address["url"], peers, rounds)
-        result["kernel_rtt"] = kernel_round_trips(server, token, address["id"], peers, rounds)
-        server.rpc("stop_session", token, session_ids=address["id"])
-        wait_state(server, token, address["id"], ("finished", "killed"))
-        return result
-    finally:
-        if peers is not None:
-            peers.stop()
-        server.stop()
-        cleanup(runtime)
+    with session_server(workdir / "sessions-data") as server:
+        try:
+            token = server.token(user.pw_name)
+            result: dict[str, Any] = {"start": session_start(server, token, user, hub, workdir)}
+            address = launch(server, token, "JupyterLab")
+            wait_state(server, token, address["id"], ("running",))
+            peers = Peers(user, workdir)
+            result["small_gets"] = small_gets(server, token, address["url"], peers, rounds)
+            result["kernel_rtt"] = kernel_round_trips(server, token, address["id"], peers, rounds)
+            server.rpc("stop_session", token, session_ids=address["id"])
+            wait_state(server, token, address["id"], ("finished", "killed"))
+            return result
+        finally:
+            if peers is not None:
+                peers.stop()

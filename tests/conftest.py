@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -102,11 +103,7 @@ class Server:
         return self.client.post(f"{self.url}/api/{method}", json=payload, headers=headers)
 
     def rpc(self, method: str, token: str, **kwparams: Any) -> Any:
-        response = self.post(method, token, **kwparams)
-        assert response.status_code == 200, response.text
-        body = response.json()
-        assert "error" not in body, body
-        return body["result"]
+        return result_of(self.post(method, token, **kwparams))
 
     def job(self, token: str, job_id: str, user: str | None = None) -> dict[str, Any]:
         jobs = self.rpc("get_session", token, include_all_jobs=True, user=user)["jobs"]
@@ -121,6 +118,14 @@ class Server:
                 return job
             time.sleep(0.05)
         raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
+
+
+def result_of(response: httpx.Response) -> Any:
+    """The ``result`` of a successful RPC answer; fails the test on any other answer."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "error" not in body, body
+    return body["result"]
 
 
 def make_pg_database() -> str:
@@ -165,12 +170,10 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
     srv.stop(signal.SIGKILL)
 
 
-@pytest.fixture(scope="session")
-def posix_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pwd.struct_passwd]:
-    """A real unprivileged POSIX user with a home directory, removed after the session."""
-    if os.geteuid() != 0:
-        pytest.skip("creating POSIX users needs root")
-    name = f"owbu{secrets.token_hex(3)}"
+@contextlib.contextmanager
+def temporary_posix_user(prefix: str = "owbu") -> Iterator[pwd.struct_passwd]:
+    """A real unprivileged POSIX user with a home under /tmp; it, its processes and its home go after."""
+    name = f"{prefix}{secrets.token_hex(3)}"
     home = Path("/tmp") / f"owb-home-{name}"
     subprocess.run(["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name], check=True)
     try:
@@ -179,3 +182,11 @@ def posix_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pwd.struct_
         subprocess.run(["pkill", "-KILL", "-u", name], check=False)
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def posix_user() -> Iterator[pwd.struct_passwd]:
+    if os.geteuid() != 0:
+        pytest.skip("creating POSIX users needs root")
+    with temporary_posix_user() as user:
+        yield user

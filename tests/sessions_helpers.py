@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +20,23 @@ from tests.conftest import Server
 FINAL = ("suspended", "failed", "killed", "finished", "canceled")
 
 
-def session_config(runtime_dir: Path, extra: str = "") -> str:
+def session_config(runtime_dir: Path, extra: str = "", start_timeout_s: float = 60) -> str:
+    return (f'[sessions]\nruntime_dir = "{runtime_dir}"\nstart_timeout_s = {start_timeout_s}\nstop_grace_s = 3\n'
+            + extra)
+
+
+@contextlib.contextmanager
+def session_server(data_dir: Path, extra: str = "", start_timeout_s: float = 60) -> Iterator[Server]:
+    """A started server configured for sessions, stopped and cleaned up after."""
     # The runtime dir must be outside pytest's 0700 temp dirs: the session's user must reach it.
-    return f'[sessions]\nruntime_dir = "{runtime_dir}"\nstart_timeout_s = 60\nstop_grace_s = 3\n' + extra
+    runtime = Path("/tmp") / f"owb-rt-{secrets.token_hex(4)}"
+    server = Server(data_dir, config_text=session_config(runtime, extra, start_timeout_s)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(runtime, ignore_errors=True)
 
-
-def runtime_dir() -> Path:
-    path = Path("/tmp") / f"owb-rt-{secrets.token_hex(4)}"
-    return path
-
-
-def cleanup(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def session(server: Server, token: str, session_id: str, user: str | None = None) -> dict[str, Any]:

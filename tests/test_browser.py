@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, Playwright, expect, sync_playwright
 
 from tests.conftest import Server
-from tests.sessions_helpers import cleanup, launch, runtime_dir, session_config, wait_state
+from tests.sessions_helpers import launch, session_server, wait_state
 
 CHROMIUM = Path("/usr/bin/chromium")
 JUPYTER_LAB = Path("/opt/openworkbench/jupyter/bin/jupyter-lab")
@@ -36,11 +36,8 @@ if not JUPYTER_LAB.exists():
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    runtime = runtime_dir()
-    server = Server(tmp_path_factory.mktemp("browser") / "data", config_text=session_config(runtime)).start()
-    yield server
-    server.stop()
-    cleanup(runtime)
+    with session_server(tmp_path_factory.mktemp("browser") / "data") as server:
+        yield server
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ import httpx
 import pytest
 from sqlalchemy import update
 
-from conftest import Server
 from openworkbench.auth.permissions import Action, Principal, allowed
 from openworkbench.store.schema import User
+from tests.conftest import Server, result_of
 
 KINDS = ("user", "admin-readonly", "admin", "super-admin-readonly", "super-admin")
 EVERYONE = frozenset(KINDS)
@@ -90,11 +90,7 @@ def post(server: Server, method: str, token: str, **kwparams: Any) -> httpx.Resp
     return response
 
 
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert "error" not in body, body
-    return body["result"]
+ok = result_of
 
 
 def denied(response: httpx.Response) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Server
+from tests.conftest import Server, result_of
 
 # Sentinel for "send no JSON body": distinct from None, which is a JSON null.
 NO_BODY: Any = object()
@@ -79,11 +79,7 @@ def call(
     return response
 
 
-def result(response: httpx.Response) -> Any:
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert "error" not in body, body
-    return body["result"]
+result = result_of
 
 
 def error(response: httpx.Response, status: int, code: int | None = None) -> str:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server
-from tests.sessions_helpers import cleanup, kernel_round_trip, launch, runtime_dir, session, session_config, wait_state
+from tests.sessions_helpers import kernel_round_trip, launch, session, session_server, wait_state
 
 pytestmark = pytest.mark.skipif(not Path("/opt/openworkbench/jupyter/bin/jupyter-lab").exists(),
                                 reason="IDEs not installed: run scripts/install-ides.sh (make test does)")
@@ -28,11 +28,8 @@ suspend_on_idle = false
 
 @pytest.fixture
 def idle_server(tmp_path: Path) -> Iterator[Server]:
-    runtime = runtime_dir()
-    server = Server(tmp_path / "data", config_text=session_config(runtime, IDLE)).start()
-    yield server
-    server.stop()
-    cleanup(runtime)
+    with session_server(tmp_path / "data", IDLE) as server:
+        yield server
 
 
 def test_idle_sessions_are_suspended_or_stopped_but_a_busy_kernel_is_not_idle(
@@ -80,21 +77,17 @@ def test_start_failures_say_why(tmp_path: Path, posix_user: pwd.struct_passwd) -
     silent = Path("/tmp") / f"owb-silent-{posix_user.pw_name}.sh"
     silent.write_text("#!/bin/sh\nexec sleep 600\n")
     silent.chmod(0o755)
-    runtime = runtime_dir()
     extra = f'[ides."Jupyter Notebook"]\nexe = "{silent}"\n[ides."VS Code"]\nargs = ["--no-such-flag"]\n'
-    text = session_config(runtime, extra).replace("start_timeout_s = 60", "start_timeout_s = 3")
-    server = Server(tmp_path / "data", config_text=text).start()
     try:
-        token = server.token(posix_user.pw_name)
-        never = launch(server, token, "Jupyter Notebook")
-        broken = launch(server, token, "VS Code")
-        timed_out = wait_state(server, token, never["id"], ("failed",), timeout=30)
-        assert timed_out["status_detail"] == "start timeout: the IDE did not answer within 3 s"
-        exited = wait_state(server, token, broken["id"], ("failed",), timeout=30)
-        assert "ended before it was ready" in exited["status_detail"] and "exit code" in exited["status_detail"]
-        jobs = server.rpc("get_session", token, session_id=never["id"], include_jobs=True)["jobs"]
-        assert jobs[0]["status"] == "Killed"  # the silent IDE was not left running
+        with session_server(tmp_path / "data", extra, start_timeout_s=3) as server:
+            token = server.token(posix_user.pw_name)
+            never = launch(server, token, "Jupyter Notebook")
+            broken = launch(server, token, "VS Code")
+            timed_out = wait_state(server, token, never["id"], ("failed",), timeout=30)
+            assert timed_out["status_detail"] == "start timeout: the IDE did not answer within 3 s"
+            exited = wait_state(server, token, broken["id"], ("failed",), timeout=30)
+            assert "ended before it was ready" in exited["status_detail"] and "exit code" in exited["status_detail"]
+            jobs = server.rpc("get_session", token, session_id=never["id"], include_jobs=True)["jobs"]
+            assert jobs[0]["status"] == "Killed"  # the silent IDE was not left running
     finally:
-        server.stop()
-        cleanup(runtime)
         silent.unlink()

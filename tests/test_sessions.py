@@ -15,15 +15,8 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.conftest import Server, free_port
-from tests.sessions_helpers import (
-    cleanup,
-    kernel_round_trip,
-    launch,
-    runtime_dir,
-    session_config,
-    wait_state,
-)
+from tests.conftest import Server
+from tests.sessions_helpers import kernel_round_trip, launch, session_server, wait_state
 
 pytestmark = pytest.mark.skipif(not Path("/opt/openworkbench/jupyter/bin/jupyter-lab").exists(),
                                 reason="IDEs not installed: run scripts/install-ides.sh (make test does)")
@@ -31,11 +24,8 @@ pytestmark = pytest.mark.skipif(not Path("/opt/openworkbench/jupyter/bin/jupyter
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    runtime = runtime_dir()
-    server = Server(tmp_path_factory.mktemp("sessions") / "data", config_text=session_config(runtime)).start()
-    yield server
-    server.stop()
-    cleanup(runtime)
+    with session_server(tmp_path_factory.mktemp("sessions") / "data") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -215,9 +205,7 @@ def test_hooks_environment_and_failures(srv: Server, owner: str, posix_user: pwd
 
 
 def test_restart_readopts_running_sessions(tmp_path: Path, posix_user: pwd.struct_passwd) -> None:
-    runtime = runtime_dir()
-    server = Server(tmp_path / "data", config_text=session_config(runtime), port=free_port()).start()
-    try:
+    with session_server(tmp_path / "data") as server:
         token = server.token(posix_user.pw_name)
         keep = launch(server, token, "JupyterLab")
         lose = launch(server, token, "JupyterLab")
@@ -234,9 +222,6 @@ def test_restart_readopts_running_sessions(tmp_path: Path, posix_user: pwd.struc
         assert failed["status_detail"].startswith("the IDE process ended while the server was down: Killed")
         server.rpc("stop_session", token, session_ids=keep["id"])
         wait_state(server, token, keep["id"], ("finished", "killed"))
-    finally:
-        server.stop(signal.SIGKILL)
-        cleanup(runtime)
 
 
 def test_revoking_a_token_closes_its_open_websockets(srv: Server, owner: str, posix_user: pwd.struct_passwd) -> None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server
-from tests.sessions_helpers import cleanup, kernel_round_trip, launch, runtime_dir, session_config, wait_state
+from tests.sessions_helpers import kernel_round_trip, launch, session_server, wait_state
 
 SLURM_CONF = os.environ.get("WORKBENCH_TEST_SLURM_CONF", "")
 pytestmark = [
@@ -34,14 +34,10 @@ def on_slurm(partition: str = "main", cpus: str | None = None) -> dict[str, obje
 def slurm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     shared = Path("/tmp") / f"owb-shared-{secrets.token_hex(4)}"
     shared.mkdir(mode=0o755)
-    runtime = runtime_dir()
     extra = (f'[clusters.Local]\ntype = "Local"\n[clusters.Slurm]\ntype = "Slurm"\nslurm_conf = "{SLURM_CONF}"\n'
              f'output_dir = "{shared}"\npoll_interval_s = 0.5\n')
-    server = Server(tmp_path_factory.mktemp("slurm-sessions") / "data", config_text=session_config(runtime, extra))
-    server.start()
-    yield server
-    server.stop()
-    cleanup(runtime)
+    with session_server(tmp_path_factory.mktemp("slurm-sessions") / "data", extra) as server:
+        yield server
     shutil.rmtree(shared, ignore_errors=True)
 
 
