@@ -200,12 +200,20 @@ class SessionService:
         route = self.runner.route(f"/s/{url_part}/") or self._load_route(f"/s/{url_part}/")
         if route is None:
             raise NotFound(f"no session at /s/{url_part}/")
+        return self._check_route(route, principal)
+
+    def known_target(self, url_part: str, principal: Principal) -> tuple[str, ProxyTarget] | None:
+        """``target`` from memory alone (safe on the event loop); None when the route must be loaded."""
+        route = self.runner.route(f"/s/{url_part}/")
+        return None if route is None else self._check_route(route, principal)
+
+    @staticmethod
+    def _check_route(route: Route, principal: Principal) -> tuple[str, ProxyTarget]:
         if route.owner != principal.username:
             raise PermissionDenied("Permission denied: this session belongs to another user")
         if route.state != "running":
             raise InvalidState(f"the session is {route.state}")
         return route.session_id, route.target
-
 
     def _load_route(self, url: str) -> Route | None:
         with self.store.session() as db:

@@ -42,6 +42,11 @@ class SignIn:
         with self.store.session() as db:
             db.execute(delete(BrowserSession).where(BrowserSession.cookie_hash == hash_token(cookie)))
 
+    def cached(self, authorization: str | None, cookie: str | None) -> Principal | None:
+        """The caller if the answer is known without the store (safe on the event loop); None: ask
+        ``authenticate``. Raises Unauthenticated only for what needs no store (no credentials)."""
+        return None
+
     def authenticate(self, authorization: str | None, cookie: str | None) -> Principal:
         """The caller of a browser or API request: the Authorization header first, then the cookie."""
         if parse_authorization(authorization) is not None or not cookie:
