@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from openworkbench.auth.cache import PrincipalCache
 from openworkbench.auth.permissions import Principal
 from openworkbench.auth.tokens import TOKEN_KINDS, hash_token, new_token, parse_authorization
 from openworkbench.errors import InvalidParameter, NotFound, Unauthenticated
@@ -40,8 +41,9 @@ class TokenInfo:
 
 
 class Accounts:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cache: PrincipalCache | None = None) -> None:
         self.store = store
+        self.cache = cache
 
     # -- users -------------------------------------------------------------------------------
     def add_user(self, username: str, admin: bool = False, super_admin: bool = False) -> None:
@@ -114,12 +116,21 @@ class Accounts:
                 for t, username in db.execute(query)
             ]
 
+    def cached(self, authorization: str | None) -> Principal | None:
+        """``authenticate`` from memory alone (safe on the event loop); None: ask ``authenticate``."""
+        token = parse_authorization(authorization)
+        if token is None or self.cache is None:
+            return None
+        return self.cache.get(hash_token(token))
+
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an Authorization header; Unauthenticated otherwise."""
         token = parse_authorization(authorization)
         if token is None:
             raise Unauthenticated("Authentication required: send 'Authorization: Bearer <api token>'")
-        query = select(ApiToken, User).join(User).where(ApiToken.token_hash == hash_token(token))
+        token_hash = hash_token(token)
+        epoch = self.cache.begin() if self.cache else None
+        query = select(ApiToken, User).join(User).where(ApiToken.token_hash == token_hash)
         with self.store.session() as db:
             row = db.execute(query).first()
             if row is None:
@@ -130,7 +141,11 @@ class Accounts:
             if api_token.last_used is None or now - api_token.last_used > LAST_USED_RESOLUTION:
                 api_token.last_used = now
                 user.last_sign_in = now
-            return principal
+            # Fresh until its last use is due to be recorded again.
+            fresh_for = (api_token.last_used + LAST_USED_RESOLUTION - now).total_seconds()
+        if self.cache is not None:
+            self.cache.put(token_hash, principal, epoch, fresh_for)
+        return principal
 
 
 def principal_of(api_token: ApiToken, user: User) -> Principal:

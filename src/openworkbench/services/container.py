@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from openworkbench.auth.cache import PrincipalCache
 from openworkbench.clusters.base import Cluster
 from openworkbench.clusters.local import LocalCluster
 from openworkbench.clusters.slurm import SlurmCluster
@@ -17,6 +18,7 @@ from openworkbench.services.session_watch import SessionWatch
 from openworkbench.services.sessions import SessionService
 from openworkbench.services.signin import SignIn
 from openworkbench.store import Store
+from openworkbench.store.epoch import open_epoch
 
 
 @dataclass
@@ -35,6 +37,8 @@ class Services:
     def close(self) -> None:
         for cluster in self.clusters.values():
             cluster.close()
+        if self.accounts.cache is not None:
+            self.accounts.cache.epoch.close()
         self.store.dispose()
 
 
@@ -62,7 +66,7 @@ def build_clusters(settings: Settings) -> dict[str, Cluster]:
 
 def build_services(settings: Settings) -> Services:
     store = open_store(settings)
-    accounts = Accounts(store)
+    accounts = Accounts(store, PrincipalCache(open_epoch(settings.database_url)))
     clusters = build_clusters(settings)
     jobs = JobService(store, accounts, clusters, settings.default_cluster)
     pool = UpstreamPool()

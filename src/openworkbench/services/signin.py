@@ -19,6 +19,8 @@ from openworkbench.store.schema import ApiToken, BrowserSession, User, utcnow
 
 COOKIE_NAME = SIGN_IN_COOKIE  # the proxy strips it, so an IDE never sees it
 LIFETIME = timedelta(days=7)
+COOKIE_KEY = "cookie:"  # cookies and tokens share one cache; their hashes cannot collide with this prefix
+COOKIE_FRESH_S = 60.0  # a cached sign-in is looked up again at least this often
 
 
 class SignIn:
@@ -43,22 +45,31 @@ class SignIn:
             db.execute(delete(BrowserSession).where(BrowserSession.cookie_hash == hash_token(cookie)))
 
     def cached(self, authorization: str | None, cookie: str | None) -> Principal | None:
-        """The caller if the answer is known without the store (safe on the event loop); None: ask
-        ``authenticate``. Raises Unauthenticated only for what needs no store (no credentials)."""
-        return None
+        """``authenticate`` from memory alone (safe on the event loop); None: ask ``authenticate``."""
+        if parse_authorization(authorization) is not None or not cookie:
+            return self.accounts.cached(authorization)
+        cache = self.accounts.cache
+        return cache.get(COOKIE_KEY + hash_token(cookie)) if cache else None
 
     def authenticate(self, authorization: str | None, cookie: str | None) -> Principal:
         """The caller of a browser or API request: the Authorization header first, then the cookie."""
         if parse_authorization(authorization) is not None or not cookie:
             return self.accounts.authenticate(authorization)
+        cookie_hash = hash_token(cookie)
+        cache = self.accounts.cache
+        epoch = cache.begin() if cache else None
         query = (
-            select(ApiToken, User)
+            select(ApiToken, User, BrowserSession.expires)
             .join(User, ApiToken.user_id == User.id)
             .join(BrowserSession, BrowserSession.token_id == ApiToken.id)
-            .where(BrowserSession.cookie_hash == hash_token(cookie), BrowserSession.expires > utcnow())
+            .where(BrowserSession.cookie_hash == cookie_hash, BrowserSession.expires > utcnow())
         )
         with self.store.session() as db:
             row = db.execute(query).first()
         if row is None:
             raise Unauthenticated("Not signed in, or the sign-in has expired")
-        return principal_of(*row)
+        principal = principal_of(row[0], row[1])
+        if cache is not None:
+            remaining = (row[2] - utcnow()).total_seconds()
+            cache.put(COOKIE_KEY + cookie_hash, principal, epoch, min(remaining, COOKIE_FRESH_S))
+        return principal
