@@ -6,7 +6,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from openworkbench import __version__
 from openworkbench.api import params as p
@@ -16,6 +16,7 @@ from openworkbench.errors import InternalError, WorkbenchError
 from openworkbench.services.compute import compute_envs
 from openworkbench.services.container import Services
 from openworkbench.services.session_json import select_fields
+from openworkbench.services.session_views import View
 
 FEATURES = [
     "launch_job", "get_job_output", "stop_job", "get_session", "get_compute_envs", "get_users",
@@ -76,13 +77,29 @@ async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:
     username = params.user or principal.username
-    sessions = services.sessions.list(principal, username, params.session_id)
-    result: dict[str, Any] = {"sessions": [select_fields(item, params.fields) for item in sessions]}
+    views = services.sessions.read(principal, username, params.session_id)
+    if not (params.fields or params.include_jobs or params.include_all_jobs):
+        return sessions_response(views)
+    result: dict[str, Any] = {"sessions": [select_fields(view.data, params.fields) for view in views]}
     if params.include_all_jobs:
         result["jobs"] = services.jobs.list_for(principal, username, None)
     elif params.include_jobs:  # the jobs of the sessions just listed: no second query for their ids
-        result["jobs"] = services.jobs.list_for(principal, username, [item["id"] for item in sessions])
+        result["jobs"] = services.jobs.list_for(principal, username, [view.data["id"] for view in views])
     return result
+
+
+def get_session_cached(services: Services, principal: Principal, params: p.GetSession) -> Response | None:
+    """The plain listing, answered from memory; None sends the call down the store path."""
+    if params.fields or params.include_jobs or params.include_all_jobs:
+        return None
+    views = services.sessions.read_cached(principal, params.user, params.session_id)
+    return None if views is None else sessions_response(views)
+
+
+def sessions_response(views: list[View]) -> Response:
+    # Each session's JSON is encoded once, when it is cached: a list is a join of bytes.
+    body = b'{"result":{"sessions":[' + b",".join(view.raw for view in views) + b"]}}"
+    return Response(body, media_type="application/json")
 
 
 async def launch_session(services: Services, principal: Principal, params: p.LaunchSession) -> Any:
@@ -98,13 +115,13 @@ async def stop_session(services: Services, principal: Principal, params: p.StopS
 
 
 METHODS: dict[str, Method] = {
-    "version": Method(p.NoParams, blocking=version, allow_get=True),
+    "version": Method(p.NoParams, blocking=version, allow_get=True, cached=version),
     "get_users": Method(p.NoParams, blocking=get_users, allow_get=True),
     "get_compute_envs": Method(p.GetComputeEnvs, blocking=get_compute_envs, allow_get=True),
     "launch_job": Method(p.LaunchJob, blocking=launch_job),
     "get_job_output": Method(p.GetJobOutput, handler=get_job_output),
     "stop_job": Method(p.StopJob, blocking=stop_job),
-    "get_session": Method(p.GetSession, blocking=get_session, allow_get=True),
+    "get_session": Method(p.GetSession, blocking=get_session, allow_get=True, cached=get_session_cached),
     "launch_session": Method(p.LaunchSession, handler=launch_session),
     "resume_session": Method(p.ResumeSession, handler=resume_session),
     "stop_session": Method(p.StopSession, handler=stop_session),

@@ -24,8 +24,9 @@ from openworkbench.models import JobSpec
 from openworkbench.proxy import ProxyTarget
 from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
-from openworkbench.services.session_json import FINAL_STATES, session_json
+from openworkbench.services.session_json import FINAL_STATES
 from openworkbench.services.session_runner import Route, SessionRunner
+from openworkbench.services.session_views import SessionViews, View, parse_ids
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
 
@@ -48,6 +49,8 @@ class SessionService:
         self.store = store
         self.jobs = jobs
         self.runner = runner
+        self.views = SessionViews()
+        store.watch_commits(self.views.written)
 
     # -- launch and resume -------------------------------------------------------------------
     async def launch(self, principal: Principal, params: p.LaunchSession) -> dict[str, str]:
@@ -178,15 +181,27 @@ class SessionService:
         return plans
 
     # -- reading -----------------------------------------------------------------------------
-    def list(self, principal: Principal, user: str | None, session_ids: str | None) -> list[dict[str, Any]]:
+    def read(self, principal: Principal, user: str | None, session_ids: str | None) -> list[View]:
+        """The user's sessions (or those of ``session_ids``), oldest first: from memory, else the store."""
         username = user or principal.username
         require(principal, Action.READ, username)
+        ids = parse_ids(session_ids)
+        cached = self.views.listing(username, ids)
+        if cached is not None:
+            return cached
+        generation = self.views.generation()
         query = select(Session, User.username).join(User).where(User.username == username)
-        if session_ids:
-            query = query.where(Session.id.in_([item.strip() for item in session_ids.split(",")]))
+        if ids is not None:
+            query = query.where(Session.id.in_(ids))
         with self.store.session() as db:
-            rows = db.execute(query.order_by(Session.created)).all()
-            return [session_json(row, owner) for row, owner in rows]
+            rows = db.execute(query.order_by(Session.created)).tuples().all()
+        return self.views.fill(username, rows, whole=ids is None, generation=generation)
+
+    def read_cached(self, principal: Principal, user: str | None, session_ids: str | None) -> list[View] | None:
+        """``read`` from memory alone (safe on the event loop); None when the store must be read."""
+        username = user or principal.username
+        require(principal, Action.READ, username)
+        return self.views.listing(username, parse_ids(session_ids))
 
     def _row(self, db: Any, session_id: str) -> tuple[Session, str]:
         found = db.execute(select(Session, User.username).join(User).where(Session.id == session_id)).first()

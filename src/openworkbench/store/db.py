@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,11 +12,15 @@ from alembic.config import Config
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from openworkbench.errors import StoreError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+WRITTEN = "openworkbench.written"  # Session.info key: what the open transaction has written
+
+# Called after each commit with what it wrote: ORM objects, or a mapped class for a bulk UPDATE/DELETE.
+CommitWatcher = Callable[[list[Any]], None]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -45,6 +49,21 @@ class Store:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._watchers: list[CommitWatcher] = []
+        event.listen(self._sessions, "after_flush", _note_flushed)
+        event.listen(self._sessions, "do_orm_execute", _note_bulk)
+        event.listen(self._sessions, "after_commit", self._committed)
+        event.listen(self._sessions, "after_rollback", lambda session: session.info.pop(WRITTEN, None))
+
+    def watch_commits(self, watcher: CommitWatcher) -> None:
+        """Have ``watcher`` told, after every successful commit, what it wrote (for in-memory caches)."""
+        self._watchers.append(watcher)
+
+    def _committed(self, session: Session) -> None:
+        written = session.info.pop(WRITTEN, None)
+        if written:
+            for watcher in self._watchers:
+                watcher(written)
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent)."""
@@ -70,3 +89,12 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _note_flushed(session: Session, _context: Any) -> None:
+    session.info.setdefault(WRITTEN, []).extend([*session.new, *session.dirty, *session.deleted])
+
+
+def _note_bulk(state: ORMExecuteState) -> None:
+    if (state.is_update or state.is_delete) and state.bind_mapper is not None:
+        state.session.info.setdefault(WRITTEN, []).append(state.bind_mapper.class_)
