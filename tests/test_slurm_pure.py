@@ -16,7 +16,7 @@ import pytest
 
 from openworkbench.clusters.base import Account, JobRef
 from openworkbench.clusters.slurm import SlurmCluster
-from openworkbench.clusters.slurm.commands import Result, slurm_message
+from openworkbench.clusters.slurm.commands import Result, as_user, slurm_message
 from openworkbench.clusters.slurm.info import ClusterInfo, check_spec, describe_slurm
 from openworkbench.clusters.slurm.parse import (
     ExitRecord,
@@ -507,3 +507,15 @@ def test_config_problems_stop_the_server(tmp_path: Path, monkeypatch: pytest.Mon
     cluster = SlurmCluster("HPC", ClusterSettings(type="Slurm", output_dir=str(tmp_path / "out")))
     with pytest.raises(LaunchFailed, match="cannot find Slurm's 'sbatch' command"):
         cluster.submit("j", spec(), Account("me", os.getuid(), os.getgid(), (), str(tmp_path), "/bin/sh"))
+
+
+def test_commands_take_the_owners_uid_gid_and_groups_through_setpriv(tmp_path: Path) -> None:
+    account = Account("al", 1001, 1002, (1002, 27), str(tmp_path), "/bin/sh")
+    prefix = as_user(account)
+    assert prefix == ["/usr/bin/setpriv", "--reuid=1001", "--regid=1002", "--groups=1002,27", "--"]
+    assert as_user(Account("al", 1001, 1002, (), str(tmp_path), "/bin/sh"))[3] == "--clear-groups"
+    if os.geteuid() == 0:  # and the prefix really does it
+        nobody = Account("nobody", 65534, 65534, (), "/", "/bin/sh")
+        out = subprocess.run([*as_user(nobody), "sh", "-c", "id -u; id -g; id -G"], capture_output=True, text=True,
+                             check=True, cwd="/")
+        assert out.stdout.split() == ["65534", "65534", "65534"]

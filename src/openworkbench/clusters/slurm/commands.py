@@ -18,6 +18,7 @@ from openworkbench.clusters.base import Account
 from openworkbench.config import ClusterSettings
 from openworkbench.errors import NotAvailable, WorkbenchError
 
+SETPRIV = "/usr/bin/setpriv"
 TIMEOUT_S = 30.0  # Slurm's own clients retry for MessageTimeout (10 s) before they give up
 
 
@@ -42,6 +43,17 @@ def slurm_message(stderr: str) -> str:
     return "; ".join(lines) or "no message"
 
 
+def as_user(account: Account) -> list[str]:
+    """The prefix that runs a command with the account's uid, gid and groups.
+
+    Changing identity in the child (``Popen(user=...)``) makes Python fork the whole server instead of
+    vfork-ing (5.8 ms against 1.8 ms with setpriv, measured with a 150 MB parent); runuser would also open
+    a PAM session (~5 ms). util-linux's setpriv sets exactly the three and execs.
+    """
+    groups = f"--groups={','.join(map(str, account.groups))}" if account.groups else "--clear-groups"
+    return [SETPRIV, f"--reuid={account.uid}", f"--regid={account.gid}", groups, "--"]
+
+
 class SlurmCommands:
     def __init__(self, settings: ClusterSettings) -> None:
         path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -63,15 +75,14 @@ class SlurmCommands:
         """Run a Slurm command, as ``user`` when given and we are root; raise NotAvailable if it cannot run."""
         argv = [self.binary(name), *args]
         # As root, submit as the job's owner: Slurm then runs the job with that identity, never root's.
-        # The child takes the user's uid, gid and groups itself; runuser would add a PAM session (~5 ms).
         owner = user if user is not None and os.geteuid() == 0 and user.uid != 0 else None
+        if owner is not None:
+            argv = [*as_user(owner), *argv]
         started = time.monotonic()
         try:
             done = subprocess.run(
                 argv, env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                 check=False, cwd="/",  # the user may not be able to enter the server's directory
-                user=owner.uid if owner else None, group=owner.gid if owner else None,
-                extra_groups=list(owner.groups) if owner else None,
             )
         except subprocess.TimeoutExpired:
             raise NotAvailable(f"Slurm's '{name}' did not answer within {timeout:g} s") from None
