@@ -116,7 +116,7 @@ def slurm_rows(s: dict[str, Any] | None) -> list[Row]:
         return [("Slurm", "**Slurm: pending** (the measure did not run: see bench/results/slurm.json)", "", "", "", "")]
     sub, polls = s["submit"], s["calls_per_poll"]
     rows: list[Row] = [("Slurm submit: `launch_job` → job id", span(sub["ours_ms"], " ms", 1), "n/a (no Slurm in "
-                        "JupyterHub itself)", span(sub["raw_sbatch_ms"], " ms", 1) + " (`setpriv --reuid USER -- sbatch`)",
+                        "JupyterHub itself)", span(sub["raw_sbatch_ms"], " ms", 1) + " (`setpriv … sbatch`)",
                         f"{x(sub['ratio'])} bare", verdict(sub["ratio"] <= 1.2, f"≤ 1.2{X} raw sbatch; measured "
                                                                                f"{x(sub['ratio'])}"))]
     for size, item in polls.items():
