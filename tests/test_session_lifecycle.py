@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pwd
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -91,3 +92,26 @@ def test_start_failures_say_why(tmp_path: Path, posix_user: pwd.struct_passwd) -
             assert jobs[0]["status"] == "Killed"  # the silent IDE was not left running
     finally:
         silent.unlink()
+
+
+def test_a_hung_hook_is_killed_after_hook_timeout_s(tmp_path: Path, posix_user: pwd.struct_passwd) -> None:
+    hung = Path(posix_user.pw_dir) / "hung-hook.sh"
+    hung.write_text("#!/bin/sh\necho hanging-hook-$1\nexec sleep 600\n")
+    hung.chmod(0o755)
+    with session_server(tmp_path / "data", "hook_timeout_s = 1\n") as server:
+        token = server.token(posix_user.pw_name)
+        began = time.monotonic()
+        bad = launch(server, token, "JupyterLab", start_hooks=[{"exe": str(hung)}])
+        failed = wait_state(server, token, bad["id"], ("failed",), timeout=30)
+        assert "start hook" in failed["status_detail"] and "did not finish within 1 s" in failed["status_detail"]
+        # A hung stop hook delays the stop by the limit, not forever.
+        ok = launch(server, token, "JupyterLab", stop_hooks=[{"exe": str(hung)}])
+        wait_state(server, token, ok["id"], ("running",))
+        server.rpc("stop_session", token, session_ids=ok["id"])
+        assert wait_state(server, token, ok["id"], ("finished",), timeout=30)["activity_state"] == "finished"
+        assert time.monotonic() - began < 60
+        hooks = [job for job in server.rpc("get_session", token, include_all_jobs=True)["jobs"]
+                 if job["tags"] != ["session"]]
+        assert len(hooks) == 2 and {job["status"] for job in hooks} <= {"Killed", "Failed"}
+    leftover = subprocess.run(["pgrep", "-u", posix_user.pw_name, "-f", "sleep 600"], capture_output=True)
+    assert leftover.stdout == b""  # the hooks' processes are gone

@@ -94,6 +94,8 @@ class SessionSettings(_Section):
     runtime_dir: str = "/tmp/openworkbench-sessions"
     start_timeout_s: float = Field(default=90, gt=0)
     stop_grace_s: float = Field(default=5, ge=0)
+    # A start or stop hook still running after this long is killed (and a start hook fails the session).
+    hook_timeout_s: float = Field(default=300, gt=0)
     idle_check_interval_s: float = Field(default=30, gt=0)
 
 

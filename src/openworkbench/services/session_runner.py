@@ -260,23 +260,38 @@ class SessionRunner:
                 "working_directory": row.working_dir, "environment": row.request.get("environment", []),
                 "tags": [kind[:-1]],
             })
-            try:
-                job = await run_in_threadpool(self.jobs.launch, principal, spec, row.id)
-                job = await self._wait_job(principal, job["id"])
-            except WorkbenchError as exc:
-                job = {"status": "Failed", "statusMessage": exc.message, "exitCode": None}
+            job = await self._run_hook(principal, spec, row.id)
             if kind == "start_hooks" and (job["status"] != "Finished" or job["exitCode"] != 0):
                 raise SessionFailed(f"start hook {exe} failed: {outcome(job)}")
+            if job["status"] != "Finished" or job["exitCode"] != 0:
+                log.warning("session %s: stop hook %s failed: %s", row.id, exe, outcome(job))
             if kind == "start_hooks":
                 self._check_stop(row.id)
 
-    async def _wait_job(self, principal: Principal, job_id: str, limit: float | None = None) -> dict[str, Any]:
+    async def _run_hook(self, principal: Principal, spec: JobSpec, session_id: str) -> dict[str, Any]:
+        """Run one hook job to its end; one that outlives ``hook_timeout_s`` is killed and counts as failed."""
+        limit = self.settings.sessions.hook_timeout_s
+        try:
+            job = await run_in_threadpool(self.jobs.launch, principal, spec, session_id)
+            job = await self._wait_job(principal, job["id"], limit, interruptible=True)
+            if job["status"] not in FINAL_STATUSES:
+                await quietly(run_in_threadpool(self.jobs.stop, principal, job["id"], True), None)
+                await self._wait_job(principal, job["id"], 10)
+                return {"status": "Failed", "exitCode": None,
+                        "statusMessage": f"it did not finish within {limit:g} s and was killed"}
+            return job
+        except WorkbenchError as exc:
+            return {"status": "Failed", "statusMessage": exc.message, "exitCode": None}
+
+    async def _wait_job(self, principal: Principal, job_id: str, limit: float | None = None,
+                        interruptible: bool = False) -> dict[str, Any]:
+        """The job once it ended or ``limit`` s passed; ``interruptible``: a stop request cuts the wait short."""
         deadline = None if limit is None else time.monotonic() + limit
         while True:
             job = await run_in_threadpool(self.jobs.get, principal, job_id)
             if job["status"] in FINAL_STATUSES or (deadline is not None and time.monotonic() > deadline):
                 return job
-            if limit is None:
+            if interruptible:
                 self._check_stop(job.get("sessionId") or "")
             await asyncio.sleep(POLL)
 
