@@ -249,3 +249,35 @@ def test_revoking_a_token_closes_its_open_websockets(srv: Server, owner: str, po
     assert code == "4401" and after < 5
     srv.rpc("stop_session", owner, session_ids=started["id"], force_quit=True)
     wait_state(srv, owner, started["id"], ("killed",))
+
+
+CALL_API_FROM_THE_KERNEL = """
+import json, os, urllib.request
+request = urllib.request.Request(
+    os.environ["RS_SERVER_ADDRESS"] + "/api/get_session", data=b'{"method": "get_session", "kwparams": {}}',
+    headers={"X-RS-Session-Server-RPC-Cookie": os.environ["RS_SESSION_RPC_COOKIE"]})
+[item["id"] for item in json.load(urllib.request.urlopen(request))["result"]["sessions"]], \\
+    os.environ["RS_SESSION_RPC_COOKIE"]
+"""
+
+
+def test_code_in_a_session_calls_the_api_with_its_rpc_cookie(srv: Server, owner: str,
+                                                             posix_user: pwd.struct_passwd) -> None:
+    started = launch(srv, owner, "JupyterLab")
+    wait_state(srv, owner, started["id"], ("running",))
+    ids, cookie = eval(kernel_round_trip(srv.url + started["url"], owner, CALL_API_FROM_THE_KERNEL))
+    assert started["id"] in ids
+    job = srv.rpc("get_session", owner, session_id=started["id"], include_jobs=True)["jobs"][0]
+    shown = {item["name"]: item["value"] for item in job["environment"]}
+    assert shown["RS_SESSION_RPC_COOKIE"] == "********" and shown["RS_SERVER_ADDRESS"] == srv.url
+
+    def call(method: str, value: str) -> httpx.Response:
+        return httpx.post(f"{srv.url}/api/{method}", json={}, headers={"X-RS-Session-Server-RPC-Cookie": value})
+
+    assert call("get_session", cookie).status_code == 200
+    assert call("get_users", cookie).json()["error"]["code"] == 403  # the session's user, with a user's power
+    assert call("get_session", cookie[:-4] + "0000").status_code == 401  # forged
+    assert call("get_session", "nosuch.cookie").status_code == 401
+    srv.rpc("stop_session", owner, session_ids=started["id"])
+    wait_state(srv, owner, started["id"], ("finished",))
+    assert "ended" in call("get_session", cookie).json()["error"]["message"]

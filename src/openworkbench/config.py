@@ -8,6 +8,7 @@ Every error names the offending key, so ``serve`` can stop with a useful message
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,14 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8787, ge=0, le=65535)
+    # The API's URL as a session's code reaches it (RS_SERVER_ADDRESS); empty: built from host and port.
+    address: str = ""
+
+    def session_address(self) -> str:
+        if self.address:
+            return self.address.rstrip("/")
+        host = socket.getfqdn() if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
 
 class DatabaseSettings(_Section):

@@ -19,6 +19,7 @@ from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
 from openworkbench.errors import BadRequest, UnknownMethod, WorkbenchError
 from openworkbench.services.container import Services
+from openworkbench.services.signin import RPC_COOKIE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +94,12 @@ def parse_kwparams(http_method: str, raw: bytes, name: str, method: Method) -> d
 
 
 def prepare(services: Services, methods: dict[str, Method], name: str, http_method: str, raw: bytes,
-            authorization: str | None) -> tuple[Method, Principal, Params, Any]:
+            authorization: str | None, rpc_cookie: str | None = None) -> tuple[Method, Principal, Params, Any]:
     """Everything up to the handler, in the order clients see errors: credentials, method, parameters.
 
     A blocking handler runs here too, so a call costs one thread hop, not one per step.
     """
-    principal = services.accounts.authenticate(authorization)
+    principal = services.signin.rpc_caller(authorization, rpc_cookie)
     method = methods.get(name)
     if method is None:
         raise UnknownMethod(f"unknown method '{name}'")
@@ -133,7 +134,8 @@ async def dispatch(services: Services, methods: dict[str, Method], name: str, re
         result = from_memory(services, methods, name, request.method, raw, authorization)
         if result is None:
             method, principal, params, result = await run_in_threadpool(
-                prepare, services, methods, name, request.method, raw, authorization
+                prepare, services, methods, name, request.method, raw, authorization,
+                request.headers.get(RPC_COOKIE_HEADER),
             )
             if method.handler is not None:
                 result = await method.handler(services, principal, params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from typing import Final
 
@@ -28,3 +29,9 @@ def parse_authorization(header: str | None) -> str | None:
     if scheme.lower() not in ("bearer", "key") or not value.strip():
         return None
     return value.strip()
+
+
+def rpc_cookie(session_id: str, secret: str) -> str:
+    """A session's RPC cookie: its id and a MAC under the session's secret, so nothing more is stored."""
+    mac = hmac.new(secret.encode(), b"rpc-cookie:" + session_id.encode(), "sha256").hexdigest()
+    return f"{session_id}.{mac}"

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
+from openworkbench.auth.tokens import rpc_cookie
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
 from openworkbench.errors import WorkbenchError
@@ -208,13 +209,16 @@ class SessionRunner:
 
     def _ide_job(self, row: Session, argv: list[str], env: dict[str, str]) -> JobSpec:
         launch = row.request.get("launch_parameters") or {}
+        # The session's own code can call the API as its user (the product's names).
+        env = {**env, "RS_SESSION_RPC_COOKIE": rpc_cookie(row.id, row.secret),
+               "RS_SERVER_ADDRESS": self.settings.server.session_address()}
         environment = [{"name": k, "value": v} for k, v in env.items()] + list(row.request.get("environment", []))
         return JobSpec.model_validate({
             "name": f"{row.workbench}: {row.name}", "exe": argv[0], "args": argv[1:], "cluster": row.cluster,
             "working_directory": row.working_dir, "environment": environment,
             "resource_limits": launch.get("resource_limits", []), "queues": launch.get("queues", []),
             "placement_constraints": launch.get("placement_constraints", []), "tags": ["session"],
-            "metadata": {"redact": list(self.ide(row.workbench).secret_environment)},
+            "metadata": {"redact": [*self.ide(row.workbench).secret_environment, "RS_SESSION_RPC_COOKIE"]},
         })
 
     async def until_ready(self, row: Session, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str,

@@ -6,21 +6,25 @@ revoking the token (or disabling the user) ends the browser's access at once.
 
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 
 from sqlalchemy import delete, select
 
 from openworkbench.auth.permissions import Principal
-from openworkbench.auth.tokens import hash_token, new_token, parse_authorization
+from openworkbench.auth.tokens import hash_token, new_token, parse_authorization, rpc_cookie
 from openworkbench.errors import Unauthenticated
 from openworkbench.proxy import SIGN_IN_COOKIE
 from openworkbench.services.accounts import Accounts, principal_of
-from openworkbench.store.schema import ApiToken, BrowserSession, User, utcnow
+from openworkbench.services.session_json import FINAL_STATES
+from openworkbench.store.schema import ApiToken, BrowserSession, Session, User, utcnow
 
 COOKIE_NAME = SIGN_IN_COOKIE  # the proxy strips it, so an IDE never sees it
 LIFETIME = timedelta(days=7)
 COOKIE_KEY = "cookie:"  # cookies and tokens share one cache; their hashes cannot collide with this prefix
 COOKIE_FRESH_S = 60.0  # a cached sign-in is looked up again at least this often
+# A session's own code calls the API with this header instead of a token (the product's RS_SESSION_RPC_COOKIE).
+RPC_COOKIE_HEADER = "x-rs-session-server-rpc-cookie"
 
 
 class SignIn:
@@ -50,6 +54,24 @@ class SignIn:
             return self.accounts.cached(authorization)
         cache = self.accounts.cache
         return cache.get(COOKIE_KEY + hash_token(cookie)) if cache else None
+
+    def rpc_caller(self, authorization: str | None, session_cookie: str | None) -> Principal:
+        """The caller of an RPC: the Authorization header first, then a session's RPC cookie."""
+        if parse_authorization(authorization) is not None or not session_cookie:
+            return self.accounts.authenticate(authorization)
+        session_id, _, _ = session_cookie.partition(".")
+        query = select(Session.secret, Session.state, User).join(User).where(Session.id == session_id)
+        with self.store.session() as db:
+            row = db.execute(query).first()
+        if row is None or not hmac.compare_digest(rpc_cookie(session_id, row.secret), session_cookie):
+            raise Unauthenticated("Invalid session RPC cookie")
+        if row.state in FINAL_STATES:
+            raise Unauthenticated(f"The session of this RPC cookie has ended ({row.state})")
+        user = row[2]
+        if user.disabled:
+            raise Unauthenticated(f"User '{user.username}' is disabled")
+        # The session's code acts as its user, with a user token's power whatever the user's standing.
+        return Principal.from_standing(user.id, user.username, "user", user.is_admin, user.is_super_admin)
 
     def authenticate(self, authorization: str | None, cookie: str | None) -> Principal:
         """The caller of a browser or API request: the Authorization header first, then the cookie."""
