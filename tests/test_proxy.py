@@ -65,7 +65,7 @@ async def big(request):
     if "length" in request.query:
         resp.content_length = chunks * 65536
     await resp.prepare(request)
-    for i in range(chunks):
+    for i in range(chunks if request.method != "HEAD" else 0):  # aiohttp would send a HEAD answer a body
         await resp.write(random.Random(i).randbytes(65536))
     await resp.write_eof()
     return resp
@@ -88,6 +88,16 @@ async def cookies(request):
     resp = web.Response(text="ok")
     for value in ("a=1; Path=/", "b=2", "c=3; Path=/sub; HttpOnly"):
         resp.headers.add("Set-Cookie", value)
+    return resp
+
+async def short(request):
+    """Announces Content-Length `length`, sends `send` bytes of it, then drops the connection."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    resp.content_length = int(request.query["length"])
+    await resp.prepare(request)
+    await resp.write(b"s" * int(request.query["send"]))
+    await asyncio.sleep(0.1)
+    request.transport.abort()
     return resp
 
 async def die(request):
@@ -137,6 +147,7 @@ app = web.Application(client_max_size=0)
 app.router.add_get("/big", big)
 app.router.add_put("/upload", upload)
 app.router.add_get("/die", die)
+app.router.add_get("/short", short)
 app.router.add_get("/slow", slow)
 app.router.add_get("/cookies", cookies)
 app.router.add_get("/state", state)
@@ -152,35 +163,72 @@ web.run_app(app, path=sys.argv[1], print=None)
 
 PROXY_APP = r'''
 import json, sys
+from collections import Counter
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 import uvicorn
-from fastapi import FastAPI, Request, WebSocket
-from fastapi.responses import JSONResponse
-from openworkbench.proxy import ProxyTarget, UpstreamPool, forward_http, forward_websocket
+from fastapi import FastAPI
+from openworkbench.api.session_routes import SessionRoutes
+from openworkbench.errors import InvalidState, NotFound, PermissionDenied, Unauthenticated
+from openworkbench.proxy import ProxyTarget, UpstreamPool
 
 config = json.loads(open(sys.argv[1]).read())
 targets = {name: ProxyTarget(**spec) for name, spec in config["targets"].items()}
+COLD = {"cold"}  # routes not in memory: only the store (a thread hop) knows them
+calls = Counter()
+revoked = set()
+
+def principal(authorization):
+    if authorization == "Bearer boom":
+        raise RuntimeError("the store is down")
+    if authorization in ("Bearer bad", "Bearer slow-bad") or authorization in revoked:
+        raise Unauthenticated("Invalid or revoked API token")
+    return "other" if authorization == "Bearer other" else "owner"  # no credentials: the owner, for brevity
+
+class SignIn:  # "Bearer slow...": not cached, so the store must answer
+    def cached(self, authorization, cookie):
+        calls["cached"] += 1
+        return None if (authorization or "").startswith("Bearer slow") else principal(authorization)
+    def authenticate(self, authorization, cookie):
+        calls["authenticate"] += 1
+        return principal(authorization)
+
+class Sessions:
+    def known_target(self, part, who):
+        calls["known_target"] += 1
+        return None if part in COLD else self._check(part, who)
+    def target(self, part, who):
+        calls["target"] += 1
+        return self._check(part, who)
+    def _check(self, part, who):
+        if part == "stopped":
+            raise InvalidState("the session is suspended")
+        if part not in targets:
+            raise NotFound(f"no session at /s/{part}/")
+        if who != "owner":
+            raise PermissionDenied("Permission denied: this session belongs to another user")
+        return part, targets[part]
+
 pool = UpstreamPool()
+services = SimpleNamespace(signin=SignIn(), sessions=Sessions(), pool=pool,
+                           runner=SimpleNamespace(touch=lambda session_id: calls.update(["touch:" + session_id])))
 
 @asynccontextmanager
 async def lifespan(app):
     yield
     await pool.close()
 
-app = FastAPI(lifespan=lifespan)
-METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+inner = FastAPI(lifespan=lifespan)
 
-@app.api_route("/s/{name}/{rest:path}", methods=METHODS)
-async def http(name: str, request: Request):
-    if name not in targets:
-        return JSONResponse({"error": {"code": 404, "message": "no such session"}}, 404)
-    return await forward_http(request, targets[name], pool)
+@inner.get("/calls")
+async def get_calls():
+    return dict(calls)
 
-@app.websocket("/s/{name}/{rest:path}")
-async def ws(websocket: WebSocket, name: str):
-    await forward_websocket(websocket, targets[name], pool)
+@inner.post("/revoke/{token}")
+async def revoke(token: str):
+    revoked.add(f"Bearer {token}")
 
-uvicorn.run(app, host="127.0.0.1", port=config["port"], log_level="warning")
+uvicorn.run(SessionRoutes(inner, services), host="127.0.0.1", port=config["port"], log_level="warning")
 '''
 
 
@@ -254,6 +302,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                  "headers": {"X-Ide-Secret": "s3"}},
         "missing": {"socket_path": str(tmp / "none.sock"), "prefix": "/s/missing/", "strip_prefix": True,
                     "headers": {}},
+        "cold": {"socket_path": str(tmp / "e.sock"), "prefix": "/s/cold/", "strip_prefix": True,
+                 "headers": {"X-Ide-Secret": "s3"}},
     }
     (tmp / "proxy.json").write_text(json.dumps({"port": port, "targets": targets}))
     (tmp / "upstream.py").write_text(UPSTREAM_APP)
@@ -611,3 +661,73 @@ def test_upstream_dying_mid_stream_breaks_the_response(stack: Stack) -> None:
         for _ in resp.iter_raw():
             pass
     assert stack.client.get("/s/echo/after").status_code == 200  # the proxy itself carries on
+
+
+def test_small_answers_whole_large_ones_streamed(stack: Stack) -> None:
+    whole = stack.client.get("/s/echo/big", params={"chunks": 1, "length": "1"})  # exactly the 64 KiB limit
+    assert whole.status_code == 200 and whole.headers["content-length"] == str(CHUNK)
+    assert hashlib.sha256(whole.content).hexdigest() == _big_sha(1)
+    # An answer read whole that breaks off has sent nothing yet: a clean 502 instead of a broken response.
+    broken = stack.client.get("/s/echo/short", params={"length": 65536, "send": 1000})
+    assert broken.status_code == 502 and broken.json()["error"]["code"] == 502
+    # One byte more is streamed: the browser's connection drops, as for a chunked answer.
+    with pytest.raises(httpx.RemoteProtocolError), stack.client.stream(
+            "GET", "/s/echo/short", params={"length": 65537, "send": 1000}) as resp:
+        assert resp.status_code == 200
+        for _ in resp.iter_raw():
+            pass
+
+
+def test_head_keeps_the_length_and_sends_no_body(stack: Stack) -> None:
+    for chunks in (1, 4):  # read whole, and above the limit
+        head = stack.client.head("/s/echo/big", params={"chunks": chunks, "length": "1"})
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == str(chunks * CHUNK)
+    assert stack.client.get("/s/echo/after-head").status_code == 200  # the connection is still in step
+
+
+def test_session_routes_refusals_and_redirects(stack: Stack) -> None:
+    expected = {"Bearer bad": 401, "Bearer slow-bad": 401, "Bearer other": 403}
+    for authorization, status in expected.items():
+        refused = stack.client.get("/s/echo/x", headers={"Authorization": authorization})
+        assert refused.status_code == status and refused.json()["error"]["code"] == status
+    assert stack.client.get("/s/nosuch/x").status_code == 404
+    assert stack.client.get("/s/stopped/x").json() == {"error": {"code": 503, "message": "the session is suspended"}}
+    page_request = {"Authorization": "Bearer bad", "Accept": "text/html"}
+    page = stack.client.get("/s/echo/x", params={"a": "1"}, headers=page_request)
+    assert page.status_code == 302 and page.headers["location"] == "/auth/sign-in?next=/s/echo/x%3Fa%3D1"
+    slash = stack.client.get("/s/echo", params={"q": "1"})
+    assert slash.status_code == 301 and slash.headers["location"] == "/s/echo/?q=1"
+    assert stack.client.request("TRACE", "/s/echo/m").status_code == 405
+    boom = stack.client.get("/s/echo/x", headers={"Authorization": "Bearer boom"})
+    assert boom.status_code == 500 and boom.json()["error"]["code"] == 500 and "store" not in boom.text
+    for elsewhere in ("/s/", "/s//x", "/nothing"):  # not a session path: the app behind answers
+        assert stack.client.get(elsewhere).status_code == 404
+    with pytest.raises(InvalidStatus) as other:
+        connect(f"ws://{stack.url}/s/echo/ws", additional_headers={"Authorization": "Bearer other"})
+    assert other.value.response.status_code == 403
+
+
+def test_known_routes_are_answered_without_the_store(stack: Stack) -> None:
+    def delta(action: Any) -> dict[str, int]:
+        before = stack.client.get("/calls").json()
+        action()
+        after = stack.client.get("/calls").json()
+        return {key: after.get(key, 0) - before.get(key, 0) for key in after if after.get(key, 0) != before.get(key, 0)}
+
+    fast = delta(lambda: [stack.client.get("/s/echo/m") for _ in range(5)])
+    assert fast == {"cached": 5, "known_target": 5, "touch:echo": 5}
+    slow = delta(lambda: stack.client.get("/s/echo/m", headers={"Authorization": "Bearer slow"}))
+    assert slow == {"cached": 1, "authenticate": 1, "target": 1, "touch:echo": 1}
+    cold = delta(lambda: stack.client.get("/s/cold/m"))  # the caller known, the route not: the hop skips auth
+    assert cold == {"cached": 1, "known_target": 1, "target": 1, "touch:cold": 1}
+
+
+def test_open_websocket_closes_when_access_ends(stack: Stack) -> None:
+    with connect(f"ws://{stack.url}/s/echo/ws", additional_headers={"Authorization": "Bearer revocable"}) as sock:
+        sock.send("before")
+        assert sock.recv(timeout=5) == "before"
+        stack.client.post("/revoke/revocable")
+        with pytest.raises(ConnectionClosed) as closed:
+            sock.recv(timeout=5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4401

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from openworkbench.api.methods import METHODS
 from openworkbench.api.rpc import dispatch
-from openworkbench.api.session_routes import router as session_routes
+from openworkbench.api.session_routes import SessionRoutes
 from openworkbench.config import Settings
 from openworkbench.services.container import Services, build_services
 from openworkbench.web.signin import router as signin_pages
@@ -51,7 +51,7 @@ class Monitor:
         self._thread.join(timeout=5)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> SessionRoutes:
     services = build_services(settings)
 
     @asynccontextmanager
@@ -77,7 +77,6 @@ def create_app(settings: Settings) -> FastAPI:
         return await dispatch(services, METHODS, method, request)
 
     app.include_router(signin_pages(services))
-    app.include_router(session_routes(services))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -92,4 +91,5 @@ def create_app(settings: Settings) -> FastAPI:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": {"code": 500, "message": "Internal server error"}}, 500)
 
-    return app
+    # The proxy at /s/ sits in front of FastAPI (its hot path skips routing and middleware); the rest is the app.
+    return SessionRoutes(app, services)

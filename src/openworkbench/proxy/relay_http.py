@@ -1,4 +1,8 @@
-"""HTTP forwarding: the browser's request streamed to the IDE, its answer streamed back."""
+"""HTTP forwarding: the browser's request streamed to the IDE, its answer streamed back.
+
+Small answers (most API calls) are read whole and sent in one message instead: streaming costs a task and
+a message per chunk, more than relaying a small body takes.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ UNREACHABLE = "The session's IDE is not reachable"
 CROSS_ORIGIN = "Cross-origin request refused"
 # Methods a page of another site can make a browser send without CORS' consent, with the user's cookies.
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# An answer announced at most this long is read whole before anything goes to the browser.
+WHOLE_BODY_MAX = 64 * 1024
+_NO_BODY_STATUS = (204, 304)
 
 
 def raw_path_and_query(conn: HTTPConnection) -> tuple[str, str]:
@@ -33,7 +40,7 @@ def raw_path_and_query(conn: HTTPConnection) -> tuple[str, str]:
 def upstream_headers(conn: HTTPConnection, target: ProxyTarget) -> list[tuple[str, str]]:
     raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in conn.headers.raw]
     client = conn.client.host if conn.client else None
-    return filter_request_headers(raw, target, client_host=client, scheme=conn.url.scheme)
+    return filter_request_headers(raw, target, client_host=client, scheme=conn.scope.get("scheme", "http"))
 
 
 def same_origin(conn: HTTPConnection) -> bool:
@@ -52,15 +59,26 @@ async def _request_body(request: Request) -> AsyncIterator[bytes]:
             yield chunk
 
 
+def _raw(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+class _WholeResponse(Response):
+    """An answer read whole: Starlette's Response sends it as one start and one body message."""
+
+    def __init__(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        self.status_code, self.raw_headers, self.body, self.background = status, headers, body, None
+
+
 class _RelayResponse(StreamingResponse):
     """Streams the IDE's body; always gives the upstream connection back (or drops it) when done.
 
     StreamingResponse supplies the disconnect handling (a browser that leaves stops the relay).
     """
 
-    def __init__(self, upstream: aiohttp.ClientResponse, headers: list[tuple[str, str]]) -> None:
+    def __init__(self, upstream: aiohttp.ClientResponse, headers: list[tuple[bytes, bytes]]) -> None:
         super().__init__(upstream.content.iter_any(), status_code=upstream.status)
-        self.raw_headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        self.raw_headers = headers
         self._upstream = upstream
 
     async def stream_response(self, send: Send) -> None:
@@ -84,6 +102,27 @@ class _RelayResponse(StreamingResponse):
             self._upstream.close()
 
 
+def _small(upstream: aiohttp.ClientResponse) -> bool:
+    """Is the answer's body known to be short (or absent)?"""
+    if upstream.method == "HEAD" or upstream.status in _NO_BODY_STATUS:
+        return True
+    length = upstream.content_length
+    return length is not None and length <= WHOLE_BODY_MAX
+
+
+async def _answer(upstream: aiohttp.ClientResponse, headers: list[tuple[bytes, bytes]]) -> Response:
+    if not _small(upstream):
+        return _RelayResponse(upstream, headers)
+    try:
+        body = await upstream.read()  # gives the connection back to the pool
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        upstream.close()
+        # Nothing has gone to the browser yet: an honest 502 rather than a broken answer.
+        log.warning("IDE response broke off before its end: %s", exc)
+        return error_response(UpstreamUnavailable(UNREACHABLE))
+    return _WholeResponse(upstream.status, headers, body)
+
+
 async def forward_http(request: Request, target: ProxyTarget, pool: UpstreamPool) -> Response:
     """Forward one HTTP request of any method to the IDE behind ``target``."""
     if request.method not in _SAFE_METHODS and not same_origin(request):
@@ -101,4 +140,4 @@ async def forward_http(request: Request, target: ProxyTarget, pool: UpstreamPool
         return error_response(UpstreamUnavailable(UNREACHABLE))
     raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in upstream.raw_headers]
     host = request.headers.get("host", "")
-    return _RelayResponse(upstream, filter_response_headers(raw, target, request_host=host))
+    return await _answer(upstream, _raw(filter_response_headers(raw, target, request_host=host)))

@@ -38,13 +38,13 @@ def strip_cookie(cookie_header: str, name: str = SIGN_IN_COOKIE) -> str:
     return "; ".join(pair for pair in pairs if pair and pair.partition("=")[0].strip() != name)
 
 
-def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+def _connection_tokens(value: str) -> set[str]:
     """Header names a sender listed in Connection: hop-by-hop too (RFC 9110 §7.6.1)."""
-    tokens: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            tokens.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return tokens
+    return {token.strip().lower() for token in value.split(",") if token.strip()}
+
+
+_REQUEST_DROP = HOP_BY_HOP | _DROP_REQUEST
+_RESPONSE_DROP = HOP_BY_HOP | _DROP_RESPONSE
 
 
 def filter_request_headers(
@@ -54,22 +54,27 @@ def filter_request_headers(
 
     Host is kept as the browser sent it: Jupyter compares it with Origin on WebSockets.
     """
-    headers = list(headers)
-    drop = HOP_BY_HOP | _DROP_REQUEST | _connection_tokens(headers) | {name.lower() for name in target.headers}
-    chunked = any(n.lower() == "transfer-encoding" and "chunked" in v.lower() for n, v in headers)
-    if chunked:  # a chunked body goes up chunked again; a stray length would contradict it
-        drop = drop | {"content-length"}
-    out: Headers = []
+    drop = _REQUEST_DROP | {name.lower() for name in target.headers}
+    late_drop: set[str] = set()  # known only once every field is seen (one pass: this runs on every request)
+    kept: list[tuple[str, str, str]] = []
     cookies: list[str] = []
     forwarded_for: list[str] = []
-    host = ""
     for name, value in headers:
         lower = name.lower()
         if lower == "cookie":
             cookies.append(strip_cookie(value))
         elif lower == "x-forwarded-for":
             forwarded_for.append(value)
+        elif lower == "connection":
+            late_drop |= _connection_tokens(value)
+        elif lower == "transfer-encoding" and "chunked" in value.lower():
+            late_drop.add("content-length")  # a chunked body goes up chunked again; a stray length would contradict it
         elif lower not in drop:
+            kept.append((lower, name, value))
+    out: Headers = []
+    host = ""
+    for lower, name, value in kept:
+        if lower not in late_drop:
             out.append((name, value))
             host = value if lower == "host" else host
     cookie = "; ".join(c for c in cookies if c)
@@ -141,21 +146,23 @@ def rewrite_set_cookie(value: str, target: ProxyTarget) -> str:
 
 def filter_response_headers(headers: Iterable[tuple[str, str]], target: ProxyTarget, *, request_host: str) -> Headers:
     """The IDE's response headers for the browser: hop-by-hop removed, Location and Set-Cookie rewritten."""
-    headers = list(headers)
-    drop = HOP_BY_HOP | _DROP_RESPONSE | _connection_tokens(headers)
-    if any(n.lower() == "transfer-encoding" for n, _ in headers):
-        drop = drop | {"content-length"}
-    out: Headers = []
+    late_drop: set[str] = set()  # known only once every field is seen (one pass: this runs on every request)
+    kept: list[tuple[str, str, str]] = []
     for name, value in headers:
         lower = name.lower()
-        if lower in drop:
+        if lower == "connection":
+            late_drop |= _connection_tokens(value)
+        elif lower == "transfer-encoding":
+            late_drop.add("content-length")
+        elif lower in _RESPONSE_DROP:
             continue
-        if lower == "location":
-            value = rewrite_location(value, target, request_host)
+        elif lower == "location":
+            kept.append((lower, name, rewrite_location(value, target, request_host)))
         elif lower == "set-cookie":
-            value = rewrite_set_cookie(value, target)
-        out.append((name, value))
-    return out
+            kept.append((lower, name, rewrite_set_cookie(value, target)))
+        else:
+            kept.append((lower, name, value))
+    return [(name, value) for lower, name, value in kept if lower not in late_drop]
 
 
 def sendable_close_code(code: int | None, default: int = 1000) -> int:
