@@ -106,10 +106,15 @@ def test_only_the_owner_reaches_a_session(srv: Server, owner: str, posix_user: p
     assert httpx.get(url).status_code == 401
     browser = httpx.get(url, headers={"Accept": "text/html"})
     assert browser.status_code == 302 and browser.headers["location"].startswith("/auth/sign-in?next=")
+    # Anyone else gets what a URL no session has gets: a stranger cannot even learn that it exists.
     other = srv.token("someone-else")
-    assert httpx.get(url, headers={"Authorization": f"Bearer {other}"}).status_code == 403
-    admin = srv.token("an-admin", "super-admin")
-    assert httpx.get(url, headers={"Authorization": f"Bearer {admin}"}).status_code == 403
+    nowhere = srv.url + "/s/0000021f2ed7200000000/api/status"
+    for token in (other, srv.token("an-admin", "super-admin")):
+        refused = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
+        unknown = httpx.get(nowhere, headers={"Authorization": f"Bearer {token}"})
+        assert refused.status_code == unknown.status_code == 404
+        assert refused.json()["error"]["message"].replace(started["url"], "X") == \
+            unknown.json()["error"]["message"].replace("/s/0000021f2ed7200000000/", "X")
 
     # A browser signs in with the token and then passes by cookie alone.
     client = httpx.Client(base_url=srv.url)

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from openworkbench.api import params as p
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.config import Settings
-from openworkbench.errors import InvalidParameter, InvalidState, NotAvailable, NotFound, PermissionDenied
+from openworkbench.errors import InvalidParameter, InvalidState, NotAvailable, NotFound
 from openworkbench.ides import IDES, available
 from openworkbench.models import JobSpec
 from openworkbench.proxy import ProxyTarget
@@ -224,8 +224,8 @@ class SessionService:
 
     @staticmethod
     def _check_route(route: Route, principal: Principal) -> tuple[str, ProxyTarget]:
-        if route.owner != principal.username:
-            raise PermissionDenied("Permission denied: this session belongs to another user")
+        if route.owner != principal.username:  # the answer of a URL no session has: existence is not told
+            raise NotFound(f"no session at {route.target.prefix}")
         if route.state != "running":
             raise InvalidState(f"the session is {route.state}")
         return route.session_id, route.target
