@@ -47,7 +47,8 @@ def test_sigkill_of_the_server_loses_no_job(fresh_server: Server, database_url: 
 def test_a_job_running_across_the_restart_is_followed_live(fresh_server: Server) -> None:
     server = fresh_server.start()
     token = server.token("root", "super-admin")
-    job = server.rpc("launch_job", token, job={"name": "long", "command": "echo a; sleep 2; echo b; exit 9"})["job"]
+    # 4 s: the restart below can take 2 s on a loaded 2-core machine, and the job must outlast it.
+    job = server.rpc("launch_job", token, job={"name": "long", "command": "echo a; sleep 4; echo b; exit 9"})["job"]
     server.wait_job(token, job["id"], ("Running",))
     server.stop(signal.SIGKILL)
     server.start()
@@ -83,7 +84,7 @@ def test_a_lost_supervisor_ends_the_job_failed_with_a_reason(fresh_server: Serve
     server.wait_job(token, job["id"], ("Running",))
     server.stop(signal.SIGKILL)
     job_dir = server.data_dir / "jobs" / job["id"]
-    supervisor = json.loads((job_dir / "supervisor.json").read_text())["supervisorPid"]
+    supervisor = json.loads((job_dir / "lock").read_text())["supervisorPid"]
     os.kill(supervisor, signal.SIGKILL)  # the failure we cannot cause otherwise: the supervisor dies
     os.killpg(json.loads((job_dir / "state.json").read_text())["pgid"], signal.SIGKILL)
     server.start()

@@ -17,22 +17,31 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-SUPERVISOR = Path(__file__).resolve().parents[1] / "src" / "openworkbench" / "clusters" / "supervisor.py"
+CLUSTERS = Path(__file__).resolve().parents[1] / "src" / "openworkbench" / "clusters"
+SUPERVISOR = CLUSTERS / "supervisor.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
 CGROUP_ROOT = "/sys/fs/cgroup"
 FINAL = {"Finished", "Killed", "Failed", "Canceled"}
 
-# Load by path: the supervisor is a standalone script, and this keeps the test independent of the
-# package's __init__ files.
-_spec = importlib.util.spec_from_file_location("owb_supervisor", SUPERVISOR)
-assert _spec is not None and _spec.loader is not None
-sup = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = sup  # dataclasses look their module up in sys.modules
-_spec.loader.exec_module(sup)
+
+def load_script(name: str, module_name: str) -> ModuleType:
+    """Load by path: the supervisor is a standalone script, and this keeps the test independent of the
+    package's __init__ files."""
+    spec = importlib.util.spec_from_file_location(module_name, CLUSTERS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up in sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+cgroups = load_script("supervisor_cgroups", "supervisor_cgroups")  # the name supervisor.py imports it by
+sup = load_script("supervisor", "owb_supervisor")
 
 IS_ROOT = os.geteuid() == 0
 CGROUPS_OK = IS_ROOT and all(os.access(f"{CGROUP_ROOT}/{c}", os.W_OK) for c in ("memory", "cpu", "pids"))
@@ -208,19 +217,19 @@ def test_final_state(status: int, cpu: float, limits: dict[str, Any], oom: bool,
 def test_read_oom_kills(tmp_path: Path) -> None:
     path = tmp_path / "memory.oom_control"
     path.write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
-    assert sup.read_oom_kills(str(path)) == 2
+    assert cgroups.read_oom_kills(str(path)) == 2
     path.write_text("oom_kill_disable 0\nunder_oom 0\n")
-    assert sup.read_oom_kills(str(path)) == 0
-    assert sup.read_oom_kills(str(tmp_path / "missing")) == 0
+    assert cgroups.read_oom_kills(str(path)) == 0
+    assert cgroups.read_oom_kills(str(tmp_path / "missing")) == 0
 
 
 def test_memory_oom_killed_prefers_exact_counter(tmp_path: Path) -> None:
     (tmp_path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
     (tmp_path / "memory.failcnt").write_text("12\n")
     (tmp_path / "memory.memsw.failcnt").write_text("3\n")
-    assert not sup.memory_oom_killed(str(tmp_path))  # hitting the limit is not an OOM kill
+    assert not cgroups.memory_oom_killed(str(tmp_path))  # hitting the limit is not an OOM kill
     (tmp_path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\n")  # old kernel
-    assert sup.memory_oom_killed(str(tmp_path))
+    assert cgroups.memory_oom_killed(str(tmp_path))
 
 
 def test_exec_failure_message() -> None:
@@ -253,7 +262,7 @@ def test_exit_code_and_output_files(runner: Callable[..., Run], code: int) -> No
     assert run.read("stderr") == "err\n"
     for name in ("stdout", "stderr"):
         assert (run.job_dir / name).stat().st_mode & 0o777 == 0o600
-    assert json.loads(run.read("supervisor.json"))["supervisorPid"] == run.proc.pid
+    assert json.loads(run.read("lock"))["supervisorPid"] == run.proc.pid
 
 
 def test_empty_stdin_is_dev_null_and_path_lookup_uses_spec_env(runner: Callable[..., Run], tmp_path: Path) -> None:
@@ -397,7 +406,7 @@ def test_survives_death_of_starter(tmp_path: Path) -> None:
     subprocess.run([SYSTEM_PYTHON, "-c", starter, SYSTEM_PYTHON, str(SUPERVISOR), str(job_dir)], check=True)
     run = Run(job_dir, None)  # type: ignore[arg-type]  # not our child: poll files only
     running = run.wait_running()
-    sup_pid = json.loads(run.read("supervisor.json"))["supervisorPid"]
+    sup_pid = json.loads(run.read("lock"))["supervisorPid"]
     assert os.getsid(sup_pid) == sup_pid  # own session: immune to the starter's session ending
     assert os.getpgid(running["pid"]) == running["pid"] != sup_pid
     state = run.wait_for(lambda s: s["status"] in FINAL)
@@ -454,6 +463,7 @@ def test_unprivileged_supervisor_skips_cgroups_with_note(test_user: pwd.struct_p
         os.chown(job_dir, uid, gid)
         script = job_dir / "supervisor.py"
         shutil.copy(SUPERVISOR, script)
+        shutil.copy(CLUSTERS / "supervisor_cgroups.py", job_dir)  # its sibling module
         spec = make_spec(
             job_dir,
             ["/bin/sh", "-c", "id -u"],

@@ -1,10 +1,11 @@
 """The Local cluster: jobs run on this host, each under its own supervisor process.
 
 The supervisor (``supervisor.py``, stdlib only) owns the job's process: it applies cgroup and
-rlimit limits, drops to the job's user, waits for the exit and writes ``state.json``. It is
-started in its own session, so it outlives the server; the server finds it again through the
-job directory. ``lock`` is flock-ed by a live supervisor, which tells a running job from one
-whose supervisor was lost.
+rlimit limits, drops to the job's user, waits for the exit and writes ``state.json``. The
+launcher (``launcher.py``), a long-lived child of the server, forks it in its own session, so it
+outlives the server and the launcher; the server finds it again through the job directory.
+``lock`` is flock-ed by a live supervisor, which tells a running job from one whose supervisor
+was lost.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import errno
 import fcntl
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,120 @@ from openworkbench.config import ClusterSettings, LocalSettings
 from openworkbench.errors import ConfigError, LaunchFailed
 from openworkbench.models import JobSpec
 
-SUPERVISOR = Path(__file__).with_name("supervisor.py")
+LAUNCHER = Path(__file__).with_name("launcher.py")
+LAUNCHER_TIMEOUT = 10.0  # seconds for one answer of the launcher; a fork takes about a millisecond
 LOCK_CHECK_INTERVAL = 2.0  # seconds between liveness checks of one job's supervisor
+
+
+class Launcher:
+    """The server's end of ``launcher.py``: started at the first request, and again whenever it has died.
+
+    One JSON line per request on its stdin, one per reply on its stdout; it exits at EOF of its stdin.
+    """
+
+    def __init__(self, python: str, jobs_dir: Path) -> None:
+        self.python = python
+        self.jobs_dir = jobs_dir
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # one request at a time: a reply answers the request just sent
+
+    def start_supervisor(self, job_id: str) -> None:
+        """Have a supervisor forked for the job, or make sure one runs; raise LaunchFailed otherwise."""
+        request = json.dumps({"job": job_id}).encode() + b"\n"
+        with self._lock:
+            reply = self._ask(request)
+            if reply is None:  # it died since the last request (or was killed): start a new one, once
+                reply = self._ask(request)
+        if reply is None:
+            raise LaunchFailed(f"the job launcher exited without answering{self._log_tail()}")
+        if "error" in reply:
+            raise LaunchFailed(f"cannot start the job supervisor: {reply['error']}")
+
+    def _ask(self, request: bytes) -> dict[str, Any] | None:
+        """The launcher's reply; None if it has died."""
+        proc = self._running()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            os.write(proc.stdin.fileno(), request)  # shorter than PIPE_BUF: written whole
+            line = _read_line(proc.stdout.fileno(), LAUNCHER_TIMEOUT)
+        except TimeoutError:
+            self._discard()  # a launcher that hangs is of no use: the next request starts a new one
+            raise LaunchFailed(f"the job launcher did not answer within {LAUNCHER_TIMEOUT:g} s") from None
+        except OSError:  # BrokenPipeError: it has died
+            line = b""
+        if not line:
+            self._discard()
+            return None
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            self._discard()
+            raise LaunchFailed(f"the job launcher answered nonsense: {line[:200]!r}")
+        return reply
+
+    def _running(self) -> subprocess.Popen[bytes]:
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        self._discard()
+        try:
+            with open(self.jobs_dir / "launcher.log", "ab") as log:
+                # -E -s: a root helper takes no module paths from the environment or the user's site.
+                self._proc = subprocess.Popen(
+                    [self.python, "-E", "-s", str(LAUNCHER), str(self.jobs_dir)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    bufsize=0,
+                    start_new_session=True,  # terminal signals to the server must not reach it
+                    close_fds=True,
+                )
+        except OSError as exc:
+            raise LaunchFailed(f"cannot start the job launcher {self.python}: {exc}") from None
+        return self._proc
+
+    def _log_tail(self) -> str:
+        try:
+            lines = (self.jobs_dir / "launcher.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return f": {lines[-1]}" if lines else ""
+
+    def close(self) -> None:
+        """Close its stdin, so it exits; the supervisors it forked keep running."""
+        with self._lock:
+            self._discard()
+
+    def _discard(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        try:
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _read_line(fd: int, timeout: float) -> bytes:
+    """One line from ``fd``; b"" at EOF. poll, not select: the server may hold fds above FD_SETSIZE."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    data = b""
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            raise TimeoutError
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
 
 
 class LocalCluster(Cluster):
@@ -47,8 +162,11 @@ class LocalCluster(Cluster):
                     raise ConfigError(
                         f"config key 'clusters.{name}.limits.{kind}.default': needs cgroups, which are not available"
                     )
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
-        self._seen: dict[str, int] = {}  # job id -> mtime_ns of the state.json last read
+        self._launcher = Launcher(local.supervisor_python, jobs_dir)
+        self._spawned: set[str] = set()  # jobs whose supervisor this server process started
+        # job id -> (inode, mtime_ns, size) of the state.json last read. Not mtime alone: two writes within
+        # one clock tick (a job that ends at once) share it.
+        self._seen: dict[str, tuple[int, int, int]] = {}
         self._lock_checked: dict[str, float] = {}
 
     def describe(self) -> dict[str, Any]:
@@ -63,7 +181,7 @@ class LocalCluster(Cluster):
         job_dir.mkdir(mode=0o700, exist_ok=True)
         rendered = render_spec(job_id, spec, account, job_dir, self.cgroup_root, self.settings)
         _write_json(job_dir / "spec.json", rendered)
-        self._spawn(job_id, job_dir)
+        self._spawn(job_id)
         return JobState(
             status="Pending",
             host=self.host,
@@ -72,21 +190,9 @@ class LocalCluster(Cluster):
             cluster_state={"jobDir": str(job_dir)},
         )
 
-    def _spawn(self, job_id: str, job_dir: Path) -> None:
-        try:
-            with open(job_dir / "supervisor.log", "ab") as log:
-                self._children[job_id] = subprocess.Popen(
-                    [self.local.supervisor_python, str(SUPERVISOR), str(job_dir)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-        except OSError as exc:
-            raise LaunchFailed(
-                f"cannot start the job supervisor {self.local.supervisor_python}: {exc}"
-            ) from None
+    def _spawn(self, job_id: str) -> None:
+        self._launcher.start_supervisor(job_id)
+        self._spawned.add(job_id)
 
     def poll(self, jobs: list[JobRef]) -> dict[str, JobState]:
         updates: dict[str, JobState] = {}
@@ -106,16 +212,14 @@ class LocalCluster(Cluster):
         state = self._read_state(job.id, job_dir)
         if state is not None and state.status in FINAL_STATUSES:
             return state
-        child = self._children.get(job.id)
-        if child is not None:
-            code = child.poll()
-            if code is None or state is not None:
-                return state
-            return _lost(job_dir, f"the job supervisor exited with code {code}")
-        return self._check_adopted(job, job_dir, state)
+        try:
+            return self._check_supervisor(job, job_dir, state)
+        except LaunchFailed as exc:  # restarting its supervisor failed: one job's failure, not the poll's
+            return JobState(status="Failed", status_message=exc.message)
 
-    def _check_adopted(self, job: JobRef, job_dir: Path, state: JobState | None) -> JobState | None:
-        """A job started by an earlier server process: is its supervisor still there?"""
+    def _check_supervisor(self, job: JobRef, job_dir: Path, state: JobState | None) -> JobState | None:
+        """Is the job's supervisor still there? The launcher takes the lock before it replies, so a free
+        lock means the supervisor has ended (or, for a job of an earlier server process, never started)."""
         now = time.monotonic()
         if now - self._lock_checked.get(job.id, 0.0) < LOCK_CHECK_INTERVAL:
             return state
@@ -126,27 +230,30 @@ class LocalCluster(Cluster):
         final = self._read_state(job.id, job_dir)  # it may have ended between the two reads
         if final is not None and final.status in FINAL_STATUSES:
             return final
-        if not (job_dir / "supervisor.json").exists() and job.account is not None:
-            # Recorded as launched, but the server died before the supervisor started: start it now.
+        if job.id in self._spawned:
+            return _lost(job_dir, "the job supervisor ended without recording the job's exit status")
+        if not (job_dir / "lock").exists() and job.account is not None:
+            # Recorded as launched, but the server died before its launcher got to it: start it now.
             if not (job_dir / "spec.json").exists():
                 return self.submit(job.id, job.spec, job.account)
-            self._spawn(job.id, job_dir)
+            self._spawn(job.id)
             return JobState(status="Pending")
         return _lost(job_dir, "the job supervisor was lost; the job's exit status is unknown")
 
     def _read_state(self, job_id: str, job_dir: Path) -> JobState | None:
         path = job_dir / "state.json"
         try:
-            mtime = path.stat().st_mtime_ns
+            info = path.stat()
         except FileNotFoundError:
             return None
-        if self._seen.get(job_id) == mtime:
+        version = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if self._seen.get(job_id) == version:
             return None
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             return None  # replaced atomically, so this is a race with a rewrite: read it next time
-        self._seen[job_id] = mtime
+        self._seen[job_id] = version
         return JobState(
             status=data["status"],
             status_message=data.get("statusMessage") or "",
@@ -173,18 +280,13 @@ class LocalCluster(Cluster):
         return None
 
     def _forget(self, job_id: str) -> None:
-        child = self._children.pop(job_id, None)
-        if child is not None:
-            try:
-                child.wait(timeout=5)  # the supervisor exits right after writing the final state
-            except subprocess.TimeoutExpired:
-                pass
+        self._spawned.discard(job_id)
         self._seen.pop(job_id, None)
         self._lock_checked.pop(job_id, None)
 
     def close(self) -> None:
-        # Supervisors are meant to outlive the server: only drop our handles.
-        self._children.clear()
+        # Supervisors are meant to outlive the server: only the launcher goes.
+        self._launcher.close()
 
 
 def _running_pgid(job_dir: Path) -> int | None:

@@ -1,13 +1,16 @@
 #!/usr/bin/python3
 """Per-job supervisor: runs ONE job and records its exit status in JOB_DIR/state.json.
 
-Started detached (``/usr/bin/python3 supervisor.py JOB_DIR``) so the status survives the server dying.
+Forked by the launcher (launcher.py) into its own session, or run as ``/usr/bin/python3 supervisor.py JOB_DIR``;
+either way detached, so the status survives the server dying.
 Stdlib-only: it runs under Debian's Python because the project's interpreter is not readable by users.
-JOB_DIR: spec.json (input), lock (flock held while alive), supervisor.json, state.json (atomic writes).
+JOB_DIR: spec.json (input), lock (flock held while alive; holds our pid), state.json (atomic writes), and
+supervisor.log, created only when there is something to say.
 """
 
 from __future__ import annotations
 
+import _thread  # not threading: its at-fork hook and imports cost every forked supervisor page copies
 import contextlib
 import datetime
 import fcntl
@@ -17,13 +20,17 @@ import os
 import resource
 import signal
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-CPU_PERIOD_US = 100_000
-CLEANUP_TIMEOUT_S = 5.0
+if TYPE_CHECKING:
+    from openworkbench.clusters import supervisor_cgroups as cgroups
+else:
+    try:  # run by the system Python as a script (or forked by the launcher): its sibling is on sys.path
+        import supervisor_cgroups as cgroups
+    except ModuleNotFoundError:  # imported as a module of the package
+        from openworkbench.clusters import supervisor_cgroups as cgroups
+
 SIGNAL_NAMES = {s.value: s.name for s in signal.Signals}
 
 
@@ -52,46 +59,27 @@ class ChildPlan:
     switch_user: bool
     procs_files: list[str]
     rlimit_cpu: tuple[int, int] | None
+    ignored_signals: list[int]
 
 
 def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    # tmp + fsync + rename: readers never see a half-written file, even after a crash.
+def write_json_atomic(path: str, data: dict[str, Any], sync: bool = False) -> None:
+    # tmp + rename: readers never see a half-written file. ``sync`` (fsync) for the final state only: it is
+    # the record that must survive a crash of the machine; the others are overwritten within the job's life.
     tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def read_counter(path: str, key: str | None = None) -> int | None:
-    """Read an integer cgroup file, or the ``key N`` line of one; None if absent/unreadable."""
+    text = json.dumps(data).encode()  # written at once, not one write per token as json.dump does
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     try:
-        with open(path, encoding="ascii") as fh:
-            if key is None:
-                return int(fh.read())
-            values = [line.split()[1] for line in fh if line.split()[:1] == [key]]
-        return int(values[0]) if values else None
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def read_oom_kills(path: str) -> int:
-    """Return the ``oom_kill`` counter of a memory.oom_control file (0 if absent/unreadable)."""
-    return read_counter(path, "oom_kill") or 0
-
-
-def memory_oom_killed(mem_dir: str) -> bool:
-    """Did the memory cgroup OOM-kill something? Prefer the exact counter (kernel >= 4.13)."""
-    kills = read_counter(os.path.join(mem_dir, "memory.oom_control"), "oom_kill")
-    if kills is not None:
-        return kills > 0  # failcnt > 0 alone may just mean page cache was reclaimed at the limit
-    memsw = os.path.join(mem_dir, "memory.memsw.failcnt")  # old kernels: was the limit hit?
-    return (read_counter(memsw) or read_counter(os.path.join(mem_dir, "memory.failcnt")) or 0) > 0
+        while text:
+            text = text[os.write(fd, text) :]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def final_state(wait_status: int, rusage_cpu_s: float, limits: dict[str, Any], oom_killed: bool) -> dict[str, Any]:
@@ -131,49 +119,20 @@ def take_lock(job_dir: str) -> int:
     return fd
 
 
-def write_cg(cg_dir: str, name: str, value: int) -> None:
-    with open(os.path.join(cg_dir, name), "w", encoding="ascii") as fh:
-        fh.write(str(value))  # cgroupfs reports errors (EINVAL/EBUSY) on write/close
+def record_pid(lock_fd: int) -> None:
+    # In the lock file, not a file of its own: every file created costs an inode allocation.
+    os.ftruncate(lock_fd, 0)
+    os.pwrite(lock_fd, json.dumps({"supervisorPid": os.getpid()}).encode(), 0)
 
 
-def remove_dir(path: str) -> None:
+def log_line(job_dir: str, text: str) -> None:
+    """Append to JOB_DIR/supervisor.log, which the server quotes when the supervisor is lost."""
     with contextlib.suppress(OSError):
-        os.rmdir(path)
-
-
-def configure_controller(job: Job, path: str, controller: str, limits: dict[str, Any]) -> None:
-    remove_dir(path)  # a stale empty group from a crashed supervisor would carry old counters
-    os.makedirs(path, exist_ok=True)
-    if controller == "memory":
-        limit = int(limits["memory_mb"] * 1024 * 1024)
-        write_cg(path, "memory.limit_in_bytes", limit)  # first: memsw must stay >= limit
-        if os.path.exists(os.path.join(path, "memory.memsw.limit_in_bytes")):
-            write_cg(path, "memory.memsw.limit_in_bytes", limit)  # swap must not dodge the limit
-        else:
-            job.notes.append("swap accounting unavailable; memory limit does not cover swap")
-    elif controller == "cpu":
-        write_cg(path, "cpu.cfs_period_us", CPU_PERIOD_US)
-        write_cg(path, "cpu.cfs_quota_us", max(1000, int(limits["cpu_count"] * CPU_PERIOD_US)))
-    job.cgroups[controller] = path
-
-
-def setup_cgroups(job: Job, spec: dict[str, Any]) -> None:
-    """Create the job's cgroups; any failure becomes a note, never a job failure."""
-    root, name, limits = spec.get("cgroup_root"), spec.get("cgroup_name"), spec.get("limits") or {}
-    if not root or not name:
-        return
-    wanted = ["pids"]  # always: lets us find and kill the job's leftovers
-    wanted += [c for c, key in (("memory", "memory_mb"), ("cpu", "cpu_count")) if limits.get(key) is not None]
-    for controller in wanted:
-        base = os.path.join(root, controller)
-        if not os.access(base, os.W_OK):
-            job.notes.append(f"cgroup {base} not writable; {controller} cgroup skipped")
-            continue
+        fd = os.open(os.path.join(job_dir, "supervisor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            configure_controller(job, os.path.join(base, name), controller, limits)
-        except OSError as exc:
-            remove_dir(os.path.join(base, name))  # a half-configured group must not be used
-            job.notes.append(f"could not set up {controller} cgroup: {exc}")
+            os.write(fd, text.rstrip("\n").encode(errors="replace") + b"\n")
+        finally:
+            os.close(fd)
 
 
 def cpu_rlimit(limits: dict[str, Any]) -> tuple[int, int] | None:
@@ -193,12 +152,14 @@ def prepare(job: Job, spec: dict[str, Any]) -> ChildPlan:
     euid = os.geteuid()
     if euid != 0 and spec["uid"] != euid:
         raise ValueError(f"cannot run as uid {spec['uid']}: supervisor is not root")
-    setup_cgroups(job, spec)
+    cgroups.setup_cgroups(spec, job.cgroups, job.notes)
     argv, env = [str(a) for a in spec["argv"]], {str(k): str(v) for k, v in spec["env"].items()}
     procs_files = [os.path.join(d, "cgroup.procs") for d in job.cgroups.values()]
     groups, rlimit = list(spec.get("groups") or [spec["gid"]]), cpu_rlimit(spec.get("limits") or {})
     switch_user = euid == 0 and spec["uid"] != 0  # unprivileged: spec uid is already our own
-    return ChildPlan(argv, env, spec["cwd"], spec["uid"], spec["gid"], groups, switch_user, procs_files, rlimit)
+    return ChildPlan(
+        argv, env, spec["cwd"], spec["uid"], spec["gid"], groups, switch_user, procs_files, rlimit, ignored_signals()
+    )
 
 
 def open_output(path: str, plan: ChildPlan) -> int:
@@ -215,12 +176,16 @@ def feed_stdin(write_fd: int, data: bytes) -> None:
         fh.write(data)  # EPIPE if the job exits early: nothing to do
 
 
-def reset_signals() -> None:
-    # Python ignores SIGPIPE/SIGXFSZ and we ignore SIGTERM/INT/HUP; ignored dispositions survive exec.
-    for sig in signal.valid_signals():
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):
-            with contextlib.suppress(OSError, ValueError):
-                signal.signal(sig, signal.SIG_DFL)
+def ignored_signals() -> list[int]:
+    # Python ignores SIGPIPE/SIGXFSZ and we ignore SIGTERM/INT/HUP. Only ignored dispositions survive exec
+    # (handled ones are reset by it), so only these need resetting; found before fork, so the child does less.
+    return [sig for sig in signal.valid_signals() if signal.getsignal(sig) == signal.SIG_IGN]
+
+
+def reset_signals(ignored: list[int]) -> None:
+    for sig in ignored:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
@@ -248,7 +213,7 @@ def child_main(plan: ChildPlan, fds: tuple[int, int, int], err_fd: int) -> NoRet
         stage = "chdir"
         os.chdir(plan.cwd)  # after setuid so directory permissions are checked as the user
         stage = "signals"
-        reset_signals()
+        reset_signals(plan.ignored_signals)
         stage = "exec"
         os.execvpe(plan.argv[0], plan.argv, plan.env)
     except BaseException as exc:
@@ -273,7 +238,7 @@ def start_child(job: Job, spec: dict[str, Any]) -> str | None:
     for fd in {in_fd, out_fd, err_out_fd, err_w}:
         os.close(fd)
     if in_write is not None:
-        threading.Thread(target=feed_stdin, args=(in_write, stdin_data), daemon=True).start()
+        _thread.start_new_thread(feed_stdin, (in_write, stdin_data))  # never joined, like a daemon thread
     with open(err_r, "rb") as fh:
         report = fh.read()
     return report.decode(errors="replace") if report else None
@@ -301,7 +266,7 @@ def finish(job: Job, spec: dict[str, Any]) -> dict[str, Any]:
     job.reaped = True
     cpu_s = rusage.ru_utime + rusage.ru_stime
     mem_dir = job.cgroups.get("memory")
-    oom = memory_oom_killed(mem_dir) if mem_dir else False  # read before cleanup removes the cgroup
+    oom = cgroups.memory_oom_killed(mem_dir) if mem_dir else False  # read before cleanup removes the cgroup
     state = base_state(job)
     state.update(final_state(status, cpu_s, spec.get("limits") or {}, oom))
     state.update({"endTime": now_iso(), "maxRssKb": rusage.ru_maxrss, "cpuTimeS": round(cpu_s, 3)})
@@ -318,84 +283,59 @@ def supervise(job: Job) -> None:
     state_path = os.path.join(job.job_dir, "state.json")
     if os.path.exists(os.path.join(job.job_dir, "cancel")):
         # stop_job reached a job still Pending: the server waits for this state or for Running.
-        write_json_atomic(state_path, {**failed_state(job, "Canceled before it started"), "status": "Canceled"})
+        canceled = {**failed_state(job, "Canceled before it started"), "status": "Canceled"}
+        write_json_atomic(state_path, canceled, sync=True)
         return
     report = start_child(job, spec)
     if report is not None:
         os.waitpid(job.pid or 0, 0)  # the child already _exit()ed after reporting
         job.reaped = True
         message = exec_failure_message(spec["argv"][0], spec["cwd"], report)
-        write_json_atomic(state_path, {**failed_state(job, message), "pid": None, "pgid": None})
+        write_json_atomic(state_path, {**failed_state(job, message), "pid": None, "pgid": None}, sync=True)
         return
     job.start_time = now_iso()
     write_json_atomic(state_path, {**base_state(job), "status": "Running"})
-    write_json_atomic(state_path, finish(job, spec))
-
-
-def live_pids(procs_file: str) -> set[int]:
-    """Pids in a cgroup, ignoring zombies (PID 1 here reaps orphans slowly)."""
-    pids: set[int] = set()
-    live: set[int] = set()
-    with contextlib.suppress(OSError), open(procs_file, encoding="ascii") as fh:
-        pids = {int(line) for line in fh if line.strip()}
-    for pid in pids:
-        with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat", errors="replace") as fh:
-            if fh.read().rpartition(")")[2].split()[0] not in ("Z", "X"):  # comm may contain ")"
-                live.add(pid)
-    return live
-
-
-def cleanup_cgroups(job: Job) -> None:
-    """SIGKILL whatever the job left behind in its cgroups, then remove the cgroup directories."""
-    deadline = time.monotonic() + CLEANUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        pids = set().union(*(live_pids(os.path.join(d, "cgroup.procs")) for d in job.cgroups.values()))
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    for path in job.cgroups.values():
-        remove_dir(path)
-        # rmdir fails with EBUSY while unreaped zombies remain; retry until the deadline.
-        while os.path.isdir(path) and time.monotonic() < deadline:
-            time.sleep(0.05)
-            remove_dir(path)
+    write_json_atomic(state_path, finish(job, spec), sync=True)
 
 
 def handle_crash(job: Job, exc: BaseException) -> None:
     """Last resort: never leave the job without a final state."""
-    print(f"supervisor error: {exc!r}", file=sys.stderr, flush=True)
+    log_line(job.job_dir, f"supervisor error: {exc!r}")
     if job.pid is not None and not job.reaped:
         kill_group(job.pid)  # we can no longer track it; don't leave an unsupervised job running
         with contextlib.suppress(OSError):
             os.waitpid(job.pid, 0)
     message = f"Supervisor error: {type(exc).__name__}: {exc}"
     try:
-        write_json_atomic(os.path.join(job.job_dir, "state.json"), failed_state(job, message))
+        write_json_atomic(os.path.join(job.job_dir, "state.json"), failed_state(job, message), sync=True)
     except BaseException as exc2:
-        print(f"could not write final state: {exc2!r}", file=sys.stderr, flush=True)
+        log_line(job.job_dir, f"could not write final state: {exc2!r}")
+
+
+def run(job_dir: str, lock_fd: int | None = None) -> int:
+    """Supervise the job of ``job_dir`` to its end. ``lock_fd``: its lock, already taken by the launcher."""
+    # The server signals the job's process group, never us; a stray signal must not lose the status.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    job = Job(job_dir=os.path.abspath(job_dir))
+    if lock_fd is None:
+        lock_fd = take_lock(job.job_dir)
+    try:
+        record_pid(lock_fd)
+        supervise(job)
+    except BaseException as exc:
+        handle_crash(job, exc)
+    finally:
+        cgroups.cleanup_cgroups(job.cgroups)
+    os.close(lock_fd)
+    return 0
 
 
 def main(argv: list[str]) -> int | str:
     if len(argv) != 2:
         return "usage: supervisor.py JOB_DIR"
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # stray fds from the server must not reach the job
-    # The server signals the job's process group, never us; a stray signal must not lose the status.
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    job = Job(job_dir=os.path.abspath(argv[1]))
-    lock_fd = take_lock(job.job_dir)
-    write_json_atomic(os.path.join(job.job_dir, "supervisor.json"), {"supervisorPid": os.getpid()})
-    try:
-        supervise(job)
-    except BaseException as exc:
-        handle_crash(job, exc)
-    finally:
-        cleanup_cgroups(job)
-    os.close(lock_fd)
-    return 0
+    return run(argv[1])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.clusters.base import ACTIVE_STATUSES, FINAL_STATUSES, Account, Cluster, JobRef, JobState
@@ -28,6 +28,7 @@ from openworkbench.store import Store
 from openworkbench.store.schema import Job, User, utcnow
 
 log = logging.getLogger(__name__)
+APPLY_BATCH = 500  # job rows per transaction of a poll; well below any database's limit of bound parameters
 
 
 def posix_account(username: str) -> Account:
@@ -57,23 +58,42 @@ class JobService:
         cluster = self._cluster(spec.cluster or self.default_cluster)
         cluster.validate(spec)
         account = posix_account(owner)
-        user_id = self.owner_id(owner)
         job_id = secrets.token_hex(8)
         spec = spec.model_copy(update={"user": owner, "cluster": cluster.name})
-        with self.store.session() as db:
-            db.add(_new_job(job_id, user_id, cluster.name, spec, session_id))
+        job = _new_job(job_id, 0, cluster.name, spec, session_id)
+        self._record(job, owner)
         try:
             state = cluster.submit(job_id, spec, account)
         except WorkbenchError as exc:
             self._apply(job_id, JobState(status="Failed", status_message=exc.message))
             raise
-        with self._lock:
-            self._active[job_id] = JobRef(job_id, state.status, spec, account, state.cluster_state or {})
-            self._clusters_of[job_id] = cluster.name
-        # The reply is rendered from the row this update holds: no read-back transaction.
-        job = self._apply(job_id, state, owner)
-        assert job is not None
-        return job
+        # Until the job is followed, below, nothing but this request writes its row: the row in hand is the
+        # stored one. So the update needs no read first, and the reply needs no read-back.
+        _update_row(job, state)
+        with self.store.session() as db:
+            db.connection().execute(update(Job).where(Job.id == job_id).values(_values(job, UPDATED_COLUMNS)))
+        if job.status not in FINAL_STATUSES:
+            with self._lock:
+                self._active[job_id] = JobRef(job_id, job.status, spec, account, state.cluster_state or {})
+                self._clusters_of[job_id] = cluster.name
+        return job_json(job, owner)
+
+    def _record(self, job: Job, owner: str) -> None:
+        """Store the new job (``Pending``) with its owner's id, found in the same transaction.
+
+        Core statements on the session's connection: the ORM's unit of work would cost more than the SQL."""
+        with self.store.session() as db:
+            conn = db.connection()
+            user = conn.execute(select(User.id, User.disabled).where(User.username == owner)).first()
+            if user is not None and user.disabled:
+                raise InvalidParameter(f"user '{owner}' is disabled")
+            if user is not None:
+                job.user_id = user.id
+                conn.execute(insert(Job), _values(job, JOB_COLUMNS))
+                return
+        job.user_id = self.owner_id(owner)  # a POSIX user new to Workbench: registered first
+        with self.store.session() as db:
+            db.connection().execute(insert(Job), _values(job, JOB_COLUMNS))
 
     def _cluster(self, name: str) -> Cluster:
         try:
@@ -154,7 +174,7 @@ class JobService:
 
     def poll_once(self) -> int:
         """Ask each cluster about its active jobs (one call per cluster) and store what changed."""
-        changed = 0
+        changed: dict[str, JobState] = {}
         by_cluster: dict[str, list[JobRef]] = {}
         with self._lock:
             for job_id, ref in self._active.items():
@@ -165,10 +185,9 @@ class JobService:
                 updates = {ref.id: JobState("Failed", f"cluster '{name}' is no longer configured") for ref in refs}
             else:
                 updates = cluster.poll(refs)
-            for job_id, state in updates.items():
-                self._apply(job_id, state)
-                changed += 1
-        return changed
+            changed.update(updates)
+        self._apply_all(changed)
+        return len(changed)
 
     def _apply(self, job_id: str, state: JobState, owner: str | None = None) -> dict[str, Any] | None:
         """Store what the cluster reported; with ``owner``, also return the job as the API shows it."""
@@ -179,14 +198,31 @@ class JobService:
             _update_row(job, state)
             status = job.status
             rendered = job_json(job, owner) if owner is not None else None
-        with self._lock:
-            ref = self._active.get(job_id)
-            if status in FINAL_STATUSES:
-                self._active.pop(job_id, None)
-            elif ref is not None:
-                cluster_state = state.cluster_state if state.cluster_state is not None else ref.cluster_state
-                self._active[job_id] = JobRef(job_id, status, ref.spec, ref.account, cluster_state)
+        self._follow({job_id: (status, state)})
         return rendered
+
+    def _apply_all(self, updates: dict[str, JobState]) -> None:
+        """Store a poll's changes in one transaction per batch: a poll may find hundreds of jobs ended."""
+        ids = list(updates)
+        for start in range(0, len(ids), APPLY_BATCH):
+            batch = ids[start : start + APPLY_BATCH]
+            stored: dict[str, tuple[str, JobState]] = {}
+            with self.store.session() as db:
+                for job in db.scalars(select(Job).where(Job.id.in_(batch))):
+                    _update_row(job, updates[job.id])
+                    stored[job.id] = (job.status, updates[job.id])
+            self._follow(stored)
+
+    def _follow(self, stored: dict[str, tuple[str, JobState]]) -> None:
+        """Bring the followed jobs up to date with their stored status: final ones are no longer followed."""
+        with self._lock:
+            for job_id, (status, state) in stored.items():
+                ref = self._active.get(job_id)
+                if status in FINAL_STATUSES:
+                    self._active.pop(job_id, None)
+                elif ref is not None:
+                    cluster_state = state.cluster_state if state.cluster_state is not None else ref.cluster_state
+                    self._active[job_id] = JobRef(job_id, status, ref.spec, ref.account, cluster_state)
 
 
 def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id: str | None) -> Job:
@@ -207,6 +243,15 @@ def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id:
         submission_time=now,
         last_update_time=now,
     )
+
+
+JOB_COLUMNS = tuple(Job.__table__.columns.keys())
+UPDATED_COLUMNS = ("status", "status_message", "exit_code", "pid", "host", "stdout_file", "stderr_file",
+                   "cluster_state", "last_update_time")  # what _update_row may change
+
+
+def _values(job: Job, columns: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(job, name) for name in columns}
 
 
 def _update_row(job: Job, state: JobState) -> None:
