@@ -3,7 +3,8 @@
 1. Output latency: a job prints a timestamp every 50 ms; a `get_job_output` follower and a bare
    1 ms-poll reader of the same stdout file record when each line reaches them.
 2. Launch throughput: N `/bin/true` jobs through `launch_job` until every exit is recorded,
-   against a bare loop of `subprocess.Popen` + wait of the same command; ROUNDS rounds, interleaved.
+   against a bare loop of `subprocess.Popen` + wait of the same command; ROUNDS rounds, interleaved. Also
+   the same number of no-op RPCs (`version`) by the same client: what the HTTP API alone costs.
 
 Usage: .venv/bin/python bench/local_jobs.py [--jobs N] [--rounds R] [--json OUT]
 """
@@ -96,7 +97,13 @@ def launch_throughput(server: Server, token: str, count: int) -> dict[str, Any]:
     for _ in range(count):
         subprocess.Popen(["/bin/true"]).wait()
     bare = time.perf_counter() - start
-    return {"jobs": count, "ours_s": ours, "bare_popen_s": bare, "ratio": ours / bare}
+    # The floor of any HTTP API driven this way: the same client making as many calls that do nothing.
+    start = time.perf_counter()
+    for _ in range(count):
+        server.rpc("version", token)
+    noop = time.perf_counter() - start
+    return {"jobs": count, "ours_s": ours, "bare_popen_s": bare, "ratio": ours / bare, "noop_rpc_s": noop,
+            "noop_ratio": noop / bare}
 
 
 def run(jobs: int, lines: int, rounds: int) -> dict[str, Any]:
@@ -109,7 +116,8 @@ def run(jobs: int, lines: int, rounds: int) -> dict[str, Any]:
             runs = [launch_throughput(server, token, jobs) for _ in range(rounds)]
         finally:
             server.stop()
-    throughput = {key: summary([item[key] for item in runs], 3) for key in ("ours_s", "bare_popen_s", "ratio")}
+    keys = ("ours_s", "bare_popen_s", "ratio", "noop_rpc_s", "noop_ratio")
+    throughput = {key: summary([item[key] for item in runs], 3) for key in keys}
     return {"output_latency": latency, "launch_throughput": {"jobs": jobs, **throughput}}
 
 

@@ -75,6 +75,9 @@ def jobs_rows(jobs: dict[str, Any]) -> list[Row]:
         (f"Local jobs: {t['jobs']:,} `/bin/true` through `launch_job` until every exit is recorded",
          span(t["ours_s"], " s", 2), "n/a (JupyterHub runs no jobs)", span(t["bare_popen_s"], " s", 2) +
          " (`Popen` + `wait` loop)", f"{x(ratio)} bare", verdict(ratio <= 3, f"≤ 3{X} bare; measured {x(ratio)}")),
+        (f"Local jobs, the API's floor: {t['jobs']:,} no-op RPCs (`version`) by the same client, one after another",
+         span(t["noop_rpc_s"], " s", 2), "n/a", span(t["bare_popen_s"], " s", 2) + " (`Popen` + `wait` loop)",
+         f"{x(med(t['noop_ratio']))} bare", ""),
         ("Local jobs: output line written → received, p50 / p99",
          f"{lat['ours']['p50_ms']} / {lat['ours']['p99_ms']} ms (`get_job_output` stream)", "n/a",
          f"{lat['bare_file_poll']['p50_ms']} / {lat['bare_file_poll']['p99_ms']} ms (1 ms file poll)",
