@@ -129,6 +129,8 @@ class Accounts:
         if token is None:
             raise Unauthenticated("Authentication required: send 'Authorization: Bearer <api token>'")
         token_hash = hash_token(token)
+        if self.cache is not None and (known := self.cache.get(token_hash)) is not None:
+            return known
         epoch = self.cache.begin() if self.cache else None
         query = select(ApiToken, User).join(User).where(ApiToken.token_hash == token_hash)
         with self.store.session() as db:

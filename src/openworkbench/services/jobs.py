@@ -13,9 +13,10 @@ import pwd
 import secrets
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, bindparam, select
+from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.clusters.base import ACTIVE_STATUSES, FINAL_STATUSES, Account, Cluster, JobRef, JobState
@@ -70,8 +71,8 @@ class JobService:
         # Until the job is followed, below, nothing but this request writes its row: the row in hand is the
         # stored one. So the update needs no read first, and the reply needs no read-back.
         _update_row(job, state)
-        with self.store.session() as db:
-            db.connection().execute(update(Job).where(Job.id == job_id).values(_values(job, UPDATED_COLUMNS)))
+        with self.store.transaction() as conn:
+            conn.execute(UPDATE_JOB, {"b_id": job_id, **{f"b_{name}": getattr(job, name) for name in UPDATED_COLUMNS}})
         if job.status not in FINAL_STATUSES:
             with self._lock:
                 self._active[job_id] = JobRef(job_id, job.status, spec, account, state.cluster_state or {})
@@ -81,19 +82,18 @@ class JobService:
     def _record(self, job: Job, owner: str) -> None:
         """Store the new job (``Pending``) with its owner's id, found in the same transaction.
 
-        Core statements on the session's connection: the ORM's unit of work would cost more than the SQL."""
-        with self.store.session() as db:
-            conn = db.connection()
-            user = conn.execute(select(User.id, User.disabled).where(User.username == owner)).first()
+        Prepared Core statements: on this path the ORM's unit of work cost more than the SQL."""
+        with self.store.transaction() as conn:
+            user = conn.execute(OWNER, {"owner": owner}).first()
             if user is not None and user.disabled:
                 raise InvalidParameter(f"user '{owner}' is disabled")
             if user is not None:
                 job.user_id = user.id
-                conn.execute(insert(Job), _values(job, JOB_COLUMNS))
+                conn.execute(INSERT_JOB, _values(job, JOB_COLUMNS))
                 return
         job.user_id = self.owner_id(owner)  # a POSIX user new to Workbench: registered first
-        with self.store.session() as db:
-            db.connection().execute(insert(Job), _values(job, JOB_COLUMNS))
+        with self.store.transaction() as conn:
+            conn.execute(INSERT_JOB, _values(job, JOB_COLUMNS))
 
     def _cluster(self, name: str) -> Cluster:
         try:
@@ -136,7 +136,7 @@ class JobService:
         return job_id in self._active
 
     async def output(self, principal: Principal, job_id: str, user: str | None) -> AsyncIterator[bytes]:
-        job = self.get(principal, job_id)
+        job = await run_in_threadpool(self.get, principal, job_id)  # a store read: not on the event loop
         if user and user != job["user"]:
             raise NotFound(f"no job '{job_id}' of user '{user}'")
         files = [("stdout", job["stdoutFile"]), ("stderr", job["stderrFile"])]
@@ -248,6 +248,12 @@ def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id:
 JOB_COLUMNS = tuple(Job.__table__.columns.keys())
 UPDATED_COLUMNS = ("status", "status_message", "exit_code", "pid", "host", "stdout_file", "stderr_file",
                    "cluster_state", "last_update_time")  # what _update_row may change
+# Built once: SQLAlchemy then finds their compiled form in its cache without building a statement per call.
+_JOBS, _USERS = cast(Table, Job.__table__), cast(Table, User.__table__)
+OWNER = select(_USERS.c.id, _USERS.c.disabled).where(_USERS.c.username == bindparam("owner"))
+INSERT_JOB = _JOBS.insert()
+UPDATE_JOB = (_JOBS.update().where(_JOBS.c.id == bindparam("b_id"))
+              .values({name: bindparam(f"b_{name}") for name in UPDATED_COLUMNS}))
 
 
 def _values(job: Job, columns: tuple[str, ...]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
@@ -82,6 +82,18 @@ class Store:
         try:
             with self._sessions.begin() as session:
                 yield session
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
+            ) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A Core connection in a transaction, for hot paths where the ORM's unit of work costs more than the
+        SQL; commits on success, rolls back on any error. Commit watchers do not see these writes."""
+        try:
+            with self.engine.begin() as connection:
+                yield connection
         except SQLAlchemyError as exc:
             raise StoreError(
                 f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
