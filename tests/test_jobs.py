@@ -199,3 +199,4 @@ def test_output_of_unknown_or_foreign_job(server: Server, root_token: str) -> No
     assert server.post("get_job_output", other, job_id=job["id"]).status_code == 403
     wrong_user = server.post("get_job_output", root_token, job_id=job["id"], user="mallory").json()
     assert wrong_user["error"]["code"] == 2
+

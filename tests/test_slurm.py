@@ -319,3 +319,26 @@ def test_timeout_kills_the_job(srv: Server, token: str, timeout_job: dict[str, A
     assert (done["status"], done["exitCode"]) == ("Killed", 143)
     assert done["statusMessage"] == "Killed: exceeded its time limit of 1 min"
     assert text(srv, token, timeout_job["id"]) == "started\n"
+
+
+def test_a_hung_squeue_does_not_hold_up_local_jobs(tmp_path: Path, output_dir: Path, user: str) -> None:
+    """Each cluster is polled by its own monitor thread: a squeue that hangs delays only its own cluster.
+    The hang is injected (squeue is wrapped to sleep first); every other command is the real cluster's."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\nsleep 8\nexec {shutil.which('squeue')} \"$@\"\n")
+    (bin_dir / "squeue").chmod(0o755)
+    config = (f'[clusters.Local]\ntype = "Local"\n[clusters.Slurm]\ntype = "Slurm"\nslurm_conf = "{SLURM_CONF}"\n'
+              f'slurm_bin = "{bin_dir}"\noutput_dir = "{output_dir}"\npoll_interval_s = 0.1\n')
+    server = Server(tmp_path / "data", config_text=config).start()
+    try:
+        token = server.token(user)
+        launch(server, token, command="sleep 30")
+        time.sleep(0.5)  # the Slurm monitor is now inside its hung squeue
+        began = time.monotonic()
+        job = server.rpc("launch_job", token, job={"name": "quick", "exe": "/bin/true", "cluster": "Local"})["job"]
+        assert server.wait_job(token, job["id"], timeout=6)["status"] == "Finished"
+        assert time.monotonic() - began < 6  # not after the squeue's 8 s
+    finally:
+        server.stop(signal.SIGKILL)
+        subprocess.run(["scancel", "-u", user], env={**os.environ, "SLURM_CONF": SLURM_CONF}, check=False)

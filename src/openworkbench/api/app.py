@@ -24,31 +24,35 @@ log = logging.getLogger(__name__)
 
 
 class Monitor:
-    """A thread that polls the clusters for job state at the configured interval."""
+    """Threads that poll the clusters for job state at the configured interval, one per cluster: a
+    scheduler that hangs (a 30 s squeue timeout) must not hold up the others' updates."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
         self.interval = services.settings.local.poll_interval_ms / 1000
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="job-monitor", daemon=True)
+        self._threads = [threading.Thread(target=self._run, args=(name,), name=f"job-monitor-{name}", daemon=True)
+                         for name in services.clusters]
 
     def start(self) -> None:
         adopted = self.services.jobs.adopt()
         self.services.jobs.poll_once()  # fresh job states before sessions are re-adopted
         if adopted:
             log.info("following %d job(s) started before this server", adopted)
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
+    def _run(self, cluster: str) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.services.jobs.poll_once()
+                self.services.jobs.poll_once(cluster)
             except Exception:  # one bad poll must not end monitoring
-                log.exception("job monitor poll failed")
+                log.exception("job monitor poll of cluster %s failed", cluster)
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
 
 
 def create_app(settings: Settings) -> SessionRoutes:

@@ -172,13 +172,15 @@ class JobService:
                 self._clusters_of[job.id] = job.cluster
         return len(rows)
 
-    def poll_once(self) -> int:
-        """Ask each cluster about its active jobs (one call per cluster) and store what changed."""
+    def poll_once(self, only: str | None = None) -> int:
+        """Ask each cluster (or only the one named) about its active jobs, one call per cluster, and store what
+        changed. Jobs of a cluster no longer configured fail in a poll of all clusters."""
         changed: dict[str, JobState] = {}
         by_cluster: dict[str, list[JobRef]] = {}
         with self._lock:
             for job_id, ref in self._active.items():
-                by_cluster.setdefault(self._clusters_of[job_id], []).append(ref)
+                if only is None or self._clusters_of[job_id] == only:
+                    by_cluster.setdefault(self._clusters_of[job_id], []).append(ref)
         for name, refs in by_cluster.items():
             cluster = self.clusters.get(name)
             if cluster is None:
