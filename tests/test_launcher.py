@@ -114,6 +114,17 @@ def wait_state(job_dir: Path, statuses: set[str], timeout: float = 15) -> dict[s
     raise AssertionError(f"{job_dir.name} never reached {statuses}")
 
 
+def supervisor_pid(job_dir: Path) -> int:
+    """The pid the supervisor writes into its lock file once it runs."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        text = (job_dir / "lock").read_text()
+        if text:
+            return int(json.loads(text)["supervisorPid"])
+        time.sleep(0.02)
+    raise AssertionError(f"{job_dir.name}: no supervisor pid in its lock file")
+
+
 def children(pid: int) -> list[tuple[int, str]]:
     """(pid, state letter) of the processes whose parent is ``pid``."""
     found = []
@@ -130,13 +141,12 @@ def children(pid: int) -> list[tuple[int, str]]:
 def test_a_job_runs_in_its_own_session_with_nothing_of_the_launcher(launcher: Launcher,
                                                                     make_job: Callable[..., Path]) -> None:
     job_dir = make_job("j1", ["/bin/sh", "-c", "ls /proc/self/fd; echo sid=$(ps -o sid= -p $$)"])
-    reply = launcher.ask({"job": "j1"})
+    assert launcher.ask({"job": "j1"}) == {"started": True}
     state = wait_state(job_dir, FINAL)
     assert (state["status"], state["exitCode"]) == ("Finished", 0)
     fds, sid = (job_dir / "stdout").read_text().split("sid=")
     assert fds.split() == ["0", "1", "2", "3"]  # 3: the directory ls reads; no pipe, no lock, no log
-    assert int(sid) == reply["pid"]  # the supervisor leads its own session; the job is in it
-    assert json.loads((job_dir / "lock").read_text()) == {"supervisorPid": reply["pid"]}
+    assert int(sid) == supervisor_pid(job_dir)  # the supervisor leads its own session; the job is in it
     assert not (job_dir / "supervisor.log").exists()  # created only when there is something to say
 
 
@@ -161,7 +171,7 @@ def test_bad_requests_are_refused_and_the_launcher_carries_on(launcher: Launcher
     launcher.send(line)
     assert error in launcher.reply()["error"]
     job_dir = make_job("after", ["/bin/true"])
-    assert "pid" in launcher.ask({"job": "after"})  # the next request gets its own reply
+    assert "started" in launcher.ask({"job": "after"})  # the next request gets its own reply
     assert wait_state(job_dir, FINAL)["status"] == "Finished"
 
 
@@ -179,7 +189,7 @@ def test_a_job_with_a_live_supervisor_is_not_started_twice(launcher: Launcher, m
     job_dir = make_job("once", ["/bin/sh", "-c", "echo ran >> count; sleep 1"])
     (job_dir / "spec.json").write_text((job_dir / "spec.json").read_text().replace('"cwd": "/"',
                                                                                    f'"cwd": "{job_dir}"'))
-    assert "pid" in launcher.ask({"job": "once"})
+    assert "started" in launcher.ask({"job": "once"})
     assert launcher.ask({"job": "once"}) == {"running": True}
     wait_state(job_dir, FINAL)
     assert (job_dir / "count").read_text() == "ran\n"
@@ -188,7 +198,7 @@ def test_a_job_with_a_live_supervisor_is_not_started_twice(launcher: Launcher, m
 def test_supervisors_are_reaped_and_outlive_the_launcher(launcher: Launcher, make_job: Callable[..., Path]) -> None:
     quick = [make_job(f"q{i}", ["/bin/true"]) for i in range(20)]
     for job_dir in quick:
-        assert "pid" in launcher.ask({"job": job_dir.name})
+        assert "started" in launcher.ask({"job": job_dir.name})
     for job_dir in quick:
         wait_state(job_dir, FINAL)
     deadline = time.monotonic() + 5
@@ -197,8 +207,9 @@ def test_supervisors_are_reaped_and_outlive_the_launcher(launcher: Launcher, mak
     assert children(launcher.proc.pid) == []  # no zombies piling up
 
     slow = make_job("slow", ["/bin/sh", "-c", "sleep 2; exit 5"])
-    supervisor = launcher.ask({"job": "slow"})["pid"]
+    assert launcher.ask({"job": "slow"}) == {"started": True}
     wait_state(slow, {"Running"})
+    supervisor = supervisor_pid(slow)
     assert launcher.close() == 0  # EOF of its stdin: it exits at once...
     assert launcher.proc.stdout is not None and launcher.proc.stdout.read() == b""  # ...and nothing holds its pipe
     os.kill(supervisor, 0)  # ...but the supervisor lives on
@@ -215,8 +226,9 @@ def test_an_unsafe_jobs_directory_is_refused(jobs_dir: Path) -> None:
 
 def test_a_supervisor_killed_is_noted_in_its_log(launcher: Launcher, make_job: Callable[..., Path]) -> None:
     job_dir = make_job("victim", ["/bin/sleep", "30"])
-    supervisor = launcher.ask({"job": "victim"})["pid"]
+    assert launcher.ask({"job": "victim"}) == {"started": True}
     running = wait_state(job_dir, {"Running"})
+    supervisor = supervisor_pid(job_dir)
     os.kill(supervisor, signal.SIGKILL)
     os.killpg(running["pgid"], signal.SIGKILL)
     deadline = time.monotonic() + 5

@@ -2,8 +2,9 @@
 """The job launcher: one long-lived process that forks a supervisor for each Local job.
 
 The server starts it (``/usr/bin/python3 launcher.py JOBS_DIR``) and talks to it over its stdin and stdout:
-one JSON line per request, ``{"job": "<job id>"}``, and one JSON line per reply: ``{"pid": N}`` (a supervisor
-was forked), ``{"running": true}`` (a supervisor of that job already holds its lock) or ``{"error": "..."}``.
+one JSON line per request, ``{"job": "<job id>"}``, and one JSON line per reply: ``{"started": true}`` (the
+job's lock is taken; its supervisor is forked right after the reply, so the server does not wait for the fork),
+``{"running": true}`` (a supervisor of that job already holds its lock) or ``{"error": "..."}``.
 It exits at EOF of its stdin, that is when the server exits; the supervisors it forked keep running.
 
 Why a launcher: executing a new Python per job costs ~30 ms (interpreter start and imports); a fork of an
@@ -44,13 +45,18 @@ class Launcher:
         self.supervise = supervise
         self.children: dict[int, str] = {}  # pid -> job dir, of the supervisors not reaped yet
 
-    def handle(self, line: bytes) -> dict[str, Any]:
+    def handle(self, line: bytes) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        """The reply to a request, and what to do once it is sent (fork the supervisor), if anything."""
         try:
-            return self.launch(self.job_dir(line))
+            job_dir = self.job_dir(line)
+            lock_fd = self.lock(job_dir)
         except Refused as exc:
-            return {"error": str(exc)}
+            return {"error": str(exc)}, None
         except OSError as exc:
-            return {"error": f"cannot start the supervisor: {exc}"}
+            return {"error": f"cannot start the supervisor: {exc}"}, None
+        if lock_fd is None:
+            return {"running": True}, None
+        return {"started": True}, lambda: self.fork(job_dir, lock_fd)
 
     def job_dir(self, line: bytes) -> str:
         """The job directory a request names; it must be one of the server's, directly under JOBS_DIR."""
@@ -70,27 +76,37 @@ class Launcher:
             raise Refused(f"{path} is not a directory of the server's user")
         return path
 
-    def launch(self, job_dir: str) -> dict[str, Any]:
-        # The lock is taken here, before the fork, and the child inherits it: from the reply on, the server
-        # sees a live supervisor, and a second request for the same job cannot start it twice.
+    def lock(self, job_dir: str) -> int | None:
+        """Take the job's lock, or None if a supervisor already holds it.
+
+        It is taken before the reply, and the forked supervisor inherits it: from the reply on the server sees
+        a live supervisor, and a second request for the same job cannot start it twice."""
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         lock_fd = os.open(os.path.join(job_dir, "lock"), flags, 0o600)
         try:
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return {"running": True}
-            # SIGCHLD waits until the pid is recorded, so reap() always knows whose supervisor ended.
-            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
-            try:
-                pid = os.fork()
-                if pid == 0:
-                    become_supervisor(job_dir, lock_fd, self.supervise)
-                self.children[pid] = job_dir
-            finally:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
-            return {"pid": pid}
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            return None
+        except OSError:
+            os.close(lock_fd)
+            raise
+        return lock_fd
+
+    def fork(self, job_dir: str, lock_fd: int) -> None:
+        """Fork the job's supervisor, after the reply: the server need not wait for the fork. If it fails,
+        the lock goes with our copy, and the server finds the job without a supervisor and says why."""
+        # SIGCHLD waits until the pid is recorded, so reap() always knows whose supervisor ended.
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+        try:
+            pid = os.fork()
+            if pid == 0:
+                become_supervisor(job_dir, lock_fd, self.supervise)
+            self.children[pid] = job_dir
+        except OSError as exc:
+            log_line(job_dir, f"cannot fork the supervisor: {exc}")
         finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGCHLD])
             os.close(lock_fd)  # the child's copy holds the lock now
 
     def reap(self, *_: object) -> None:
@@ -151,8 +167,9 @@ def become_supervisor(job_dir: str, lock_fd: int, supervise: Supervise) -> NoRet
 def serve(launcher: Launcher, requests: IO[bytes], reply_fd: int) -> None:
     """Answer requests one by one until EOF, which means the server has gone."""
     while line := requests.readline(MAX_REQUEST + 1):
+        then: Callable[[], None] | None = None
         if line.endswith(b"\n"):
-            reply = launcher.handle(line)
+            reply, then = launcher.handle(line)
         else:
             while line and not line.endswith(b"\n"):  # drop the rest, so the next reply answers the next line
                 line = requests.readline(MAX_REQUEST + 1)
@@ -163,6 +180,9 @@ def serve(launcher: Launcher, requests: IO[bytes], reply_fd: int) -> None:
                 data = data[os.write(reply_fd, data) :]
         except BrokenPipeError:
             return
+        finally:
+            if then is not None:
+                then()
 
 
 def check_jobs_dir(path: str) -> str | None:
