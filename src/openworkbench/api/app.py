@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from openworkbench.api.methods import METHODS
-from openworkbench.api.rpc import dispatch
+from openworkbench.api.rpc import RpcRoutes, dispatch
 from openworkbench.api.session_routes import SessionRoutes
 from openworkbench.config import Settings
 from openworkbench.services.container import Services, build_services
@@ -55,7 +55,7 @@ class Monitor:
             thread.join(timeout=5)
 
 
-def create_app(settings: Settings) -> SessionRoutes:
+def create_app(settings: Settings) -> RpcRoutes:
     services = build_services(settings)
 
     @asynccontextmanager
@@ -76,6 +76,7 @@ def create_app(settings: Settings) -> SessionRoutes:
     app = FastAPI(title="Open Workbench", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.services = services
 
+    # RpcRoutes answers GET and POST before this route is reached; it stays so that other verbs get 405.
     @app.api_route("/api/{method}", methods=["GET", "POST"])
     async def rpc(method: str, request: Request) -> Response:
         return await dispatch(services, METHODS, method, request)
@@ -95,5 +96,6 @@ def create_app(settings: Settings) -> SessionRoutes:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse({"error": {"code": 500, "message": "Internal server error"}}, 500)
 
-    # The proxy at /s/ sits in front of FastAPI (its hot path skips routing and middleware); the rest is the app.
-    return SessionRoutes(app, services)
+    # The RPC at /api/ and the proxy at /s/ sit in front of FastAPI (their hot paths skip its routing and
+    # middleware); the rest (sign-in pages, other verbs' 405s) is the app.
+    return RpcRoutes(SessionRoutes(app, services), services, METHODS)

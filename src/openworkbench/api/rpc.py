@@ -14,6 +14,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
@@ -144,3 +145,34 @@ async def dispatch(services: Services, methods: dict[str, Method], name: str, re
     if isinstance(result, Response):
         return result
     return JSONResponse({"result": result})
+
+
+class RpcRoutes:
+    """``GET``/``POST /api/<method>`` served ahead of FastAPI, whose routing, dependency injection and
+    middleware cost more than answering many methods; other verbs and paths go on to ``app``."""
+
+    def __init__(self, app: ASGIApp, services: Services, methods: dict[str, Method]) -> None:
+        self.app = app
+        self.services = services
+        self.methods = methods
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = _rpc_name(scope)
+        if name is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await dispatch(self.services, self.methods, name, request)
+        except Exception:  # a bug or a failing store: the error body of every other failure, and a log line
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = JSONResponse({"error": {"code": 500, "message": "Internal server error"}}, 500)
+        await response(scope, receive, send)
+
+
+def _rpc_name(scope: Scope) -> str | None:
+    if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
+        return None
+    path: str = scope["path"]
+    name = path[len("/api/"):] if path.startswith("/api/") else ""
+    return name if name and "/" not in name else None
