@@ -101,10 +101,22 @@ def live_pids(procs_file: str) -> set[int]:
     return live
 
 
+def _empty(groups: dict[str, str]) -> bool:
+    """Whether the pids controller counts no task left: the usual case, told without listing cgroup.procs
+    (in cgroup v1 each listing builds a pid list the kernel tears down later, ~1 ms of CPU per job)."""
+    if "pids" not in groups:
+        return False
+    try:
+        with open(os.path.join(groups["pids"], "pids.current"), encoding="ascii") as fh:
+            return fh.read().strip() == "0"
+    except (OSError, ValueError):
+        return False
+
+
 def cleanup_cgroups(groups: dict[str, str]) -> None:
     """SIGKILL whatever the job left behind in its cgroups, then remove the cgroup directories."""
     deadline = time.monotonic() + CLEANUP_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not _empty(groups):
         pids = set().union(*(live_pids(os.path.join(d, "cgroup.procs")) for d in groups.values()))
         if not pids:
             break
