@@ -79,28 +79,27 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on any error."""
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except SQLAlchemyError as exc:
-            raise StoreError(
-                f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
-            ) from None
+        with _translated(), self._sessions.begin() as session:
+            yield session
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A Core connection in a transaction, for hot paths where the ORM's unit of work costs more than the
         SQL; commits on success, rolls back on any error. Commit watchers do not see these writes."""
-        try:
-            with self.engine.begin() as connection:
-                yield connection
-        except SQLAlchemyError as exc:
-            raise StoreError(
-                f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}"
-            ) from None
+        with _translated(), self.engine.begin() as connection:
+            yield connection
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Database errors become StoreError (the rollback has happened by then, inside the block)."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}") from None
 
 
 def _note_flushed(session: Session, _context: Any) -> None:
