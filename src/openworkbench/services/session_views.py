@@ -60,6 +60,8 @@ class SessionViews:
                 return None
             if view.owner == username:  # another user's id is left out, as the store's query does
                 found[session_id] = view
+        if ids is None:
+            return list(found.values())  # a whole list is kept oldest first already
         return sorted(found.values(), key=lambda view: view.created)
 
     def fill(self, username: str, rows: Sequence[tuple[Session, str]], whole: bool, generation: int) -> list[View]:
