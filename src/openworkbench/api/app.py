@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from openworkbench.api.methods import METHODS
-from openworkbench.api.rpc import RpcRoutes, dispatch
+from openworkbench.api.rpc import RpcRoutes, dispatch, internal_error_response
 from openworkbench.api.session_routes import SessionRoutes
 from openworkbench.config import Settings
 from openworkbench.services.container import Services, build_services
@@ -94,7 +94,7 @@ def create_app(settings: Settings) -> RpcRoutes:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": {"code": 500, "message": "Internal server error"}}, 500)
+        return internal_error_response()
 
     # The RPC at /api/ and the proxy at /s/ sit in front of FastAPI (their hot paths skip its routing and
     # middleware); the rest (sign-in pages, other verbs' 405s) is the app.

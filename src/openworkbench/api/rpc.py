@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
-from openworkbench.errors import BadRequest, UnknownMethod, WorkbenchError
+from openworkbench.errors import BadRequest, InternalError, UnknownMethod, WorkbenchError
 from openworkbench.services.container import Services
 from openworkbench.services.signin import RPC_COOKIE_HEADER
 
@@ -44,6 +44,11 @@ class Method:
 
 def error_response(exc: WorkbenchError) -> JSONResponse:
     return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)
+
+
+def internal_error_response() -> JSONResponse:
+    """What a bug or a failing dependency gets, wherever it surfaces: the envelope, never a traceback."""
+    return error_response(InternalError("Internal server error"))
 
 
 def describe_validation(exc: ValidationError, prefix: str = "kwparams") -> str:
@@ -166,7 +171,7 @@ class RpcRoutes:
             response = await dispatch(self.services, self.methods, name, request)
         except Exception:  # a bug or a failing store: the error body of every other failure, and a log line
             log.exception("unhandled error on %s %s", request.method, request.url.path)
-            response = JSONResponse({"error": {"code": 500, "message": "Internal server error"}}, 500)
+            response = internal_error_response()
         await response(scope, receive, send)
 
 

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from openworkbench.api.rpc import internal_error_response
 from openworkbench.auth.permissions import Principal
 from openworkbench.errors import InvalidState, NotFound, PermissionDenied, Unauthenticated, WorkbenchError
 from openworkbench.proxy import ProxyTarget, forward_http, forward_websocket
@@ -98,7 +99,7 @@ class SessionRoutes:
             response = await self._respond(request, part, slash)
         except Exception:  # the store failing, or a bug: the error body of every other failure of the server
             log.exception("proxy failed on %s %s", request.method, request.url.path)
-            response = JSONResponse({"error": {"code": 500, "message": "Internal server error"}}, 500)
+            response = internal_error_response()
         await response(request.scope, request.receive, send)
 
     async def _respond(self, request: Request, part: str, slash: bool) -> Response:
