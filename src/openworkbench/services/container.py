@@ -13,6 +13,7 @@ from openworkbench.errors import ConfigError
 from openworkbench.proxy import UpstreamPool
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.jobs import JobService
+from openworkbench.services.run_as import RunAsPolicy
 from openworkbench.services.session_runner import SessionRunner
 from openworkbench.services.session_watch import SessionWatch
 from openworkbench.services.sessions import SessionService
@@ -68,7 +69,8 @@ def build_services(settings: Settings) -> Services:
     store = open_store(settings)
     accounts = Accounts(store, PrincipalCache(open_epoch(settings.database_url)))
     clusters = build_clusters(settings)
-    jobs = JobService(store, accounts, clusters, settings.default_cluster)
+    run_as = RunAsPolicy.load(settings.auth.allowed_system_users)
+    jobs = JobService(store, accounts, clusters, settings.default_cluster, run_as)
     pool = UpstreamPool()
     runner = SessionRunner(settings, store, jobs, pool)
     sessions = SessionService(settings, store, jobs, runner)
