@@ -126,3 +126,7 @@ class UpstreamRefused(WorkbenchError):
         self.detail = detail
         self.expected = expected
         self.actual = actual
+
+    def log_text(self) -> str:
+        found = "no socket" if self.actual is None else f"uid {self.actual}"
+        return f"{self.detail}; expected uid {self.expected}, found {found}"

@@ -50,8 +50,7 @@ def same_origin(conn: HTTPConnection) -> bool:
 
 def log_refused(target: ProxyTarget, exc: UpstreamRefused) -> None:
     """A refused upstream is an attack or a broken session: say which session, and whose socket it was."""
-    log.warning("proxy refused session %s (%s): %s; expected uid %s, found uid %s",
-                target.session_id or "?", target.prefix, exc.detail, exc.expected, exc.actual)
+    log.warning("proxy refused session %s (%s): %s", target.session_id or "?", target.prefix, exc.log_text())
 
 
 def _has_body(request: Request) -> bool:

@@ -39,9 +39,9 @@ def open_socket_path(path: str, uid: int) -> int:
     try:
         info = os.fstat(fd)
         if stat.S_ISLNK(info.st_mode):  # O_NOFOLLOW|O_PATH opens a symlink itself
-            raise UpstreamRefused(REFUSED, f"{path} is a symbolic link", uid, info.st_uid)
+            raise UpstreamRefused(REFUSED, f"{path} is a symbolic link", uid)
         if not stat.S_ISSOCK(info.st_mode):
-            raise UpstreamRefused(REFUSED, f"{path} is not a socket", uid, info.st_uid)
+            raise UpstreamRefused(REFUSED, f"{path} is not a socket", uid)
         if info.st_uid != uid:
             raise UpstreamRefused(REFUSED, f"{path} is owned by another user", uid, info.st_uid)
     except BaseException:

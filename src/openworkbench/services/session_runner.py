@@ -259,8 +259,7 @@ class SessionRunner:
         try:
             return await answers(ide, ctx)
         except UpstreamRefused as exc:
-            log.warning("session %s: readiness probe refused: %s; expected uid %s, found uid %s",
-                        ctx.session_id, exc.detail, exc.expected, exc.actual)
+            log.warning("session %s: readiness probe refused: %s", ctx.session_id, exc.log_text())
             await self._kill(principal, job_id)
             raise SessionFailed(exc.message) from None
 
