@@ -17,14 +17,19 @@ from openworkbench.services import session_files as files
 from openworkbench.services.jobs import posix_account
 
 
-@functools.lru_cache(maxsize=4096)
 def peer_uid(owner: str) -> int:
     """The uid that must serve ``owner``'s IDE sockets and write their endpoint files; -1 (matching nothing)
-    for a user without a POSIX account. Looked up once per user (a uid does not change under a live server)."""
+    for a user without a POSIX account (not remembered: the account may be created later)."""
     try:
-        return expected_peer_uid(posix_account(owner).uid)
+        return _uid_of(owner)
     except LaunchFailed:
         return -1
+
+
+@functools.lru_cache(maxsize=4096)
+def _uid_of(owner: str) -> int:
+    """Looked up once per user: a uid does not change under a live server, and this runs on the event loop."""
+    return expected_peer_uid(posix_account(owner).uid)
 
 
 def checked_endpoint(cluster: Cluster | None, path: str, uid: int | None, job_host: str) -> tuple[str, int] | None:
