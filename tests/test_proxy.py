@@ -30,6 +30,7 @@ from conftest import free_port
 from openworkbench.proxy import (
     SIGN_IN_COOKIE,
     ProxyTarget,
+    Upstream,
     UpstreamPool,
     filter_request_headers,
     filter_response_headers,
@@ -296,13 +297,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("proxy")
     port = free_port()
     targets = {
-        "testprefix": {"socket_path": str(tmp / "j.sock"), "prefix": "/s/testprefix/", "strip_prefix": False,
+        "testprefix": {"upstream": str(tmp / "j.sock"), "prefix": "/s/testprefix/", "strip_prefix": False,
                        "headers": {"Authorization": f"token {TOKEN}"}},
-        "echo": {"socket_path": str(tmp / "e.sock"), "prefix": "/s/echo/", "strip_prefix": True,
+        "echo": {"upstream": str(tmp / "e.sock"), "prefix": "/s/echo/", "strip_prefix": True,
                  "headers": {"X-Ide-Secret": "s3"}},
-        "missing": {"socket_path": str(tmp / "none.sock"), "prefix": "/s/missing/", "strip_prefix": True,
+        "missing": {"upstream": str(tmp / "none.sock"), "prefix": "/s/missing/", "strip_prefix": True,
                     "headers": {}},
-        "cold": {"socket_path": str(tmp / "e.sock"), "prefix": "/s/cold/", "strip_prefix": True,
+        "cold": {"upstream": str(tmp / "e.sock"), "prefix": "/s/cold/", "strip_prefix": True,
                  "headers": {"X-Ide-Secret": "s3"}},
     }
     (tmp / "proxy.json").write_text(json.dumps({"port": port, "targets": targets}))
@@ -588,12 +589,13 @@ def test_browser_leaving_stops_the_upstream_stream(stack: Stack) -> None:
 def test_pool_reuses_and_forgets_sessions(stack: Stack) -> None:
     async def run() -> None:
         pool = UpstreamPool()
-        first = pool.session(str(stack.echo_sock))
-        assert pool.session(str(stack.echo_sock)) is first  # one keep-alive client per socket
+        echo = Upstream.unix(str(stack.echo_sock), os.geteuid())
+        first = pool.session(echo)
+        assert pool.session(Upstream.unix(str(stack.echo_sock), os.geteuid())) is first  # one client per socket
         async with first.get(pool.url("/m?x=1")) as resp:
             assert (await resp.json())["raw_path"] == "/m?x=1"
-        await pool.forget(str(stack.echo_sock))
-        assert first.closed and pool.session(str(stack.echo_sock)) is not first
+        await pool.forget(echo)
+        assert first.closed and pool.session(echo) is not first
         await pool.close()
 
     asyncio.run(run())

@@ -106,3 +106,27 @@ class StoreError(WorkbenchError):
 
     code = 7
     http_status = 500
+
+
+# -- the proxy's own refusals ---------------------------------------------------------------------
+
+
+class UpstreamRefused(WorkbenchError):
+    """What sits where a session's IDE should listen is not that IDE (a symlink, another user's socket).
+
+    The server refuses to talk to it: it connects as root, and whatever answers would be served to the user
+    with root's reach. ``detail`` and the uids (``expected``, ``actual``) are for the log, not for the client.
+    """
+
+    code = 502
+    http_status = 502
+
+    def __init__(self, message: str, detail: str = "", expected: int | None = None, actual: int | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+        self.expected = expected
+        self.actual = actual
+
+    def log_text(self) -> str:
+        found = "no socket" if self.actual is None else f"uid {self.actual}"
+        return f"{self.detail}; expected uid {self.expected}, found {found}"

@@ -58,6 +58,8 @@ class LaunchContext:
     # starts: its flags carry PORT_PLACEHOLDER, and ``endpoint`` ("host:port") is known once it runs.
     network: bool = False
     endpoint: str | None = None
+    # The uid that must own and serve ``socket_path`` (the session's user); None: the server's own user.
+    uid: int | None = None
 
     def runtime_dir(self, kind: str) -> str:
         """A short per-session directory beside the socket (same 0700 parent) for transient files and

@@ -8,14 +8,16 @@ cannot make root create directories elsewhere.
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 from openworkbench.clusters.base import Account
-from openworkbench.errors import LaunchFailed
+from openworkbench.errors import LaunchFailed, UpstreamRefused
 from openworkbench.ides import PORT_PLACEHOLDER
 
 
@@ -79,13 +81,42 @@ def prepare_endpoint(shared_dir: str, account: Account, session_id: str) -> str:
     return path
 
 
-def read_endpoint(path: str) -> str | None:
-    """"host:port" once the job has written "host port"; None before."""
+ENDPOINT_MAX_BYTES = 512  # "host port\n": a host name is at most 253 bytes
+
+
+def read_endpoint(path: str, uid: int) -> tuple[str, int] | None:
+    """(host, port) once the job has written "host port"; None before.
+
+    The file lies in a directory its user owns, and root reads it: it must be a regular file of ``uid``
+    (a symlink is not followed, a FIFO never blocks the reading thread) and short. Anything else raises
+    ``UpstreamRefused`` naming the problem; the caller fails the session with that message.
+    """
     try:
-        host, port = Path(path).read_text().split()
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return None
-    return f"{host}:{int(port)}" if port.isdigit() else None
+    except OSError as exc:
+        why = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        raise UpstreamRefused(f"the IDE's endpoint file {path} {why}: refused", path, uid) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UpstreamRefused(f"the IDE's endpoint file {path} is not a regular file: refused", path, uid)
+        if info.st_uid != uid:
+            raise UpstreamRefused(f"the IDE's endpoint file {path} is not owned by the session's user: refused",
+                                  path, uid, info.st_uid)
+        data = os.read(fd, ENDPOINT_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    return parse_endpoint(path, data)
+
+
+def parse_endpoint(path: str, data: bytes) -> tuple[str, int]:
+    """"host port" as the wrapper writes it (atomically: a file that says anything else was not its)."""
+    words = data.decode("ascii", "replace").split() if len(data) <= ENDPOINT_MAX_BYTES else []
+    if len(words) != 2 or not words[1].isdigit() or not 0 < int(words[1]) < 65536:
+        raise UpstreamRefused(f"the IDE's endpoint file {path} does not hold 'host port': refused", path)
+    return words[0], int(words[1])
 
 
 PICK_PORT = "/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])'"
@@ -97,7 +128,9 @@ def network_wrapper(argv: list[str], endpoint_file: str) -> list[str]:
     tmp = shlex.quote(endpoint_file + ".tmp")
     script = (
         f"OWB_PORT=$({PICK_PORT}) || exit 1\n"
-        f'printf "%s %s\\n" "$(hostname)" "$OWB_PORT" > {tmp} && mv {tmp} {shlex.quote(endpoint_file)} || exit 1\n'
+        # Slurm's name for the node (what the server checks the report against), else the host name.
+        f'printf "%s %s\\n" "${{SLURMD_NODENAME:-$(hostname)}}" "$OWB_PORT" > {tmp} '
+        f"&& mv {tmp} {shlex.quote(endpoint_file)} || exit 1\n"
         f"exec {command}\n"
     )
     return ["/bin/sh", "-c", script]
