@@ -99,8 +99,9 @@ class SessionSettings(_Section):
     # Where scripts/install-ides.sh puts the IDEs: readable by every user (not under /root).
     ide_prefix: str = "/opt/openworkbench"
     # Per-user 0700 directories holding each session's Unix socket; only the owner (and the
-    # server, as root) can reach a session except through the proxy.
-    runtime_dir: str = "/tmp/openworkbench-sessions"
+    # server, as root) can reach a session except through the proxy. Created at start-up, the server's,
+    # mode 0755; empty: /run/openworkbench/sessions as root, else see default_runtime_dir().
+    runtime_dir: str = ""
     start_timeout_s: float = Field(default=90, gt=0)
     stop_grace_s: float = Field(default=5, ge=0)
     # A start or stop hook still running after this long is killed (and a start hook fails the session).
@@ -175,6 +176,14 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _runtime_dir(self) -> Settings:
+        if not self.sessions.runtime_dir:
+            self.sessions.runtime_dir = default_runtime_dir(self.data_dir)
+        elif not os.path.isabs(self.sessions.runtime_dir):
+            raise ValueError(f"sessions.runtime_dir: must be an absolute path, got '{self.sessions.runtime_dir}'")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -193,6 +202,16 @@ class Settings(BaseSettings):
     @property
     def default_cluster(self) -> str:
         return next(iter(self.clusters))
+
+
+def default_runtime_dir(data_dir: Path) -> str:
+    """/run (a tmpfs, emptied at boot) as root; otherwise the user's own $XDG_RUNTIME_DIR, else the data dir."""
+    if os.geteuid() == 0:
+        return "/run/openworkbench/sessions"
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "openworkbench", "sessions")
+    return str(data_dir.resolve() / "run")
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

@@ -130,3 +130,19 @@ class UpstreamRefused(WorkbenchError):
     def log_text(self) -> str:
         found = "no socket" if self.actual is None else f"uid {self.actual}"
         return f"{self.detail}; expected uid {self.expected}, found {found}"
+
+
+# -- the file system, as root, on paths a user can influence (safefs) ---------------------------
+
+
+class FileSystemError(InternalError):
+    """A file-system operation of the server failed; translated from OSError in safefs, naming the path."""
+
+
+class UnsafePath(FileSystemError):
+    """A path the server was to use as root is not what it must be: a symbolic link, another owner's,
+    writable by others, or not a regular file / directory. Nothing was done to it."""
+
+
+class PathMissing(FileSystemError):
+    """The path (or a directory on its way) does not exist."""

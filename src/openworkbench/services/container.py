@@ -11,6 +11,7 @@ from openworkbench.clusters.slurm import SlurmCluster
 from openworkbench.config import Settings
 from openworkbench.errors import ConfigError
 from openworkbench.proxy import UpstreamPool
+from openworkbench.services import session_files
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.jobs import JobService
 from openworkbench.services.session_runner import SessionRunner
@@ -66,6 +67,8 @@ def build_clusters(settings: Settings) -> dict[str, Cluster]:
 
 def build_services(settings: Settings) -> Services:
     store = open_store(settings)
+    # At start-up, not at the first launch: a user must never get to create it first.
+    session_files.prepare_runtime_root(settings.sessions.runtime_dir)
     accounts = Accounts(store, PrincipalCache(open_epoch(settings.database_url)))
     clusters = build_clusters(settings)
     jobs = JobService(store, accounts, clusters, settings.default_cluster)

@@ -181,12 +181,12 @@ class SessionRunner:
         account = await run_in_threadpool(posix_account, owner)
         await run_in_threadpool(peer_uid, owner)  # looked up here, in a thread, not in context() on the loop
         ctx = self.context(row, owner)
-        if not ctx.network:
-            await run_in_threadpool(files.prepare_runtime, self.settings.sessions.runtime_dir, account)
-        await run_in_threadpool(files.prepare_state_dir, row.state_dir, account)
-        for path, text in ide.config_files(ctx).items():
-            await run_in_threadpool(files.write_as, account, path, text)
-        files.remove_socket(row.socket_path)
+        try:
+            await run_in_threadpool(self._prepare_files, row, ide, ctx, account)
+        except WorkbenchError as exc:
+            raise SessionFailed(exc.message) from None
+        if (opened := ctx.open_path()) is not None:  # asked as the user: root's answer would be an oracle
+            ctx = dataclasses.replace(ctx, open_is_dir=await run_in_threadpool(files.is_dir_as, account, opened))
         self._check_stop(session_id)
         argv = ide.argv(ctx) + (ide.restore_args(ctx, row.suspend_manifest) if resuming else [])
         if ctx.network:
@@ -201,6 +201,15 @@ class SessionRunner:
         except WorkbenchError as exc:
             raise SessionFailed(f"the IDE could not be launched: {exc.message}") from None
         await self.until_ready(row, ide, ctx, principal, job_id, resuming)
+
+    def _prepare_files(self, row: Session, ide: Ide, ctx: LaunchContext, account: Account) -> None:
+        runtime_dir = self.settings.sessions.runtime_dir
+        if not ctx.network:
+            files.prepare_runtime(runtime_dir, account)
+        files.prepare_state_dir(row.state_dir, account)
+        for path, text in ide.config_files(ctx).items():
+            files.write_as(account, path, text)
+        files.remove_socket(row.socket_path, runtime_dir)
 
     def _launch_ide(self, principal: Principal, spec: JobSpec, session_id: str, resuming: bool) -> str:
         job_id = str(self.jobs.launch(principal, spec, session_id)["id"])
@@ -346,7 +355,8 @@ class SessionRunner:
             await self.update(session_id, state="canceled", executing=False)
         elif suspend:
             # What the session keeps: its state directory and the manifest the server holds for it.
-            size = await run_in_threadpool(files.tree_size, row.state_dir) + len(json.dumps(manifest))
+            home = (await run_in_threadpool(posix_account, owner)).home
+            size = await run_in_threadpool(files.tree_size, row.state_dir, home) + len(json.dumps(manifest))
             await self.update(session_id, state="suspended", suspend_manifest=manifest, suspend_size=size,
                             executing=False)
         else:
@@ -356,9 +366,10 @@ class SessionRunner:
     async def clean_up(self, row: Session, ide: Ide, ctx: LaunchContext) -> None:
         """What one run of the IDE leaves: pooled connections, its socket, its runtime files."""
         await self.pool.forget(self.upstream(ide, ctx))
-        files.remove_socket(row.socket_path)
+        runtime_dir = self.settings.sessions.runtime_dir
+        await run_in_threadpool(files.remove_socket, row.socket_path, runtime_dir)
         for path in ide.transient_dirs(ctx):
-            await run_in_threadpool(files.remove_tree, path)
+            await run_in_threadpool(files.remove_tree, path, runtime_dir)
 
     async def _end_job(self, principal: Principal, job_id: str, ide: Ide, ctx: LaunchContext,
                        force: bool) -> dict[str, Any]:
