@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from openworkbench.api.limits import check_depth, has_body, nested_too_deeply, read_body
 from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
 from openworkbench.errors import BadRequest, InternalError, UnknownMethod, WorkbenchError
@@ -83,7 +84,8 @@ def parse_kwparams(http_method: str, raw: bytes, name: str, method: Method) -> d
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise BadRequest("the request body is nested too deeply") from None
+        raise nested_too_deeply() from None
+    check_depth(raw, body)  # before anything recursive (pydantic, _drop_nulls) walks it
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object with 'method' and 'kwparams'")
     if body.get("method") is not None and body["method"] != name:
@@ -100,12 +102,14 @@ def parse_kwparams(http_method: str, raw: bytes, name: str, method: Method) -> d
 
 
 def prepare(services: Services, methods: dict[str, Method], name: str, http_method: str, raw: bytes,
-            authorization: str | None, rpc_cookie: str | None = None) -> tuple[Method, Principal, Params, Any]:
+            authorization: str | None, rpc_cookie: str | None = None,
+            principal: Principal | None = None) -> tuple[Method, Principal, Params, Any]:
     """Everything up to the handler, in the order clients see errors: credentials, method, parameters.
 
     A blocking handler runs here too, so a call costs one thread hop, not one per step.
     """
-    principal = services.signin.rpc_caller(authorization, rpc_cookie)
+    if principal is None:
+        principal = services.signin.rpc_caller(authorization, rpc_cookie)
     method = methods.get(name)
     if method is None:
         raise UnknownMethod(f"unknown method '{name}'")
@@ -118,13 +122,10 @@ def prepare(services: Services, methods: dict[str, Method], name: str, http_meth
 
 
 def from_memory(services: Services, methods: dict[str, Method], name: str, http_method: str, raw: bytes,
-                authorization: str | None) -> Any:
+                principal: Principal | None) -> Any:
     """``prepare`` and the handler without the store or a thread, when memory can answer; else None."""
     method = methods.get(name)
-    if method is None or method.cached is None:
-        return None
-    principal = services.accounts.cached(authorization)
-    if principal is None:
+    if method is None or method.cached is None or principal is None:
         return None
     try:
         params = method.params.model_validate(parse_kwparams(http_method, raw, name, method))
@@ -133,20 +134,32 @@ def from_memory(services: Services, methods: dict[str, Method], name: str, http_
     return method.cached(services, principal, params)
 
 
-async def dispatch(services: Services, methods: dict[str, Method], name: str, request: Request) -> Response:
+async def dispatch(services: Services, methods: dict[str, Method], name: str, request: Request,
+                   max_body: int) -> Response:
+    headers = request.headers
+    unread = request.method != "GET" and has_body(headers)
     try:
-        raw = await request.body() if request.method != "GET" else b""
-        authorization = request.headers.get("authorization")
-        result = from_memory(services, methods, name, request.method, raw, authorization)
+        authorization = headers.get("authorization")
+        principal = services.accounts.cached(authorization)
+        if principal is None and unread:
+            # Credentials first, then the body: a caller the server does not know never makes it hold one.
+            principal = await run_in_threadpool(
+                services.signin.rpc_caller, authorization, headers.get(RPC_COOKIE_HEADER))
+        raw = await read_body(request, max_body) if unread else b""
+        unread = False
+        result = from_memory(services, methods, name, request.method, raw, principal)
         if result is None:
-            method, principal, params, result = await run_in_threadpool(
+            method, caller, params, result = await run_in_threadpool(
                 prepare, services, methods, name, request.method, raw, authorization,
-                request.headers.get(RPC_COOKIE_HEADER),
+                headers.get(RPC_COOKIE_HEADER), principal,
             )
             if method.handler is not None:
-                result = await method.handler(services, principal, params)
+                result = await method.handler(services, caller, params)
     except WorkbenchError as exc:
-        return error_response(exc)
+        response = error_response(exc)
+        if unread:  # refused before its body was read: close rather than let the server drain the rest
+            response.headers["connection"] = "close"
+        return response
     if isinstance(result, Response):
         return result
     return JSONResponse({"result": result})
@@ -160,6 +173,7 @@ class RpcRoutes:
         self.app = app
         self.services = services
         self.methods = methods
+        self.max_body = services.settings.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = _rpc_name(scope)
@@ -168,7 +182,7 @@ class RpcRoutes:
             return
         request = Request(scope, receive)
         try:
-            response = await dispatch(self.services, self.methods, name, request)
+            response = await dispatch(self.services, self.methods, name, request, self.max_body)
         except Exception:  # a bug or a failing store: the error body of every other failure, and a log line
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             response = internal_error_response()
