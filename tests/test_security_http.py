@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pwd
 import select
 import socket
 import threading
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, result_of
+from tests.sessions_helpers import launch, session_server, wait_state
 
 HEADER_TIMEOUT_S = 2
 MAX_HEADER = 16 * 1024
@@ -261,3 +263,31 @@ def test_deep_json_is_400_without_traceback(srv: Server, depth: int) -> None:
     assert len(new_log.splitlines()) < 5, new_log[:2000]
     # Nesting a real client uses still works.
     result_of(srv.post("get_session", token, body={"method": "get_session", "kwparams": {"include_all_jobs": True}}))
+
+
+@pytest.mark.skipif(not Path("/opt/openworkbench/jupyter/bin/jupyter-lab").exists(),
+                    reason="IDEs not installed: run scripts/install-ides.sh (make test does)")
+def test_jupyterlab_gets_headers_under_the_cap_only(tmp_path: Path, posix_user: pwd.struct_passwd) -> None:
+    """Attack 9 through the proxy: a real JupyterLab session gets headers under the cap; over it, the server
+    answers 431 itself, and a 16 MB header is refused without the session's IDE noticing anything."""
+    with session_server(tmp_path / "data", extra=f"[server]\nmax_header_bytes = {MAX_HEADER}\n") as server:
+        owner = server.token(posix_user.pw_name)
+        started = launch(server, owner, "JupyterLab")
+        wait_state(server, owner, started["id"], ("running",))
+        url, auth = server.url + started["url"] + "api/status", {"Authorization": f"Bearer {owner}"}
+        under = httpx.get(url, headers={**auth, "X-Big": "a" * (MAX_HEADER - 2048)}, timeout=30)
+        assert under.status_code == 200 and "started" in under.json(), under.text
+        over = httpx.get(url, headers={**auth, "X-Big": "a" * (MAX_HEADER + 1)}, timeout=30)
+        assert over.status_code == 431, over.text
+        sock = connect(server)
+        with sock:
+            sock.sendall(f"GET {started['url']}api/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {owner}\r\n"
+                         "X-Big: ".encode())
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                for _ in range(16):
+                    sock.sendall(b"a" * MB)
+            raw = read_until_closed(sock, time.monotonic() + 30)
+        assert not raw or status_and_body(raw)[0] == 431, raw
+        assert httpx.get(url, headers=auth, timeout=30).status_code == 200
+        server.rpc("stop_session", owner, session_ids=started["id"])
+        wait_state(server, owner, started["id"], ("finished", "killed"))

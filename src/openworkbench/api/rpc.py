@@ -102,14 +102,12 @@ def parse_kwparams(http_method: str, raw: bytes, name: str, method: Method) -> d
 
 
 def prepare(services: Services, methods: dict[str, Method], name: str, http_method: str, raw: bytes,
-            authorization: str | None, rpc_cookie: str | None = None,
-            principal: Principal | None = None) -> tuple[Method, Principal, Params, Any]:
+            authorization: str | None, rpc_cookie: str | None = None) -> tuple[Method, Principal, Params, Any]:
     """Everything up to the handler, in the order clients see errors: credentials, method, parameters.
 
     A blocking handler runs here too, so a call costs one thread hop, not one per step.
     """
-    if principal is None:
-        principal = services.signin.rpc_caller(authorization, rpc_cookie)
+    principal = services.signin.rpc_caller(authorization, rpc_cookie)
     method = methods.get(name)
     if method is None:
         raise UnknownMethod(f"unknown method '{name}'")
@@ -122,10 +120,13 @@ def prepare(services: Services, methods: dict[str, Method], name: str, http_meth
 
 
 def from_memory(services: Services, methods: dict[str, Method], name: str, http_method: str, raw: bytes,
-                principal: Principal | None) -> Any:
+                authorization: str | None) -> Any:
     """``prepare`` and the handler without the store or a thread, when memory can answer; else None."""
     method = methods.get(name)
-    if method is None or method.cached is None or principal is None:
+    if method is None or method.cached is None:
+        return None
+    principal = services.accounts.cached(authorization)
+    if principal is None:
         return None
     try:
         params = method.params.model_validate(parse_kwparams(http_method, raw, name, method))
@@ -140,18 +141,20 @@ async def dispatch(services: Services, methods: dict[str, Method], name: str, re
     unread = request.method != "GET" and has_body(headers)
     try:
         authorization = headers.get("authorization")
-        principal = services.accounts.cached(authorization)
-        if principal is None and unread:
+        if unread:
             # Credentials first, then the body: a caller the server does not know never makes it hold one.
-            principal = await run_in_threadpool(
-                services.signin.rpc_caller, authorization, headers.get(RPC_COOKIE_HEADER))
-        raw = await read_body(request, max_body) if unread else b""
-        unread = False
-        result = from_memory(services, methods, name, request.method, raw, principal)
+            # (Asked again below, once the body is in: a revocation may land while it arrives.)
+            if services.accounts.cached(authorization) is None:
+                await run_in_threadpool(services.signin.rpc_caller, authorization, headers.get(RPC_COOKIE_HEADER))
+            raw = await read_body(request, max_body)
+            unread = False
+        else:
+            raw = b""
+        result = from_memory(services, methods, name, request.method, raw, authorization)
         if result is None:
             method, caller, params, result = await run_in_threadpool(
                 prepare, services, methods, name, request.method, raw, authorization,
-                headers.get(RPC_COOKIE_HEADER), principal,
+                headers.get(RPC_COOKIE_HEADER),
             )
             if method.handler is not None:
                 result = await method.handler(services, caller, params)
