@@ -36,6 +36,12 @@ class ServerSettings(_Section):
     port: int = Field(default=8787, ge=0, le=65535)
     # The API's URL as a session's code reaches it (RS_SERVER_ADDRESS); empty: built from host and port.
     address: str = ""
+    # Limits that bound what one client can make the server hold before it knows who is asking (docs/security.md).
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # an API request body
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096)  # request line and headers together
+    header_timeout_s: float = Field(default=10, gt=0)  # to send a request's line and headers
+    keep_alive_s: int = Field(default=5, ge=1)  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(default=1000, ge=2)  # open connections; beyond, requests get 503
 
     def session_address(self) -> str:
         if self.address:

@@ -146,3 +146,34 @@ class UnsafePath(FileSystemError):
 
 class PathMissing(FileSystemError):
     """The path (or a directory on its way) does not exist."""
+
+
+# -- limits on what a client may send (answered before any work; docs/security.md) -------------
+
+
+class RequestTimeout(WorkbenchError):
+    """The request line and headers did not arrive within ``server.header_timeout_s``."""
+
+    code = 408
+    http_status = 408
+
+
+class PayloadTooLarge(WorkbenchError):
+    """A request body over the configured cap."""
+
+    code = 413
+    http_status = 413
+
+
+class HeadersTooLarge(WorkbenchError):
+    """Request line and headers over ``server.max_header_bytes``."""
+
+    code = 431
+    http_status = 431
+
+
+class Overloaded(WorkbenchError):
+    """More open connections than ``server.max_connections``."""
+
+    code = 503
+    http_status = 503

@@ -79,7 +79,7 @@ def create_app(settings: Settings) -> RpcRoutes:
     # RpcRoutes answers GET and POST before this route is reached; it stays so that other verbs get 405.
     @app.api_route("/api/{method}", methods=["GET", "POST"])
     async def rpc(method: str, request: Request) -> Response:
-        return await dispatch(services, METHODS, method, request)
+        return await dispatch(services, METHODS, method, request, settings.server.max_body_bytes)
 
     app.include_router(signin_pages(services))
 

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from openworkbench.api.limits import has_body
 from openworkbench.api.rpc import internal_error_response
 from openworkbench.auth.permissions import Principal
 from openworkbench.errors import InvalidState, NotFound, PermissionDenied, Unauthenticated, WorkbenchError
@@ -113,7 +114,10 @@ class SessionRoutes:
         try:
             _sid, target = await resolve(self.services, part, *credentials(request))
         except WorkbenchError as exc:
-            return refusal(request, exc)
+            response = refusal(request, exc)
+            if has_body(request.headers):  # its body is unread: close rather than let the server drain it
+                response.headers["connection"] = "close"
+            return response
         return await forward_http(request, target, self.services.pool)
 
     async def _websocket(self, websocket: WebSocket, part: str) -> None:

@@ -12,9 +12,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from openworkbench.errors import WorkbenchError
+from openworkbench.api.limits import read_body
+from openworkbench.errors import PayloadTooLarge, WorkbenchError
 from openworkbench.services.container import Services
 from openworkbench.services.signin import COOKIE_NAME, LIFETIME
+
+# A token and a next URL: anything larger is not this form.
+FORM_MAX_BYTES = 16 * 1024
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -73,7 +77,11 @@ def router(services: Services) -> APIRouter:
 
     @routes.post("/auth/sign-in")
     async def sign_in(request: Request) -> Response:
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        try:
+            raw = await read_body(request, FORM_MAX_BYTES)
+        except PayloadTooLarge:
+            return page("/", "The form is too large.", status=413)
+        form = parse_qs(raw.decode(errors="replace"))
         token, next_url = form.get("token", [""])[0].strip(), safe_next(form.get("next", ["/"])[0])
         try:
             cookie = await run_in_threadpool(services.signin.sign_in, token)
