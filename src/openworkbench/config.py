@@ -7,11 +7,13 @@ Every error names the offending key, so ``serve`` can stop with a useful message
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -36,6 +38,34 @@ class ServerSettings(_Section):
     port: int = Field(default=8787, ge=0, le=65535)
     # The API's URL as a session's code reaches it (RS_SERVER_ADDRESS); empty: built from host and port.
     address: str = ""
+    # Per-session origins (JupyterHub's subdomain_host): "sessions.example.com" (https) or a URL such as
+    # "http://owb.localhost:8787". Each session is then served at <id part>.<domain>; this host itself is the
+    # main origin (sign-in). Empty: every session shares the server's origin under /s/<id part>/.
+    session_domain: str = ""
+    # Addresses or CIDRs of reverse proxies whose X-Forwarded-Host/-Proto/-For are believed. Empty: nobody's,
+    # not even loopback's (a local user can connect to the port directly and forge them).
+    trusted_proxies: list[str] = []
+
+    @field_validator("session_domain")
+    @classmethod
+    def _session_domain_url(cls, value: str) -> str:
+        if not value:
+            return value
+        url = value if "://" in value else "https://" + value
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+            raise ValueError(f"'{value}' is not a domain or an http(s)://domain[:port] URL")
+        return url.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"'{item}' is not an IP address or CIDR network") from None
+        return value
 
     def session_address(self) -> str:
         if self.address:

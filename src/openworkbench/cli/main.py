@@ -86,6 +86,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
         access_log=False,
         # Output followers of long jobs must not hold a shutdown hostage.
         timeout_graceful_shutdown=3,
+        proxy_headers=False,  # the app believes X-Forwarded-* from server.trusted_proxies only (api/forwarded.py)
     )
 
 
