@@ -210,7 +210,7 @@ class Sessions:
         return part, targets[part]
 
 pool = UpstreamPool()
-services = SimpleNamespace(signin=SignIn(), sessions=Sessions(), pool=pool,
+services = SimpleNamespace(signin=SignIn(), sessions=Sessions(), pool=pool, origins=None,
                            runner=SimpleNamespace(touch=lambda session_id: calls.update(["touch:" + session_id])))
 
 @asynccontextmanager

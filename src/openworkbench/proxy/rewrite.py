@@ -140,14 +140,14 @@ def rewrite_set_cookie(value: str, target: ProxyTarget) -> str | None:
     parts = value.split(";")
     if parts[0].partition("=")[0].strip() in SERVER_COOKIES:
         return None
-    kept, path = [parts[0]], ""
+    kept, path, where = [parts[0]], "", -1
     for attribute in parts[1:]:
         name, _, argument = attribute.strip().partition("=")
-        if name.lower() == "path":
-            path = argument.strip()  # the last Path attribute is the one a browser uses
+        if name.lower() == "path":  # the last Path attribute is the one a browser uses: it stays in its place
+            path, where = argument.strip(), len(kept)
         elif name.lower() != "domain":
             kept.append(attribute)
-    kept.append(" Path=" + _cookie_path(path, target))
+    kept.insert(where if where >= 0 else len(kept), " Path=" + _cookie_path(path, target))
     return ";".join(kept)
 
 
