@@ -30,6 +30,8 @@ import httpx
 import pytest
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 
+from openworkbench.config import load_settings
+from openworkbench.errors import ConfigError
 from tests.conftest import Server, free_port, temporary_posix_user
 from tests.sessions_helpers import launch, session_config, wait_state
 
@@ -37,6 +39,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 FAKE_IDE = Path(__file__).with_name("fake_ide.py")
+JUPYTER_LAB = Path("/opt/openworkbench/jupyter/bin/jupyter-lab")
 IDE = "Jupyter Notebook"  # the hostile IDE is configured as this IDE's executable
 
 if not CHROMIUM.exists():
@@ -167,6 +170,18 @@ def sign_in(page: Page, main: str, token: str, next_path: str) -> int:
 
 def sign_in_cookies(context: BrowserContext) -> list[dict[str, Any]]:
     return [dict(c) for c in context.cookies() if c["name"] == "owb_session"]
+
+
+def test_origin_settings_are_checked() -> None:
+    assert load_settings(server={"session_domain": "sessions.example.com"}).server.session_domain == \
+        "https://sessions.example.com"
+    assert load_settings(server={"session_domain": "http://owb.localhost:8787/"}).server.session_domain == \
+        "http://owb.localhost:8787"
+    for bad, key in (({"session_domain": "ftp://x.example"}, "session_domain"),
+                     ({"session_domain": "https://x.example/path"}, "session_domain"),
+                     ({"trusted_proxies": ["10.0.0.0/8", "proxy.example"]}, "trusted_proxies")):
+        with pytest.raises(ConfigError, match=f"server.{key}"):
+            load_settings(server=bad)
 
 
 # -- (a) login CSRF ---------------------------------------------------------------------------------------------
@@ -390,3 +405,45 @@ def test_tickets_open_one_session_for_its_owner_only(domain: Stack) -> None:
                        headers={**attacker_host, "Cookie": f"owb_session={main_cookie}"})
     assert forged.status_code == 401
     assert json.loads(forged.text)["error"]["code"] == 401
+
+
+def test_real_jupyterlab_works_on_its_own_origin(domain: Stack, browser: BrowserContext) -> None:
+    """The real IDE behind a session origin: the ticket redirect lands in JupyterLab, whose kernel WebSocket
+    (same-origin on the session's host) runs a cell."""
+    if not JUPYTER_LAB.exists():
+        pytest.skip("IDEs not installed: run scripts/install-ides.sh (make test does)")
+    server, port = domain.server, domain.server.port
+    api = server.token(domain.victim)
+    started = launch(server, api, "JupyterLab", name="lab on its origin")
+    try:
+        wait_state(server, api, started["id"], ("running",))
+        part, prefix = part_of(started), prefix_of(started)
+        assert started["url"] == f"http://{part}.owb.localhost:{port}{prefix}"
+        notebook = {"type": "notebook", "format": "json", "content": {
+            "cells": [{"cell_type": "code", "source": "6*7", "metadata": {}, "outputs": [], "execution_count": None}],
+            "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                        "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}}
+        name = f"origin-{started['id']}.ipynb"
+        created = httpx.put(f"{server.url}{prefix}api/contents/{name}", json=notebook,
+                            headers={"Authorization": f"Bearer {api}"})  # an API client: served on the main origin
+        assert created.status_code in (200, 201), created.text
+
+        page = browser.new_page()
+        page.goto(started["url"] + f"lab/tree/{name}")  # not signed in: to the main origin's sign-in form
+        assert urlsplit(page.url).netloc == f"owb.localhost:{port}" and urlsplit(page.url).path == "/auth/sign-in"
+        page.locator("#token").fill(domain.victim_token)
+        with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url, timeout=120_000) as kernel_ws:
+            page.get_by_role("button", name="Sign in").click()
+        assert urlsplit(page.url).netloc == f"{part}.owb.localhost:{port}"
+        assert urlsplit(kernel_ws.value.url).netloc == f"{part}.owb.localhost:{port}"
+        status = page.locator("#jp-main-statusbar")
+        status.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=120_000)
+        page.locator(".jp-NotebookPanel .jp-Cell .cm-content").first.click()
+        page.keyboard.press("Shift+Enter")
+        output = page.locator(".jp-NotebookPanel .jp-OutputArea-output").first
+        output.get_by_text("42").wait_for(timeout=120_000)
+        assert not kernel_ws.value.is_closed()
+    finally:
+        server.rpc("stop_session", api, session_ids=started["id"])
+        wait_state(server, api, started["id"], ("finished", "killed"))

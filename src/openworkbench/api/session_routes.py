@@ -134,7 +134,11 @@ class SessionRoutes:
             return
         request = Request(scope, receive)
         if path == AUTH_PATH:
-            response = await self._redeem(request, part)
+            try:
+                response = await self._redeem(request, part)
+            except Exception:  # the store failing, or a bug: the server's usual error body, not a traceback
+                log.exception("ticket redemption failed on %s", part)
+                response = internal_error_response()
         elif path == home or path.startswith(home + "/"):
             await self._http(request, part, path != home, send, part)
             return
