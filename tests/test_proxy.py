@@ -211,7 +211,7 @@ class Sessions:
         return part, targets[part]
 
 pool = UpstreamPool()
-services = SimpleNamespace(signin=SignIn(), sessions=Sessions(), pool=pool,
+services = SimpleNamespace(signin=SignIn(), sessions=Sessions(), pool=pool, origins=None,
                            runner=SimpleNamespace(touch=lambda session_id: calls.update(["touch:" + session_id])))
 
 @asynccontextmanager
@@ -389,8 +389,15 @@ def test_rewrite_set_cookie() -> None:
     assert rewrite_set_cookie("a=1; path=/sub; HttpOnly", STRIP) == "a=1; Path=/s/abc/sub; HttpOnly"
     assert rewrite_set_cookie("a=1", STRIP) == "a=1; Path=/s/abc/"
     assert rewrite_set_cookie("a=1; Secure", STRIP) == "a=1; Secure; Path=/s/abc/"
-    assert rewrite_set_cookie("a=1; Path=/", KEEP) == "a=1; Path=/"
-    assert rewrite_set_cookie("a=1", KEEP) == "a=1"
+    # An IDE that knows its prefix keeps paths inside it; anything outside (Path=/) is confined to it too.
+    assert rewrite_set_cookie("a=1; Path=/s/abc/lab", KEEP) == "a=1; Path=/s/abc/lab"
+    assert rewrite_set_cookie("a=1; Path=/", KEEP) == "a=1; Path=/s/abc/"
+    assert rewrite_set_cookie("a=1; Path=/s/abcd/", KEEP) == "a=1; Path=/s/abc/"
+    assert rewrite_set_cookie("a=1", KEEP) == "a=1; Path=/s/abc/"
+    # Domain would widen a cookie to sibling hosts (other sessions' origins); the server's own names are dropped.
+    assert rewrite_set_cookie("a=1; Domain=example.com; Path=/", KEEP) == "a=1; Path=/s/abc/"
+    assert rewrite_set_cookie(f"{SIGN_IN_COOKIE}=x; Path=/", KEEP) is None
+    assert rewrite_set_cookie("owb_csrf=x", STRIP) is None
 
 
 def test_filter_request_headers() -> None:
@@ -413,7 +420,8 @@ def test_filter_request_headers() -> None:
 def test_filter_response_headers() -> None:
     raw = [("Content-Type", "text/html"), ("Connection", "X-Out"), ("X-Out", "1"), ("Transfer-Encoding", "chunked"),
            ("Content-Length", "3"), ("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2"), ("Location", "/in"),
-           ("Date", "x"), ("Server", "TornadoServer")]
+           ("Date", "x"), ("Server", "TornadoServer"), ("Service-Worker-Allowed", "/"),
+           ("Set-Cookie", f"{SIGN_IN_COOKIE}=forged; Path=/")]
     assert filter_response_headers(raw, STRIP, request_host="wb") == [
         ("Content-Type", "text/html"), ("Set-Cookie", "a=1; Path=/s/abc/"), ("Set-Cookie", "b=2; Path=/s/abc/"),
         ("Location", "/s/abc/in")]

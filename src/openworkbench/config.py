@@ -7,11 +7,13 @@ Every error names the offending key, so ``serve`` can stop with a useful message
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -42,6 +44,34 @@ class ServerSettings(_Section):
     header_timeout_s: float = Field(default=10, gt=0)  # to send a request's line and headers
     keep_alive_s: int = Field(default=5, ge=1)  # an idle keep-alive connection is closed after this
     max_connections: int = Field(default=1000, ge=2)  # open connections; beyond, requests get 503
+    # Per-session origins (JupyterHub's subdomain_host): "sessions.example.com" (https) or a URL such as
+    # "http://owb.localhost:8787". Each session is then served at <id part>.<domain>; this host itself is the
+    # main origin (sign-in). Empty: every session shares the server's origin under /s/<id part>/.
+    session_domain: str = ""
+    # Addresses or CIDRs of reverse proxies whose X-Forwarded-Host/-Proto/-For are believed. Empty: nobody's,
+    # not even loopback's (a local user can connect to the port directly and forge them).
+    trusted_proxies: list[str] = []
+
+    @field_validator("session_domain")
+    @classmethod
+    def _session_domain_url(cls, value: str) -> str:
+        if not value:
+            return value
+        url = value if "://" in value else "https://" + value
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+            raise ValueError(f"'{value}' is not a domain or an http(s)://domain[:port] URL")
+        return url.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"'{item}' is not an IP address or CIDR network") from None
+        return value
 
     def session_address(self) -> str:
         if self.address:

@@ -91,6 +91,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
         http=protocol_class(settings.server),
         timeout_keep_alive=settings.server.keep_alive_s,
         limit_concurrency=settings.server.max_connections,
+        proxy_headers=False,  # the app believes X-Forwarded-* from server.trusted_proxies only (api/forwarded.py)
     )
 
 

@@ -44,8 +44,9 @@ def upstream_headers(conn: HTTPConnection, target: ProxyTarget) -> list[tuple[st
 
 
 def same_origin(conn: HTTPConnection) -> bool:
-    headers = conn.headers
-    return origin_allowed(headers.get("origin"), headers.get("host"), headers.get("x-forwarded-host"))
+    # Host only: X-Forwarded-Host from a trusted proxy has already become the Host (api/forwarded.py), and
+    # from anyone else it is not believed (it would let any page pass by naming itself).
+    return origin_allowed(conn.headers.get("origin"), conn.headers.get("host"))
 
 
 def log_refused(target: ProxyTarget, exc: UpstreamRefused) -> None:

@@ -12,6 +12,9 @@ from openworkbench.proxy.upstream import Upstream
 
 # The server's own sign-in cookie: stripped before a request reaches an IDE, so the IDE never sees it.
 SIGN_IN_COOKIE = "owb_session"
+# The server's anti-CSRF cookie (web/csrf.py); like the sign-in cookie, an IDE neither sees nor sets it.
+CSRF_COOKIE = "owb_csrf"
+SERVER_COOKIES = frozenset({SIGN_IN_COOKIE, CSRF_COOKIE})
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from openworkbench.proxy import UpstreamPool
 from openworkbench.services import session_files
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.jobs import JobService
+from openworkbench.services.session_origins import SessionOrigins
 from openworkbench.services.session_runner import SessionRunner
 from openworkbench.services.session_watch import SessionWatch
 from openworkbench.services.sessions import SessionService
@@ -34,6 +35,7 @@ class Services:
     watch: SessionWatch
     sessions: SessionService
     signin: SignIn
+    origins: SessionOrigins | None = None  # server.session_domain set: each session on its own host
 
     def close(self) -> None:
         for cluster in self.clusters.values():
@@ -74,6 +76,8 @@ def build_services(settings: Settings) -> Services:
     jobs = JobService(store, accounts, clusters, settings.default_cluster)
     pool = UpstreamPool()
     runner = SessionRunner(settings, store, jobs, pool)
-    sessions = SessionService(settings, store, jobs, runner)
+    origins = SessionOrigins(settings.server.session_domain) if settings.server.session_domain else None
+    sessions = SessionService(settings, store, jobs, runner, public_url=origins.url if origins else None)
     watch = SessionWatch(runner)
-    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts))
+    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts),
+                    origins)
