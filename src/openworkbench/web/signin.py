@@ -96,7 +96,7 @@ def router(services: Services) -> APIRouter:
         try:
             raw = await read_body(request, FORM_MAX_BYTES)
         except PayloadTooLarge:
-            return page("/", "The form is too large.", status=413)
+            return page(request, "/", "The form is too large.", status=413)
         form = parse_qs(raw.decode(errors="replace"))
         token, next_url = form.get("token", [""])[0].strip(), safe_next(form.get("next", ["/"])[0])
         try:
@@ -116,7 +116,11 @@ def router(services: Services) -> APIRouter:
 
     @routes.post("/auth/sign-out")
     async def sign_out(request: Request) -> Response:
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        try:
+            raw = await read_body(request, FORM_MAX_BYTES)
+        except PayloadTooLarge as exc:
+            return error_response(exc)
+        form = parse_qs(raw.decode(errors="replace"))
         try:
             csrf.check(request, form[csrf.FIELD][0] if csrf.FIELD in form else None)
         except PermissionDenied as exc:
