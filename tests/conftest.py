@@ -124,6 +124,21 @@ class Server:
         raise AssertionError(f"job {job_id} never reached {statuses}: {job}")
 
 
+def sign_in_form(client: httpx.Client, token: str, next_path: str = "/") -> httpx.Response:
+    """POST /auth/sign-in as the server's own form does: its CSRF token (from GET) and a same-origin Origin."""
+    page = client.get("/auth/sign-in").text
+    marker = 'name="csrf_token" value="'
+    start = page.index(marker) + len(marker)
+    fields = {"token": token, "next": next_path, "csrf_token": page[start:page.index('"', start)]}
+    return client.post("/auth/sign-in", data=fields, headers={"Origin": str(client.base_url).rstrip("/")})
+
+
+def sign_out_form(client: httpx.Client) -> httpx.Response:
+    """POST /auth/sign-out as a page of the server would: the CSRF cookie's token and a same-origin Origin."""
+    fields = {"csrf_token": client.cookies.get("owb_csrf") or ""}
+    return client.post("/auth/sign-out", data=fields, headers={"Origin": str(client.base_url).rstrip("/")})
+
+
 def result_of(response: httpx.Response) -> Any:
     """The ``result`` of a successful RPC answer; fails the test on any other answer."""
     assert response.status_code == 200, response.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,22 @@ class Account:
     groups: tuple[int, ...]
     home: str
     shell: str
+
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def login_environment(account: Account) -> dict[str, str]:
+    """The environment of every process the server starts as a user (jobs, hooks, IDEs, helpers): what a
+    login would give, the user's own; nothing of the server's (its HOME=/root, secrets in its variables)."""
+    return {
+        "HOME": account.home,
+        "USER": account.username,
+        "LOGNAME": account.username,
+        "SHELL": account.shell or "/bin/sh",
+        "PATH": DEFAULT_PATH,
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+    }
 
 
 @dataclass

@@ -6,12 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from openworkbench.clusters.base import Account, checked_limit, refuse_containers
+from openworkbench.clusters.base import Account, checked_limit, login_environment, refuse_containers
 from openworkbench.config import IDE_NAMES, ClusterSettings
 from openworkbench.errors import InvalidParameter
 from openworkbench.models import JobSpec
-
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def machine_limits() -> dict[str, float]:
@@ -98,14 +96,7 @@ def _limit(spec: JobSpec, settings: ClusterSettings, kind: str) -> float | None:
 
 def job_environment(spec: JobSpec, account: Account) -> dict[str, str]:
     """A clean login-like environment plus the job's own variables (which win)."""
-    env = {
-        "HOME": account.home,
-        "USER": account.username,
-        "LOGNAME": account.username,
-        "SHELL": account.shell or "/bin/sh",
-        "PATH": DEFAULT_PATH,
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-    }
+    env = login_environment(account)
     env.update({item.name: item.value for item in spec.environment})
     return env
 

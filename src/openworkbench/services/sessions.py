@@ -11,6 +11,7 @@ import hashlib
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -45,12 +46,15 @@ def _environment(value: Any) -> list[dict[str, str]]:
 
 
 class SessionService:
-    def __init__(self, settings: Settings, store: Store, jobs: JobService, runner: SessionRunner) -> None:
+    def __init__(self, settings: Settings, store: Store, jobs: JobService, runner: SessionRunner,
+                 public_url: Callable[[str], str] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
         self.runner = runner
-        self.views = SessionViews()
+        # A session's ``url`` as the API shows it: its prefix, or its own origin's URL (server.session_domain).
+        self.public_url = public_url or str
+        self.views = SessionViews(self.public_url)
         store.watch_commits(self.views.written)
         # Held from counting a user's sessions to recording the new one, so two launches cannot both take
         # the last place under sessions.max_per_user (one server process writes sessions).
@@ -152,7 +156,7 @@ class SessionService:
         with self.store.session() as db:
             row = db.get(Session, session_id)
             assert row is not None
-            return {"id": row.id, "url": row.url, "project_id": row.project_id}
+            return {"id": row.id, "url": self.public_url(row.url), "project_id": row.project_id}
 
     async def resume(self, principal: Principal, params: p.ResumeSession) -> dict[str, str]:
         owner = params.username or principal.username

@@ -37,7 +37,7 @@ from openworkbench.clusters.slurm.script import (
 )
 from openworkbench.clusters.slurm.states import ACTIVE_STATES, from_exit_file, map_state
 from openworkbench.config import ClusterSettings
-from openworkbench.errors import ConfigError, LaunchFailed, NotAvailable, WorkbenchError
+from openworkbench.errors import ConfigError, FileSystemError, LaunchFailed, NotAvailable, WorkbenchError
 from openworkbench.models import JobSpec
 
 log = logging.getLogger(__name__)
@@ -101,13 +101,15 @@ class SlurmCluster(Cluster):
                 files.write_private(path, b"", owner)
         except OSError as exc:
             raise LaunchFailed(f"cannot prepare the job's directory {paths.dir}: {exc}") from None
+        except FileSystemError as exc:
+            raise LaunchFailed(f"cannot prepare the job's directory {paths.dir}: {exc.message}") from None
         argv = sbatch_argv(job_id, spec, account, paths, slurm_request(spec, self.settings))
         try:
             out = self.commands.check("sbatch", argv, LaunchFailed, user=account, prefix="Slurm refused the job: ")
         except NotAvailable as exc:
             raise LaunchFailed(exc.message) from None
         finally:
-            files.remove(paths.env)  # Slurm keeps its own copy; the file may hold secrets
+            files.remove(paths.env, self.output_dir)  # Slurm keeps its own copy; the file may hold secrets
         slurm_id = out.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
         files.write_private(paths.slurm_id, slurm_id.encode(), files.Owner(None, None))
         return JobState("Pending", host="", stdout_file=paths.stdout, stderr_file=paths.stderr,
@@ -143,6 +145,9 @@ class SlurmCluster(Cluster):
             except BAD_ROW_ERRORS as exc:
                 state = self._bad_row(ref, exc)
             if state is not None and self._changed(ref, state):
+                if state.status in FINAL_STATUSES:
+                    out = job_paths(self.output_dir, ref.id)
+                    files.seal_outputs(self.output_dir, (out.stdout, out.stderr), ref.account)
                 updates[ref.id] = state
         return updates
 

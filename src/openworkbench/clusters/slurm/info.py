@@ -133,3 +133,18 @@ def checked_value(cluster: str, kind: str, text: str, maximum: float | None = No
         # --cpus-per-task takes whole CPUs; rounding up would hand out more than was asked.
         raise InvalidParameter(f"resource limit cpuCount must be a whole number on Slurm, got {text}")
     return value
+
+
+def endpoint_host_refusal(host: str, info: ClusterInfo, job_nodes: str) -> str | None:
+    """Why a session's job may not send the proxy to ``host`` (None: it may).
+
+    The job reports where its IDE listens, from a file its user can write: the host must be one of the
+    cluster's nodes and, once Slurm has said where the job runs (``job_nodes``), that node; else a user could
+    send the server's proxy to any host and port it can reach (a metadata service, another user's IDE).
+    """
+    names = {node.name.lower() for node in info.nodes}
+    if host.lower() not in names:
+        return f"the IDE reported host '{host}', which is not a node of the cluster"
+    if job_nodes and host.lower() != job_nodes.lower():
+        return f"the IDE reported host '{host}', but Slurm runs the session's job on '{job_nodes}'"
+    return None
