@@ -64,6 +64,10 @@ class Server:
         text = self.config_text
         if self.database_url:
             text = f'[database]\nurl = "{self.database_url}"\n' + text
+        if "[auth]" not in text:
+            # The suite runs as root, and many tests launch jobs as root for brevity; tests of the rule against
+            # root and system accounts (test_security_input.py) configure [auth] themselves.
+            text += '\n[auth]\nallowed_system_users = ["root"]\n'
         self.config_file.write_text(text)
         log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
         self.proc = subprocess.Popen(

@@ -30,7 +30,8 @@ IDE_NAMES = ("RStudio", "JupyterLab", "Jupyter Notebook", "VS Code")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity in any number: a limit or a timeout of NaN compares false with everything.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ServerSettings(_Section):
@@ -143,6 +144,13 @@ class SessionSettings(_Section):
     # A start or stop hook still running after this long is killed (and a start hook fails the session).
     hook_timeout_s: float = Field(default=300, gt=0)
     idle_check_interval_s: float = Field(default=30, gt=0)
+    # Sessions of one user that have not ended (suspended ones do not count); 0: no cap.
+    max_per_user: int = Field(default=10, ge=0)
+
+
+class AuthSettings(_Section):
+    # Accounts with uid 0 or a uid below UID_MIN (/etc/login.defs) that jobs and sessions may still run as.
+    allowed_system_users: list[str] = []
 
 
 class IdeSettings(_Section):
@@ -177,6 +185,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     local: LocalSettings = LocalSettings()
     sessions: SessionSettings = SessionSettings()
+    auth: AuthSettings = AuthSettings()
     clusters: dict[str, ClusterSettings] = {"Local": ClusterSettings(type="Local")}
     ides: dict[str, IdeSettings] = Field(default_factory=_default_ides)
 

@@ -91,6 +91,13 @@ class LaunchFailed(WorkbenchError):
     http_status = 200
 
 
+class QuotaExceeded(WorkbenchError):
+    """A per-user cap of the configuration is reached (``sessions.max_per_user``)."""
+
+    code = 8
+    http_status = 200
+
+
 # -- errors of the operator's side (CLI, config, store) ----------------------------------------
 
 

@@ -14,6 +14,7 @@ from openworkbench.proxy import UpstreamPool
 from openworkbench.services import session_files
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.jobs import JobService
+from openworkbench.services.run_as import RunAsPolicy
 from openworkbench.services.session_origins import SessionOrigins
 from openworkbench.services.session_runner import SessionRunner
 from openworkbench.services.session_watch import SessionWatch
@@ -73,7 +74,8 @@ def build_services(settings: Settings) -> Services:
     session_files.prepare_runtime_root(settings.sessions.runtime_dir)
     accounts = Accounts(store, PrincipalCache(open_epoch(settings.database_url)))
     clusters = build_clusters(settings)
-    jobs = JobService(store, accounts, clusters, settings.default_cluster)
+    run_as = RunAsPolicy.load(settings.auth.allowed_system_users)
+    jobs = JobService(store, accounts, clusters, settings.default_cluster, run_as)
     pool = UpstreamPool()
     runner = SessionRunner(settings, store, jobs, pool)
     origins = SessionOrigins(settings.server.session_domain) if settings.server.session_domain else None

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from openworkbench.clusters.base import FINAL_STATUSES, Account, Cluster, JobRef, JobState
+from openworkbench.clusters.base import BAD_ROW_ERRORS, FINAL_STATUSES, Account, Cluster, JobRef, JobState
 from openworkbench.clusters.slurm import files
 from openworkbench.clusters.slurm.commands import SlurmCommands, slurm_message
 from openworkbench.clusters.slurm.info import ClusterInfo, check_spec, describe_slurm
@@ -128,7 +128,12 @@ class SlurmCluster(Cluster):
             slurm_id = ref.cluster_state.get("slurmJobId")
             if slurm_id:
                 by_slurm_id[str(slurm_id)] = ref
-            elif (state := self._recover(ref)) is not None:
+                continue
+            try:
+                state = self._recover(ref)
+            except BAD_ROW_ERRORS as exc:
+                state = self._bad_row(ref, exc)
+            if state is not None:
                 updates[ref.id] = state
         queue = self._squeue(list(by_slurm_id)) if by_slurm_id else {}
         for slurm_id, ref in by_slurm_id.items():
@@ -137,12 +142,19 @@ class SlurmCluster(Cluster):
             except WorkbenchError as exc:  # a passing failure for this job: ask again next time
                 log.warning("cluster %s: job %s (Slurm %s): %s", self.name, ref.id, slurm_id, exc.message)
                 continue
+            except BAD_ROW_ERRORS as exc:
+                state = self._bad_row(ref, exc)
             if state is not None and self._changed(ref, state):
                 if state.status in FINAL_STATUSES:
                     out = job_paths(self.output_dir, ref.id)
                     files.seal_outputs(self.output_dir, (out.stdout, out.stderr), ref.account)
                 updates[ref.id] = state
         return updates
+
+    def _bad_row(self, ref: JobRef, exc: Exception) -> JobState:
+        """This job's data chokes us (a NaN limit of an older version): it alone ends Failed."""
+        log.exception("cluster %s: job %s cannot be followed", self.name, ref.id)
+        return JobState("Failed", f"the job cannot be followed: {exc}")
 
     def _squeue(self, slurm_ids: list[str]) -> dict[str, SlurmJob]:
         args = ["-h", "--states=all", f"--jobs={','.join(slurm_ids)}", "-O", SQUEUE_FORMAT]
