@@ -280,10 +280,11 @@ class SessionRunner:
                              job: dict[str, Any]) -> LaunchContext:
         """Where the job says its IDE listens, once it has said so; a report that cannot be trusted (not a
         regular file of the user's, a host that is not the job's node) fails the session at once."""
-        path = files.endpoint_path(self.settings.clusters[row.cluster].output_dir, row.id)
+        shared_dir = self.settings.clusters[row.cluster].output_dir
+        path = files.endpoint_path(shared_dir, row.id)
         try:
             found = await run_in_threadpool(checked_endpoint, self.jobs.clusters.get(row.cluster), path, ctx.uid,
-                                            job.get("host") or "")
+                                            job.get("host") or "", shared_dir)
         except UpstreamRefused as exc:
             log.warning("session %s: endpoint refused: %s", row.id, exc.message)
             await self._kill(principal, str(job["id"]))
