@@ -64,6 +64,13 @@ def configure_controller(path: str, controller: str, limits: dict[str, Any], not
     elif controller == "cpu":
         write_cg(path, "cpu.cfs_period_us", CPU_PERIOD_US)
         write_cg(path, "cpu.cfs_quota_us", max(1000, int(limits["cpu_count"] * CPU_PERIOD_US)))
+    elif controller == "pids" and limits.get("pids_max"):
+        write_cg(path, "pids.max", int(limits["pids_max"]))  # a fork bomb gets EAGAIN past it
+
+
+def pids_refused(pids_dir: str) -> int:
+    """How many forks the job's pids.max refused (pids.events ``max``); 0 if unknown."""
+    return read_counter(os.path.join(pids_dir, "pids.events"), "max") or 0
 
 
 def setup_cgroups(spec: dict[str, Any], groups: dict[str, str], notes: list[str]) -> None:
