@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
+import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,11 +26,14 @@ import pytest
 from openworkbench.clusters.base import Account
 from openworkbench.clusters.slurm.script import job_paths, render_script
 from openworkbench.clusters.slurm.states import ended
+from openworkbench.config import load_settings
+from openworkbench.errors import ConfigError
 from openworkbench.models import JobSpec
 from tests.conftest import Server, temporary_posix_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real POSIX users and cgroups need root")
 
+SLURM_CONF = os.environ.get("WORKBENCH_TEST_SLURM_CONF", "")
 BUDGET = 128 * 1024 * 1024  # jobs.output_stream_max_bytes of this module's server
 MAX_PIDS = 50
 CONFIG = f"""
@@ -233,6 +239,27 @@ def test_the_slurm_wrapper_sets_the_file_size_limit(tmp_path: Path) -> None:
     assert (state.status, state.exit_code) == ("Finished", 153) and "file size limit" in state.status_message
 
 
+@pytest.mark.skipif(not SLURM_CONF, reason="needs a Slurm cluster: run under scripts/with-slurm.sh")
+def test_a_real_slurm_job_writing_past_the_file_size_limit_is_stopped(tmp_path: Path, users: Users) -> None:
+    output_dir = Path(tempfile.mkdtemp(prefix="owb-slurm-out-", dir="/tmp"))  # the job's user must reach it
+    output_dir.chmod(0o711)
+    config = (f'[clusters.Slurm]\ntype = "Slurm"\nslurm_conf = "{SLURM_CONF}"\noutput_dir = "{output_dir}"\n'
+              "poll_interval_s = 0.5\nmax_file_size_mb = 1\n")
+    server = Server(tmp_path / "data", config_text=config).start()
+    try:
+        token = server.token(users.attacker.pw_name)
+        job = launch(server, token, exe="/usr/bin/head", args=["-c", "3000000", "/dev/zero"])
+        done = server.wait_job(token, job["id"], timeout=120)
+        assert (done["status"], done["exitCode"]) == ("Finished", 128 + 25)
+        assert "file size limit" in done["statusMessage"]
+        assert os.stat(done["stdoutFile"]).st_size == 1024 * 1024
+    finally:
+        server.stop()
+        subprocess.run(["scancel", "-u", users.attacker.pw_name], env={**os.environ, "SLURM_CONF": SLURM_CONF},
+                       check=False)
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
 def job_cgroup(job_id: str, controller: str) -> Path:
     return Path(f"/sys/fs/cgroup/{controller}/openworkbench/{job_id}")
 
@@ -309,3 +336,21 @@ def test_a_fifo_or_symlink_output_file_blocks_no_thread(srv: Server, users: User
                                                          "streamed"}}]
     assert get_session_seconds(srv, users.victim_token) < 1.0
     assert stat.S_ISFIFO(os.lstat(path).st_mode) or os.path.islink(path)  # untouched
+
+
+def test_defaults_apply_only_where_cgroups_can_enforce_them(tmp_path: Path) -> None:
+    no_cgroups = '[local]\ncgroups = false\n[clusters.Local]\ntype = "Local"\n'
+    refused = Server(tmp_path / "refused", config_text=no_cgroups + "max_pids = 10\n")
+    with pytest.raises(RuntimeError, match=re.escape("config key 'clusters.Local.max_pids': needs cgroups")):
+        refused.start()
+    server = Server(tmp_path / "plain", config_text=no_cgroups).start()
+    try:
+        env = server.rpc("get_compute_envs", server.token("root", "super-admin"))["clusters"][0]
+        limits = {item["type"]: item for item in env["resourceLimits"]}
+        assert "pids" not in limits and limits["memory"]["defaultValue"] == ""
+    finally:
+        server.stop()
+    slurm = tmp_path / "slurm.toml"
+    slurm.write_text('[clusters.HPC]\ntype = "Slurm"\noutput_dir = "/tmp/x"\nmax_pids = 10\n')
+    with pytest.raises(ConfigError, match="max_pids: Local clusters only"):
+        load_settings(slurm)
