@@ -30,6 +30,8 @@ from openworkbench.config import load_settings
 from openworkbench.errors import ConfigError
 from openworkbench.models import JobSpec
 from tests.conftest import Server, temporary_posix_user
+from tests.sessions_helpers import launch as launch_session
+from tests.sessions_helpers import session_server, wait_state
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="real POSIX users and cgroups need root")
 
@@ -354,3 +356,22 @@ def test_defaults_apply_only_where_cgroups_can_enforce_them(tmp_path: Path) -> N
     slurm.write_text('[clusters.HPC]\ntype = "Slurm"\noutput_dir = "/tmp/x"\nmax_pids = 10\n')
     with pytest.raises(ConfigError, match="max_pids: Local clusters only"):
         load_settings(slurm)
+
+
+@pytest.mark.skipif(not Path("/opt/openworkbench/jupyter/bin/jupyter-lab").exists(), reason="IDEs not installed")
+def test_a_session_ide_gets_the_default_limits(tmp_path: Path, users: Users) -> None:
+    with session_server(tmp_path / "data") as server:  # built-in defaults: nothing configured
+        token = server.token(users.victim.pw_name)
+        started = launch_session(server, token, "JupyterLab", name="lab")
+        wait_state(server, token, started["id"], ("running",))
+        job = server.rpc("get_session", token, session_id=started["id"], include_jobs=True)["jobs"][0]
+        try:
+            assert (job_cgroup(job["id"], "pids") / "pids.max").read_text().strip() == "4096"
+            memory = int((job_cgroup(job["id"], "memory") / "memory.limit_in_bytes").read_text())
+            assert memory == machine_mb() * 50 // 100 * 1024 * 1024
+            limits = Path(f"/proc/{job['pid']}/limits").read_text().splitlines()
+            file_size = next(line for line in limits if line.startswith("Max file size")).split()[3:5]
+            assert file_size == [str(10240 * 1024 * 1024)] * 2  # soft and hard
+        finally:
+            server.rpc("stop_session", token, session_ids=started["id"])
+            wait_state(server, token, started["id"], ("finished", "killed"))

@@ -19,7 +19,8 @@ import stat
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-from starlette.concurrency import run_in_threadpool
+import anyio.to_thread
+from anyio import CapacityLimiter
 
 from openworkbench.errors import InvalidState, OutputTooLarge
 
@@ -27,6 +28,14 @@ CHUNK = 64 * 1024  # the most one NDJSON line carries
 BATCH = 16 * CHUNK  # the most one thread hop reads
 POLL_SECONDS = 0.02  # a follower sees a new line within this (plus one read)
 DEFAULT_BUDGET = 1 << 30
+READER_THREADS = 8  # of the 40 worker threads: streams never take those of the store-bound calls (get_session)
+_readers: list[CapacityLimiter] = []  # made on first use: a limiter belongs to the running event loop
+
+
+def _limiter() -> CapacityLimiter:
+    if not _readers:
+        _readers.append(CapacityLimiter(READER_THREADS))
+    return _readers[0]
 
 
 @dataclass
@@ -120,7 +129,8 @@ async def follow(job_id: str, files: list[tuple[str, str]], active: Callable[[],
             # Ask before reading: when the job is over, the passes from here on read all it ever wrote.
             still_running = active()
             # Not cancellable mid-read (anyio waits for the thread), so ``finally`` never closes an fd in use.
-            lines, count, more = await run_in_threadpool(_read_pass, streams, job_id, min(BATCH, left))
+            lines, count, more = await anyio.to_thread.run_sync(_read_pass, streams, job_id, min(BATCH, left),
+                                                                limiter=_limiter())
             left -= count
             for item in lines:
                 yield item
