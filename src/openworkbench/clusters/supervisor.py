@@ -116,14 +116,6 @@ def file_size_message(sig: int, limits: dict[str, Any]) -> str | None:
     return f"Terminated by SIGXFSZ: a file it wrote reached the file size limit of {size_mb:g} MB"
 
 
-def pids_note(job: Job, limits: dict[str, Any]) -> str:
-    """Say so when the job's pids.max refused forks: its errors (EAGAIN) would otherwise be a riddle."""
-    refused = cgroups.pids_refused(job.cgroups["pids"]) if "pids" in job.cgroups and limits.get("pids_max") else 0
-    if not refused:
-        return ""
-    return f"{refused} process creation(s) refused: the job reached its limit of {limits['pids_max']} processes"
-
-
 def exec_failure_message(argv0: str, cwd: str, report: str) -> str:
     """Turn the child's "stage:message" report into a user-facing statusMessage."""
     stage, _, message = report.partition(":")
@@ -172,11 +164,6 @@ def fsize_rlimit(limits: dict[str, Any]) -> tuple[int, int] | None:
     size = int(size_mb) * 1024 * 1024
     limit = size if cur_hard == resource.RLIM_INFINITY else min(size, cur_hard)  # unprivileged can't raise it
     return limit, limit  # hard too: the job may not raise it
-
-
-def set_file_size_limit(plan: ChildPlan) -> None:
-    if plan.rlimit_fsize is not None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, plan.rlimit_fsize)
 
 
 def prepare(job: Job, spec: dict[str, Any]) -> ChildPlan:
@@ -256,7 +243,8 @@ def child_main(plan: ChildPlan, fds: tuple[int, int, int], err_fd: int) -> NoRet
         stage = "setrlimit"
         if plan.rlimit_cpu is not None:
             resource.setrlimit(resource.RLIMIT_CPU, plan.rlimit_cpu)
-        set_file_size_limit(plan)
+        if plan.rlimit_fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, plan.rlimit_fsize)
         stage = "dup2"
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
@@ -324,7 +312,7 @@ def finish(job: Job, spec: dict[str, Any]) -> dict[str, Any]:
     oom = cgroups.memory_oom_killed(mem_dir) if mem_dir else False  # read before cleanup removes the cgroup
     state = base_state(job)
     state.update(final_state(status, cpu_s, spec.get("limits") or {}, oom))
-    if note := pids_note(job, spec.get("limits") or {}):  # read before cleanup removes the cgroup
+    if note := cgroups.pids_note(job.cgroups, spec.get("limits") or {}):  # read before cleanup removes the cgroup
         state["statusMessage"] = "; ".join(filter(None, [state["statusMessage"], note]))
     state.update({"endTime": now_iso(), "maxRssKb": rusage.ru_maxrss, "cpuTimeS": round(cpu_s, 3)})
     return state

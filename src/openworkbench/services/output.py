@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-import errno
 import json
 import os
-import stat
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import anyio.to_thread
 from anyio import CapacityLimiter
 
-from openworkbench.errors import InvalidState, OutputTooLarge
+from openworkbench.errors import InvalidState, OutputTooLarge, PathMissing, UnsafePath
+from openworkbench.safefs import paths
 
 CHUNK = 64 * 1024  # the most one NDJSON line carries
 BATCH = 16 * CHUNK  # the most one thread hop reads
@@ -47,22 +46,14 @@ class _Stream:
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
     def open(self) -> bool:
-        """Open the file if it exists yet; refuse anything but a regular file, without ever blocking."""
+        """Open the file if it exists yet; refuse anything but a regular file, without ever blocking. Its
+        directory is the server's (the Local job dir, or the 0711 one in a Slurm output_dir): trusted."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
+            self.fd = paths.open_file(self.path, os.path.dirname(self.path))
+        except PathMissing:
             return False  # not created yet: the job has not started
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise InvalidState(f"the job's {self.kind} file {self.path} is a symbolic link; "
-                                   "it is not streamed") from None
-            raise
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            os.close(fd)
-            raise InvalidState(f"the job's {self.kind} file {self.path} is not a regular file "
-                               f"({_kind_of(mode)}); it is not streamed")
-        self.fd = fd
+        except UnsafePath as exc:
+            raise InvalidState(f"the job's {self.kind} file is not streamed: {exc.message}") from None
         return True
 
     def read(self, job_id: str, limit: int) -> tuple[list[bytes], int]:
@@ -95,12 +86,6 @@ class _Stream:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-
-
-def _kind_of(mode: int) -> str:
-    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a directory",
-             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
-    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
 
 
 def line(job_id: str, kind: str, text: str) -> bytes:
