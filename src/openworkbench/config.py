@@ -108,11 +108,27 @@ class ClusterSettings(_Section):
     slurm_bin: str = ""  # directory holding sbatch, squeue, scontrol, scancel, sacct; empty: PATH
     output_dir: str = ""  # shared by the server host and every compute node: job scripts and output
     poll_interval_s: float = Field(default=2.0, gt=0, le=300)
+    # RLIMIT_FSIZE of every job: no file it writes grows past this (MB); 0: no limit.
+    max_file_size_mb: int = Field(default=10240, ge=0)
+    # Local only, with cgroups: pids.max of every job (processes and threads); 0: no limit.
+    max_pids: int = Field(default=4096, ge=0)
+    # Local only, with cgroups: the memory default of a job that gives none, in percent of this machine's
+    # memory (capped by limits.memory.max), unless limits.memory.default is set; 0: none.
+    default_memory_percent: float = Field(default=50, ge=0, le=100)
 
     @model_validator(mode="after")
     def _slurm_needs_output_dir(self) -> ClusterSettings:
         if self.type == "Slurm" and not self.output_dir:
             raise ValueError("a Slurm cluster needs output_dir, a directory shared with its compute nodes")
+        return self
+
+    @model_validator(mode="after")
+    def _local_only_keys(self) -> ClusterSettings:
+        # Slurm has no per-job process limit, and a node's memory default is Slurm's own (DefMemPerNode):
+        # a key that would change nothing is refused rather than ignored.
+        given = sorted({"max_pids", "default_memory_percent"} & self.model_fields_set)
+        if self.type == "Slurm" and given:
+            raise ValueError(f"{', '.join(given)}: Local clusters only (Slurm cannot apply it)")
         return self
 
     @field_validator("limits")
@@ -153,6 +169,11 @@ class AuthSettings(_Section):
     allowed_system_users: list[str] = []
 
 
+class JobSettings(_Section):
+    # get_job_output reads at most this many bytes of a job's files per call, then ends with an error line.
+    output_stream_max_bytes: int = Field(default=1 << 30, gt=0)
+
+
 class IdeSettings(_Section):
     enabled: bool = True
     exe: str = ""  # absolute, or relative to sessions.ide_prefix, or a name on PATH
@@ -186,6 +207,7 @@ class Settings(BaseSettings):
     local: LocalSettings = LocalSettings()
     sessions: SessionSettings = SessionSettings()
     auth: AuthSettings = AuthSettings()
+    jobs: JobSettings = JobSettings()
     clusters: dict[str, ClusterSettings] = {"Local": ClusterSettings(type="Local")}
     ides: dict[str, IdeSettings] = Field(default_factory=_default_ides)
 

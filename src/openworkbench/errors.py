@@ -184,3 +184,5 @@ class Overloaded(WorkbenchError):
 
     code = 503
     http_status = 503
+class OutputTooLarge(NotAvailable):
+    """A job's output larger than the server streams in one ``get_job_output`` call; sent as the last line."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from openworkbench import __version__
 from openworkbench.api import params as p
@@ -62,10 +63,25 @@ def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any
 
 async def get_job_output(services: Services, principal: Principal, params: p.GetJobOutput) -> Any:
     chunks = await services.jobs.output(principal, params.job_id, params.user)
-    return StreamingResponse(_guarded(chunks), media_type="application/x-ndjson")
+    return ClosingStream(_guarded(chunks), media_type="application/x-ndjson")
 
 
-async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+class ClosingStream(StreamingResponse):
+    """A stream whose generator is closed however the response ends, the client gone included: its files are
+    closed at once, not whenever the suspended generator is collected."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], media_type: str) -> None:
+        super().__init__(body, media_type=media_type)
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._body.aclose()
+
+
+async def _guarded(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """An error in mid-stream becomes one more line, as the product does."""
     try:
         async for chunk in chunks:
@@ -73,6 +89,8 @@ async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except (WorkbenchError, OSError) as exc:
         err = exc if isinstance(exc, WorkbenchError) else InternalError(f"reading the job's output failed: {exc}")
         yield json.dumps({"error": {"code": err.code, "message": err.message}}).encode() + b"\n"
+    finally:
+        await chunks.aclose()
 
 
 def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:

@@ -75,7 +75,8 @@ def build_services(settings: Settings) -> Services:
     accounts = Accounts(store, PrincipalCache(open_epoch(settings.database_url)))
     clusters = build_clusters(settings)
     run_as = RunAsPolicy.load(settings.auth.allowed_system_users)
-    jobs = JobService(store, accounts, clusters, settings.default_cluster, run_as)
+    jobs = JobService(store, accounts, clusters, settings.default_cluster, run_as,
+                      settings.jobs.output_stream_max_bytes)
     pool = UpstreamPool()
     runner = SessionRunner(settings, store, jobs, pool)
     origins = SessionOrigins(settings.server.session_domain) if settings.server.session_domain else None

@@ -12,7 +12,7 @@ import os
 import pwd
 import secrets
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
@@ -52,9 +52,10 @@ def posix_account(username: str) -> Account:
 
 class JobService:
     def __init__(self, store: Store, accounts: Accounts, clusters: dict[str, Cluster], default_cluster: str,
-                 run_as: RunAsPolicy | None = None) -> None:
+                 run_as: RunAsPolicy | None = None, output_budget: int = output.DEFAULT_BUDGET) -> None:
         self.store = store
         self.run_as = run_as or RunAsPolicy()
+        self.output_budget = output_budget  # bytes one get_job_output call reads at most
         self.accounts = accounts
         self.clusters = clusters
         self.default_cluster = default_cluster
@@ -150,12 +151,12 @@ class JobService:
     def is_active(self, job_id: str) -> bool:
         return job_id in self._active
 
-    async def output(self, principal: Principal, job_id: str, user: str | None) -> AsyncIterator[bytes]:
+    async def output(self, principal: Principal, job_id: str, user: str | None) -> AsyncGenerator[bytes, None]:
         job = await run_in_threadpool(self.get, principal, job_id)  # a store read: not on the event loop
         if user and user != job["user"]:
             raise NotFound(f"no job '{job_id}' of user '{user}'")
         files = [("stdout", job["stdoutFile"]), ("stderr", job["stderrFile"])]
-        return output.follow(job_id, files, lambda: self.is_active(job_id))
+        return output.follow(job_id, files, lambda: self.is_active(job_id), self.output_budget)
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self, principal: Principal, job_id: str, force: bool) -> None:
