@@ -534,6 +534,18 @@ def test_no_response_ever_contains_a_traceback(server: Server, root_token: str) 
 
 
 def test_an_empty_user_means_oneself_everywhere(server: Server, root_token: str) -> None:
-    user_token = server.token("root")
-    assert server.post("get_compute_envs", user_token, user="").status_code == 200
-    assert server.post("get_session", user_token, user="").status_code == 200
+    """``user=""`` is the caller: the caller's own data comes back, never another user's nor everyone's."""
+    job = result(call(server, "launch_job", root_token, job={"name": "mine", "command": "echo mine"}))["job"]
+    server.wait_job(root_token, job["id"])
+    other_token = server.token(f"other{secrets.token_hex(3)}")  # a plain user token: it may read only itself
+    for token, sees_job in ((root_token, True), (other_token, False)):
+        own = server.rpc("get_session", token, include_all_jobs=True)
+        empty = server.rpc("get_session", token, include_all_jobs=True, user="")
+        assert empty == own
+        assert (job["id"] in [j["id"] for j in empty["jobs"]]) is sees_job
+        assert server.rpc("get_compute_envs", token, user="") == server.rpc("get_compute_envs", token)
+    output = call(server, "get_job_output", root_token, job_id=job["id"], user="")
+    assert output.status_code == 200 and "mine" in output.text, output.text
+    # Another user's empty `user` is that user, not the job's owner: refused as for any job not theirs.
+    refused = call(server, "get_job_output", other_token, job_id=job["id"], user="").json()
+    assert "error" in refused and "mine" not in json.dumps(refused)
