@@ -55,8 +55,9 @@ def test_a_job_running_across_the_restart_is_followed_live(fresh_server: Server,
     server.start()
     assert server.job(token, job["id"])["status"] == "Running"
     body = {"method": "get_job_output", "kwparams": {"job_id": job["id"]}}
+    headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(timeout=60) as client, client.stream(
-            "POST", f"{server.url}/api/get_job_output", json=body, headers={"Authorization": f"Bearer {token}"}) as resp:
+            "POST", f"{server.url}/api/get_job_output", json=body, headers=headers) as resp:
         lines = resp.iter_lines()
         seen = ""
         while seen != "a\n":  # the first line arrives while the job still runs...
