@@ -30,6 +30,7 @@ from conftest import free_port
 from openworkbench.proxy import (
     SIGN_IN_COOKIE,
     ProxyTarget,
+    Upstream,
     UpstreamPool,
     filter_request_headers,
     filter_response_headers,
@@ -287,6 +288,9 @@ def _jupyter(tmp: Path) -> subprocess.Popen[bytes]:
     return _start(cmd, tmp / "jupyter.log", env=env, cwd=tmp)
 
 
+# The sessions' owner: the proxy reaches a socket only if the session's user serves it, and the test's upstreams
+# run as root.
+OWNER = "root"
 # The sessions the proxy serves, as rows of the real store: url part -> (IDE, socket file, state).
 SESSIONS = {
     "testprefix": ("JupyterLab", "j.sock", "running"),  # Jupyter keeps the prefix; the proxy sends its token
@@ -303,9 +307,9 @@ def _seed(database_url: str, tmp: Path) -> tuple[str, str]:
     store = Store(database_url)
     store.migrate()
     accounts = Accounts(store)
-    owner, other = accounts.generate_token("user", "owner-token", "owner"), accounts.generate_token(
+    owner, other = accounts.generate_token("user", "owner-token", OWNER), accounts.generate_token(
         "user", "other-token", "other")
-    owner_id = accounts.ensure_user("owner")
+    owner_id = accounts.ensure_user(OWNER)
     with store.session() as db:
         for number, (part, (workbench, sock, state)) in enumerate(SESSIONS.items()):
             db.add(Session(id=f"{number:08x}", user_id=owner_id, workbench=workbench, name=part, project_id="p",
@@ -410,8 +414,15 @@ def test_rewrite_set_cookie() -> None:
     assert rewrite_set_cookie("a=1; path=/sub; HttpOnly", STRIP) == "a=1; Path=/s/abc/sub; HttpOnly"
     assert rewrite_set_cookie("a=1", STRIP) == "a=1; Path=/s/abc/"
     assert rewrite_set_cookie("a=1; Secure", STRIP) == "a=1; Secure; Path=/s/abc/"
-    assert rewrite_set_cookie("a=1; Path=/", KEEP) == "a=1; Path=/"
-    assert rewrite_set_cookie("a=1", KEEP) == "a=1"
+    # An IDE that knows its prefix keeps paths inside it; anything outside (Path=/) is confined to it too.
+    assert rewrite_set_cookie("a=1; Path=/s/abc/lab", KEEP) == "a=1; Path=/s/abc/lab"
+    assert rewrite_set_cookie("a=1; Path=/", KEEP) == "a=1; Path=/s/abc/"
+    assert rewrite_set_cookie("a=1; Path=/s/abcd/", KEEP) == "a=1; Path=/s/abc/"
+    assert rewrite_set_cookie("a=1", KEEP) == "a=1; Path=/s/abc/"
+    # Domain would widen a cookie to sibling hosts (other sessions' origins); the server's own names are dropped.
+    assert rewrite_set_cookie("a=1; Domain=example.com; Path=/", KEEP) == "a=1; Path=/s/abc/"
+    assert rewrite_set_cookie(f"{SIGN_IN_COOKIE}=x; Path=/", KEEP) is None
+    assert rewrite_set_cookie("owb_csrf=x", STRIP) is None
 
 
 def test_filter_request_headers() -> None:
@@ -434,7 +445,8 @@ def test_filter_request_headers() -> None:
 def test_filter_response_headers() -> None:
     raw = [("Content-Type", "text/html"), ("Connection", "X-Out"), ("X-Out", "1"), ("Transfer-Encoding", "chunked"),
            ("Content-Length", "3"), ("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2"), ("Location", "/in"),
-           ("Date", "x"), ("Server", "TornadoServer")]
+           ("Date", "x"), ("Server", "TornadoServer"), ("Service-Worker-Allowed", "/"),
+           ("Set-Cookie", f"{SIGN_IN_COOKIE}=forged; Path=/")]
     assert filter_response_headers(raw, STRIP, request_host="wb") == [
         ("Content-Type", "text/html"), ("Set-Cookie", "a=1; Path=/s/abc/"), ("Set-Cookie", "b=2; Path=/s/abc/"),
         ("Location", "/s/abc/in")]
@@ -620,12 +632,13 @@ def test_browser_leaving_stops_the_upstream_stream(stack: Stack) -> None:
 def test_pool_reuses_and_forgets_sessions(stack: Stack) -> None:
     async def run() -> None:
         pool = UpstreamPool()
-        first = pool.session(str(stack.echo_sock))
-        assert pool.session(str(stack.echo_sock)) is first  # one keep-alive client per socket
+        echo = Upstream.unix(str(stack.echo_sock), os.geteuid())
+        first = pool.session(echo)
+        assert pool.session(Upstream.unix(str(stack.echo_sock), os.geteuid())) is first  # one client per socket
         async with first.get(pool.url("/m?x=1")) as resp:
             assert (await resp.json())["raw_path"] == "/m?x=1"
-        await pool.forget(str(stack.echo_sock))
-        assert first.closed and pool.session(str(stack.echo_sock)) is not first
+        await pool.forget(echo)
+        assert first.closed and pool.session(echo) is not first
         await pool.close()
 
     asyncio.run(run())
@@ -721,7 +734,7 @@ def test_head_keeps_the_length_and_sends_no_body(stack: Stack) -> None:
 def test_session_routes_refusals_and_redirects(stack: Stack) -> None:
     accounts = Accounts(Store(stack.database_url))
     name = f"revoked-{uuid.uuid4().hex[:6]}"
-    revoked = accounts.generate_token("user", name, "owner")
+    revoked = accounts.generate_token("user", name, OWNER)
     accounts.revoke_token(name)
     # A non-owner is told what a URL no session has gets: existence is not revealed.
     expected = {"Bearer bad": 401, f"Bearer {revoked}": 401, f"Bearer {stack.other_token}": 404}
@@ -760,7 +773,7 @@ def test_known_routes_are_answered_without_the_store(stack: Stack) -> None:
     for _ in range(2):  # the owner's token and the route are known after this
         assert stack.client.get("/s/echo/m").status_code == 200
     assert statements(lambda: [stack.client.get("/s/echo/m") for _ in range(5)]) == 0
-    fresh = Accounts(Store(stack.database_url)).generate_token("user", f"fresh-{uuid.uuid4().hex[:6]}", "owner")
+    fresh = Accounts(Store(stack.database_url)).generate_token("user", f"fresh-{uuid.uuid4().hex[:6]}", OWNER)
     assert statements(lambda: stack.client.get("/s/echo/m", headers=stack.auth(fresh))) > 0  # a caller not seen yet
     assert statements(lambda: stack.client.get("/s/echo/m", headers=stack.auth(fresh))) == 0
     assert statements(lambda: stack.client.get("/s/cold/m")) > 0  # the caller known, the route not
@@ -770,7 +783,7 @@ def test_known_routes_are_answered_without_the_store(stack: Stack) -> None:
 def test_open_websocket_closes_when_access_ends(stack: Stack) -> None:
     accounts = Accounts(Store(stack.database_url))
     name = f"revocable-{uuid.uuid4().hex[:6]}"
-    token = accounts.generate_token("user", name, "owner")
+    token = accounts.generate_token("user", name, OWNER)
     with connect(f"ws://{stack.url}/s/echo/ws", additional_headers=stack.auth(token)) as sock:
         sock.send("before")
         assert sock.recv(timeout=30) == "before"
