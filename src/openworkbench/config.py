@@ -36,6 +36,16 @@ class ServerSettings(_Section):
     port: int = Field(default=8787, ge=0, le=65535)
     # The API's URL as a session's code reaches it (RS_SERVER_ADDRESS); empty: built from host and port.
     address: str = ""
+    # A bearer token a Prometheus scraper may use for /metrics (besides admin-level API tokens); "": none.
+    metrics_token: str = ""
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("the metrics token must be empty or at least 16 characters")
+        return value
 
     def session_address(self) -> str:
         if self.address:

@@ -14,9 +14,12 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from openworkbench.api.methods import METHODS
+from openworkbench.api.metrics_route import install as install_metrics
+from openworkbench.api.openapi import install as install_docs
 from openworkbench.api.rpc import RpcRoutes, dispatch, internal_error_response
 from openworkbench.api.session_routes import SessionRoutes
 from openworkbench.config import Settings
+from openworkbench.metrics import HttpMetrics
 from openworkbench.services.container import Services, build_services
 from openworkbench.web.signin import router as signin_pages
 
@@ -75,6 +78,8 @@ def create_app(settings: Settings) -> RpcRoutes:
 
     app = FastAPI(title="Open Workbench", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.services = services
+    install_docs(app, METHODS)  # before /api/{method}: /api/openapi.json is not a method
+    install_metrics(app, services)
 
     # RpcRoutes answers GET and POST before this route is reached; it stays so that other verbs get 405.
     @app.api_route("/api/{method}", methods=["GET", "POST"])
@@ -98,4 +103,4 @@ def create_app(settings: Settings) -> RpcRoutes:
 
     # The RPC at /api/ and the proxy at /s/ sit in front of FastAPI (their hot paths skip its routing and
     # middleware); the rest (sign-in pages, other verbs' 405s) is the app.
-    return RpcRoutes(SessionRoutes(app, services), services, METHODS)
+    return RpcRoutes(HttpMetrics(SessionRoutes(app, services)), services, METHODS)
