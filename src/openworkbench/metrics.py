@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from openworkbench.store import Store
 from openworkbench.store.schema import Job, Session
 
-disable_created_metrics()  # no *_created series: half the output, and nothing a dashboard here uses
+disable_created_metrics()  # type: ignore[no-untyped-call] # no *_created series: half the output, and nothing a dashboard here uses
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # the server's CPU, memory and open files
 UNKNOWN_METHOD = "(unknown)"  # every unknown method name shares one label: no label per garbage path

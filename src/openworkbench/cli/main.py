@@ -66,6 +66,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
     import uvicorn
 
     from openworkbench.api.app import create_app
+    from openworkbench.logs import log_config
 
     server: dict[str, Any] = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     # Flags override single keys of [server]; settings sources are deep-merged.
@@ -83,6 +84,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
         host=settings.server.host,
         port=settings.server.port,
         log_level="info",
+        log_config=log_config(settings.server.log_format),
         access_log=False,
         # Output followers of long jobs must not hold a shutdown hostage.
         timeout_graceful_shutdown=3,
