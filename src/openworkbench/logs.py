@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,3 +44,16 @@ def log_config(log_format: str) -> dict[str, Any]:
         },
         "root": {"handlers": ["json"], "level": "INFO"},
     }
+
+
+def announcer(log_format: str) -> Callable[[str], None]:
+    """How ``serve`` prints its start-up lines on stderr: as they are, or as JSON log lines."""
+    if log_format != "json":
+        return lambda text: print(text, file=sys.stderr)
+    formatter = JsonFormatter()
+
+    def say(text: str) -> None:
+        record = logging.LogRecord("openworkbench", logging.INFO, __file__, 0, text, None, None)
+        print(formatter.format(record), file=sys.stderr, flush=True)
+
+    return say
