@@ -10,14 +10,16 @@ import contextlib
 import os
 import webbrowser
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from openworkbench import __version__
 from openworkbench.cli.client_jobs import jobs
-from openworkbench.cli.client_support import Ended, Output, client_command, key_values, when
-from openworkbench.client import SERVER_ENV, SESSION_FINAL, Client
+from openworkbench.cli.client_support import SERVER_ENV, Ended, Output, client_command, key_values, when
+
+if TYPE_CHECKING:
+    from openworkbench.client import Client
 
 IDE_ALIASES = {"jupyterlab": "JupyterLab", "jupyter": "JupyterLab", "lab": "JupyterLab",
                "notebook": "Jupyter Notebook", "jupyternotebook": "Jupyter Notebook",
@@ -184,7 +186,7 @@ def sessions_open(client: Client, out: Output, session_id: str, user: str | None
     """Print the session's address (the browser signs in with your API token there)."""
     session = client.session(session_id, user)
     address = client.url(session["url"])
-    if session["activity_state"] in SESSION_FINAL:
+    if session["activity_state"] in ("suspended", "failed", "killed", "finished", "canceled"):
         out.note(f"note: session {session_id} is {session['activity_state']}: "
                  + ("resume it first" if session["activity_state"] == "suspended" else "it cannot be opened"))
     if out.json:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from openworkbench.cli.client_support import Ended, Output, client_command, key_values, when
-from openworkbench.client import Client
+
+if TYPE_CHECKING:
+    from openworkbench.client import Client
 
 JOB_COLUMNS = ("id", "name", "status", "exit", "cluster", "user", "submitted")
 DETAIL = ("id", "name", "status", "statusMessage", "exitCode", "cluster", "user", "host", "pid", "exe", "command",

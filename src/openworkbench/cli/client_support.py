@@ -27,7 +27,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from openworkbench.client import API_KEY_ENV, SERVER_ENV, Client
 from openworkbench.errors import (
     ConfigError,
     PermissionDenied,
@@ -37,6 +36,9 @@ from openworkbench.errors import (
     WorkbenchError,
 )
 
+# The posit-sdk's names. openworkbench.client (httpx) is imported when a client command runs: the operator's
+# commands (serve, generate-api-token, ...) start without it.
+SERVER_ENV, API_KEY_ENV = "WORKBENCH_SERVER", "WORKBENCH_API_KEY"
 EXIT_API, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_ENDED, EXIT_TIMEOUT = 1, 2, 3, 4, 5, 6
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +70,8 @@ def client_command(func: F) -> F:
     @click.option("--server", envvar=SERVER_ENV, metavar="URL", help=f"Server URL [env {SERVER_ENV}]")
     @functools.wraps(func)
     def wrapper(*args: Any, server: str | None, api_key: str | None, as_json: bool, **kwargs: Any) -> Any:
+        from openworkbench.client import Client
+
         try:
             with Client(server, api_key) as client:
                 return func(client, Output(as_json), *args, **kwargs)
