@@ -151,13 +151,17 @@ class Client:
         far: the stream is left at its first pause of ``quiet`` seconds, or after ``limit`` seconds.
         """
         body = {"method": "get_job_output", "kwparams": {k: v for k, v in (("job_id", job_id), ("user", user)) if v}}
-        timeout = httpx.Timeout(self.timeout, read=None if follow else quiet)
+        timeout = httpx.Timeout(self.timeout, read=None if follow else self.timeout)
         try:
             with self._http.stream("POST", "/api/get_job_output", json=body, timeout=timeout) as response:
                 if "ndjson" not in response.headers.get("content-type", ""):
                     response.read()
                     _result(response)  # the error envelope: raises
                     raise UnexpectedResponse("get_job_output answered without an output stream")
+                if not follow:
+                    # The answer has begun (a busy server had the full timeout for it); from here a pause of
+                    # `quiet` seconds ends the read. The transport reads this when the body is first read.
+                    response.request.extensions["timeout"] = {**timeout.as_dict(), "read": quiet}
                 yield from _chunks(response, None if follow else time.monotonic() + limit)
         except httpx.HTTPError as exc:
             raise _transport_error(self.server, exc) from None
