@@ -224,10 +224,10 @@ def test_open_file_becomes_the_landing_page(place: Place) -> None:
     assert lab.default_url(place.ctx(open_file="sub dir/x.ipynb")) == "/lab/tree/sub%20dir/x.ipynb"
     assert notebook.default_url(place.ctx(open_file=str(place.root / "work" / "a.ipynb"))) == "/notebooks/a.ipynb"
     assert notebook.default_url(place.ctx(open_file="run.py")) == "/edit/run.py"
-    assert notebook.default_url(place.ctx(open_file="sub dir")) == "/tree/sub%20dir"
+    assert notebook.default_url(place.ctx(open_file="sub dir", open_is_dir=True)) == "/tree/sub%20dir"
     assert lab.default_url(place.ctx(open_file="/etc/passwd")) is None  # outside root_dir: Jupyter cannot serve it
     assert lab.default_url(place.ctx()) is None
-    assert code.target(place.ctx(open_file="sub dir")) == str(place.root / "work" / "sub dir")
+    assert code.target(place.ctx(open_file="sub dir", open_is_dir=True)) == str(place.root / "work" / "sub dir")
     assert code.target(place.ctx(open_file="a.ipynb")) == str(place.root / "work")
 
 

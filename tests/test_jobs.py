@@ -168,7 +168,8 @@ def test_jobs_run_as_their_posix_user(server: Server, root_token: str, posix_use
     assert output_text(server, own, by_owner["id"]) == f"{posix_user.pw_uid}\n{name}\n{posix_user.pw_dir}\n" \
                                                       f"{posix_user.pw_dir}\n"
     assert on_behalf["user"] == name and output_text(server, root_token, on_behalf["id"]) == f"{name}\n"
-    assert os.stat(by_owner["stdoutFile"]).st_uid == posix_user.pw_uid
+    sealed = os.stat(by_owner["stdoutFile"])  # written as the user; root's and read-only once the job has ended
+    assert (sealed.st_uid, sealed.st_gid, sealed.st_mode & 0o777) == (0, posix_user.pw_gid, 0o440)
     assert any(j["id"] == on_behalf["id"] for j in server.rpc("get_session", own, include_all_jobs=True)["jobs"])
 
 

@@ -30,6 +30,7 @@ from conftest import free_port
 from openworkbench.proxy import (
     SIGN_IN_COOKIE,
     ProxyTarget,
+    Upstream,
     UpstreamPool,
     filter_request_headers,
     filter_response_headers,
@@ -210,7 +211,7 @@ class Sessions:
         return part, targets[part]
 
 pool = UpstreamPool()
-services = SimpleNamespace(signin=SignIn(), sessions=Sessions(), pool=pool,
+services = SimpleNamespace(signin=SignIn(), sessions=Sessions(), pool=pool, origins=None,
                            runner=SimpleNamespace(touch=lambda session_id: calls.update(["touch:" + session_id])))
 
 @asynccontextmanager
@@ -296,13 +297,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("proxy")
     port = free_port()
     targets = {
-        "testprefix": {"socket_path": str(tmp / "j.sock"), "prefix": "/s/testprefix/", "strip_prefix": False,
+        "testprefix": {"upstream": str(tmp / "j.sock"), "prefix": "/s/testprefix/", "strip_prefix": False,
                        "headers": {"Authorization": f"token {TOKEN}"}},
-        "echo": {"socket_path": str(tmp / "e.sock"), "prefix": "/s/echo/", "strip_prefix": True,
+        "echo": {"upstream": str(tmp / "e.sock"), "prefix": "/s/echo/", "strip_prefix": True,
                  "headers": {"X-Ide-Secret": "s3"}},
-        "missing": {"socket_path": str(tmp / "none.sock"), "prefix": "/s/missing/", "strip_prefix": True,
+        "missing": {"upstream": str(tmp / "none.sock"), "prefix": "/s/missing/", "strip_prefix": True,
                     "headers": {}},
-        "cold": {"socket_path": str(tmp / "e.sock"), "prefix": "/s/cold/", "strip_prefix": True,
+        "cold": {"upstream": str(tmp / "e.sock"), "prefix": "/s/cold/", "strip_prefix": True,
                  "headers": {"X-Ide-Secret": "s3"}},
     }
     (tmp / "proxy.json").write_text(json.dumps({"port": port, "targets": targets}))
@@ -388,8 +389,15 @@ def test_rewrite_set_cookie() -> None:
     assert rewrite_set_cookie("a=1; path=/sub; HttpOnly", STRIP) == "a=1; Path=/s/abc/sub; HttpOnly"
     assert rewrite_set_cookie("a=1", STRIP) == "a=1; Path=/s/abc/"
     assert rewrite_set_cookie("a=1; Secure", STRIP) == "a=1; Secure; Path=/s/abc/"
-    assert rewrite_set_cookie("a=1; Path=/", KEEP) == "a=1; Path=/"
-    assert rewrite_set_cookie("a=1", KEEP) == "a=1"
+    # An IDE that knows its prefix keeps paths inside it; anything outside (Path=/) is confined to it too.
+    assert rewrite_set_cookie("a=1; Path=/s/abc/lab", KEEP) == "a=1; Path=/s/abc/lab"
+    assert rewrite_set_cookie("a=1; Path=/", KEEP) == "a=1; Path=/s/abc/"
+    assert rewrite_set_cookie("a=1; Path=/s/abcd/", KEEP) == "a=1; Path=/s/abc/"
+    assert rewrite_set_cookie("a=1", KEEP) == "a=1; Path=/s/abc/"
+    # Domain would widen a cookie to sibling hosts (other sessions' origins); the server's own names are dropped.
+    assert rewrite_set_cookie("a=1; Domain=example.com; Path=/", KEEP) == "a=1; Path=/s/abc/"
+    assert rewrite_set_cookie(f"{SIGN_IN_COOKIE}=x; Path=/", KEEP) is None
+    assert rewrite_set_cookie("owb_csrf=x", STRIP) is None
 
 
 def test_filter_request_headers() -> None:
@@ -412,7 +420,8 @@ def test_filter_request_headers() -> None:
 def test_filter_response_headers() -> None:
     raw = [("Content-Type", "text/html"), ("Connection", "X-Out"), ("X-Out", "1"), ("Transfer-Encoding", "chunked"),
            ("Content-Length", "3"), ("Set-Cookie", "a=1; Path=/"), ("Set-Cookie", "b=2"), ("Location", "/in"),
-           ("Date", "x"), ("Server", "TornadoServer")]
+           ("Date", "x"), ("Server", "TornadoServer"), ("Service-Worker-Allowed", "/"),
+           ("Set-Cookie", f"{SIGN_IN_COOKIE}=forged; Path=/")]
     assert filter_response_headers(raw, STRIP, request_host="wb") == [
         ("Content-Type", "text/html"), ("Set-Cookie", "a=1; Path=/s/abc/"), ("Set-Cookie", "b=2; Path=/s/abc/"),
         ("Location", "/s/abc/in")]
@@ -588,12 +597,13 @@ def test_browser_leaving_stops_the_upstream_stream(stack: Stack) -> None:
 def test_pool_reuses_and_forgets_sessions(stack: Stack) -> None:
     async def run() -> None:
         pool = UpstreamPool()
-        first = pool.session(str(stack.echo_sock))
-        assert pool.session(str(stack.echo_sock)) is first  # one keep-alive client per socket
+        echo = Upstream.unix(str(stack.echo_sock), os.geteuid())
+        first = pool.session(echo)
+        assert pool.session(Upstream.unix(str(stack.echo_sock), os.geteuid())) is first  # one client per socket
         async with first.get(pool.url("/m?x=1")) as resp:
             assert (await resp.json())["raw_path"] == "/m?x=1"
-        await pool.forget(str(stack.echo_sock))
-        assert first.closed and pool.session(str(stack.echo_sock)) is not first
+        await pool.forget(echo)
+        assert first.closed and pool.session(echo) is not first
         await pool.close()
 
     asyncio.run(run())

@@ -15,7 +15,7 @@ import aiohttp
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, sign_in_form
 from tests.sessions_helpers import kernel_round_trip, launch, session_server, wait_state
 
 pytestmark = pytest.mark.skipif(not Path("/opt/openworkbench/jupyter/bin/jupyter-lab").exists(),
@@ -118,10 +118,10 @@ def test_only_the_owner_reaches_a_session(srv: Server, owner: str, posix_user: p
 
     # A browser signs in with the token and then passes by cookie alone.
     client = httpx.Client(base_url=srv.url)
-    signed = client.post("/auth/sign-in", data={"token": owner, "next": started["url"]})
+    signed = sign_in_form(client, owner, started["url"])
     assert signed.status_code == 303 and signed.headers["location"] == started["url"]
     assert client.get(started["url"] + "api/status").status_code == 200
-    assert client.post("/auth/sign-in", data={"token": "wrong"}).status_code == 401
+    assert sign_in_form(client, "wrong").status_code == 401
 
     # No other local user can reach the IDE's socket directly.
     socket_path = f"{srv_runtime(srv)}/{posix_user.pw_uid}/{started['id']}.sock"

@@ -139,7 +139,8 @@ def test_jobs_run_as_their_user_with_exit_codes_environment_and_input(srv: Serve
     assert text(srv, token, job["id"]) == f"{posix_user.pw_uid}\n/tmp\nhello, world\nbye|a,b c|from stdin\n"
     assert text(srv, token, job["id"], "stderr") == "oops\n"
     assert done["host"] == socket.gethostname().split(".")[0] and done["pid"] is None
-    assert os.stat(done["stdoutFile"]).st_uid == posix_user.pw_uid
+    written = os.stat(done["stdoutFile"])  # the job wrote it as its user; once ended it is sealed: root's, 0440
+    assert (written.st_uid, written.st_gid, written.st_mode & 0o777) == (0, posix_user.pw_gid, 0o440)
     assert scontrol_job(slurm_id(srv, job["id"]))["UserId"] == f"{user}({posix_user.pw_uid})"
 
 

@@ -260,8 +260,8 @@ def test_exit_code_and_output_files(runner: Callable[..., Run], code: int) -> No
     assert isinstance(state["maxRssKb"], int)
     assert run.read("stdout") == "out\nfed\nlines\n"
     assert run.read("stderr") == "err\n"
-    for name in ("stdout", "stderr"):
-        assert (run.job_dir / name).stat().st_mode & 0o777 == 0o600
+    for name in ("stdout", "stderr"):  # sealed once the job has ended: read-only (root's, when run as root)
+        assert (run.job_dir / name).stat().st_mode & 0o777 == 0o440
     assert json.loads(run.read("lock"))["supervisorPid"] == run.proc.pid
 
 
@@ -451,8 +451,8 @@ def test_job_runs_as_other_user(runner: Callable[..., Run], test_user: pwd.struc
     state = run.wait_final()
     assert (state["status"], state["exitCode"]) == ("Finished", 0), run.read("stderr")
     assert run.read("stdout").split("\n")[:3] == [str(uid), str(gid), str(gid)]
-    st = (run.job_dir / "stdout").stat()
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o600)
+    st = (run.job_dir / "stdout").stat()  # written as the user; root's and read-only once the job has ended
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, gid, 0o440)
 
 
 @needs_root

@@ -31,12 +31,10 @@ RPC_COOKIE_HEADER = "X-RS-Session-Server-RPC-Cookie"
 SESSION_FINAL = frozenset({"suspended", "failed", "killed", "finished", "canceled"})
 JOB_FINAL = frozenset({"Finished", "Failed", "Killed", "Canceled"})
 
-# The class of each envelope code; a code not listed becomes a plain WorkbenchError carrying it.
+# The class of each envelope code: every error class of errors.py that a server sends (the client's own have
+# code 0); a code not listed becomes a plain WorkbenchError carrying it.
 ERROR_CLASSES: dict[int, type[WorkbenchError]] = {
-    cls.code: cls
-    for cls in (errors.BadRequest, errors.Unauthenticated, errors.PermissionDenied, errors.UnknownMethod,
-                errors.InternalError, errors.InvalidParameter, errors.NotFound, errors.NotAvailable,
-                errors.InvalidState, errors.LaunchFailed, errors.ConfigError, errors.StoreError)
+    cls.code: cls for cls in WorkbenchError.__subclasses__() if cls.__module__ == errors.__name__ and cls.code
 }
 
 

@@ -7,11 +7,13 @@ Every error names the offending key, so ``serve`` can stop with a useful message
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -28,7 +30,8 @@ IDE_NAMES = ("RStudio", "JupyterLab", "Jupyter Notebook", "VS Code")
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity in any number: a limit or a timeout of NaN compares false with everything.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ServerSettings(_Section):
@@ -36,6 +39,41 @@ class ServerSettings(_Section):
     port: int = Field(default=8787, ge=0, le=65535)
     # The API's URL as a session's code reaches it (RS_SERVER_ADDRESS); empty: built from host and port.
     address: str = ""
+    # Limits that bound what one client can make the server hold before it knows who is asking (docs/security.md).
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)  # an API request body
+    max_header_bytes: int = Field(default=64 * 1024, ge=4096)  # request line and headers together
+    header_timeout_s: float = Field(default=10, gt=0)  # to send a request's line and headers
+    keep_alive_s: int = Field(default=5, ge=1)  # an idle keep-alive connection is closed after this
+    max_connections: int = Field(default=1000, ge=2)  # open connections; beyond, requests get 503
+    # Per-session origins (JupyterHub's subdomain_host): "sessions.example.com" (https) or a URL such as
+    # "http://owb.localhost:8787". Each session is then served at <id part>.<domain>; this host itself is the
+    # main origin (sign-in). Empty: every session shares the server's origin under /s/<id part>/.
+    session_domain: str = ""
+    # Addresses or CIDRs of reverse proxies whose X-Forwarded-Host/-Proto/-For are believed. Empty: nobody's,
+    # not even loopback's (a local user can connect to the port directly and forge them).
+    trusted_proxies: list[str] = []
+
+    @field_validator("session_domain")
+    @classmethod
+    def _session_domain_url(cls, value: str) -> str:
+        if not value:
+            return value
+        url = value if "://" in value else "https://" + value
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+            raise ValueError(f"'{value}' is not a domain or an http(s)://domain[:port] URL")
+        return url.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"'{item}' is not an IP address or CIDR network") from None
+        return value
+
     # A bearer token a Prometheus scraper may use for /metrics (besides admin-level API tokens); "": none.
     metrics_token: str = ""
     log_format: Literal["text", "json"] = "text"
@@ -109,13 +147,21 @@ class SessionSettings(_Section):
     # Where scripts/install-ides.sh puts the IDEs: readable by every user (not under /root).
     ide_prefix: str = "/opt/openworkbench"
     # Per-user 0700 directories holding each session's Unix socket; only the owner (and the
-    # server, as root) can reach a session except through the proxy.
-    runtime_dir: str = "/tmp/openworkbench-sessions"
+    # server, as root) can reach a session except through the proxy. Created at start-up, the server's,
+    # mode 0755; empty: /run/openworkbench/sessions as root, else see default_runtime_dir().
+    runtime_dir: str = ""
     start_timeout_s: float = Field(default=90, gt=0)
     stop_grace_s: float = Field(default=5, ge=0)
     # A start or stop hook still running after this long is killed (and a start hook fails the session).
     hook_timeout_s: float = Field(default=300, gt=0)
     idle_check_interval_s: float = Field(default=30, gt=0)
+    # Sessions of one user that have not ended (suspended ones do not count); 0: no cap.
+    max_per_user: int = Field(default=10, ge=0)
+
+
+class AuthSettings(_Section):
+    # Accounts with uid 0 or a uid below UID_MIN (/etc/login.defs) that jobs and sessions may still run as.
+    allowed_system_users: list[str] = []
 
 
 class IdeSettings(_Section):
@@ -150,6 +196,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     local: LocalSettings = LocalSettings()
     sessions: SessionSettings = SessionSettings()
+    auth: AuthSettings = AuthSettings()
     clusters: dict[str, ClusterSettings] = {"Local": ClusterSettings(type="Local")}
     ides: dict[str, IdeSettings] = Field(default_factory=_default_ides)
 
@@ -185,6 +232,14 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _runtime_dir(self) -> Settings:
+        if not self.sessions.runtime_dir:
+            self.sessions.runtime_dir = default_runtime_dir(self.data_dir)
+        elif not os.path.isabs(self.sessions.runtime_dir):
+            raise ValueError(f"sessions.runtime_dir: must be an absolute path, got '{self.sessions.runtime_dir}'")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -203,6 +258,16 @@ class Settings(BaseSettings):
     @property
     def default_cluster(self) -> str:
         return next(iter(self.clusters))
+
+
+def default_runtime_dir(data_dir: Path) -> str:
+    """/run (a tmpfs, emptied at boot) as root; otherwise the user's own $XDG_RUNTIME_DIR, else the data dir."""
+    if os.geteuid() == 0:
+        return "/run/openworkbench/sessions"
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "openworkbench", "sessions")
+    return str(data_dir.resolve() / "run")
 
 
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:

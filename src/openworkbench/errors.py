@@ -91,6 +91,13 @@ class LaunchFailed(WorkbenchError):
     http_status = 200
 
 
+class QuotaExceeded(WorkbenchError):
+    """A per-user cap of the configuration is reached (``sessions.max_per_user``)."""
+
+    code = 8
+    http_status = 200
+
+
 # -- errors of the operator's side (CLI, config, store) ----------------------------------------
 
 
@@ -123,3 +130,72 @@ class UnexpectedResponse(WorkbenchError):
 
     code = 0
     http_status = 0
+# -- the proxy's own refusals ---------------------------------------------------------------------
+
+
+class UpstreamRefused(WorkbenchError):
+    """What sits where a session's IDE should listen is not that IDE (a symlink, another user's socket).
+
+    The server refuses to talk to it: it connects as root, and whatever answers would be served to the user
+    with root's reach. ``detail`` and the uids (``expected``, ``actual``) are for the log, not for the client.
+    """
+
+    code = 502
+    http_status = 502
+
+    def __init__(self, message: str, detail: str = "", expected: int | None = None, actual: int | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
+        self.expected = expected
+        self.actual = actual
+
+    def log_text(self) -> str:
+        found = "no socket" if self.actual is None else f"uid {self.actual}"
+        return f"{self.detail}; expected uid {self.expected}, found {found}"
+
+
+# -- the file system, as root, on paths a user can influence (safefs) ---------------------------
+
+
+class FileSystemError(InternalError):
+    """A file-system operation of the server failed; translated from OSError in safefs, naming the path."""
+
+
+class UnsafePath(FileSystemError):
+    """A path the server was to use as root is not what it must be: a symbolic link, another owner's,
+    writable by others, or not a regular file / directory. Nothing was done to it."""
+
+
+class PathMissing(FileSystemError):
+    """The path (or a directory on its way) does not exist."""
+
+
+# -- limits on what a client may send (answered before any work; docs/security.md) -------------
+
+
+class RequestTimeout(WorkbenchError):
+    """The request line and headers did not arrive within ``server.header_timeout_s``."""
+
+    code = 408
+    http_status = 408
+
+
+class PayloadTooLarge(WorkbenchError):
+    """A request body over the configured cap."""
+
+    code = 413
+    http_status = 413
+
+
+class HeadersTooLarge(WorkbenchError):
+    """Request line and headers over ``server.max_header_bytes``."""
+
+    code = 431
+    http_status = 431
+
+
+class Overloaded(WorkbenchError):
+    """More open connections than ``server.max_connections``."""
+
+    code = 503
+    http_status = 503

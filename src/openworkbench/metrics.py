@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openworkbench.store import Store
@@ -128,14 +129,21 @@ REGISTRY.register(STORE)
 
 
 class HttpMetrics:
-    """In front of the proxy and the sign-in page: times ``/s/`` requests and counts refused credentials."""
+    """In front of the proxy and the sign-in page: times proxied requests and counts refused credentials."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, session_host: Callable[[str | None], str | None] | None = None) -> None:
         self.app = app
+        # With per-session origins (server.session_domain), a session is also served at <part>.<domain>/.
+        self.session_host = session_host
+
+    def _proxied(self, scope: Scope, path: str) -> bool:
+        if path.startswith("/s/"):
+            return True
+        return self.session_host is not None and self.session_host(Headers(scope=scope).get("host")) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if path.startswith("/s/"):
+        if scope["type"] in ("http", "websocket") and self._proxied(scope, path):
             if scope["type"] == "http":
                 await self._http(scope, receive, send)
                 return

@@ -6,15 +6,62 @@ model uses camelCase: both spellings are accepted. Unknown keys are refused by n
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import re
+from typing import Any, ClassVar
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from openworkbench.config import LIMIT_TYPES
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-class _Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
+
+def check_value(value: Any, free_text: bool) -> None:
+    """Refuse what no name, path, argv or environment entry can hold (a NUL ends a C string; PostgreSQL
+    refuses it in text) and numbers that are not finite (NaN compares false with every limit).
+
+    ``free_text`` (commands, arguments, stdin, environment values) may hold tabs and newlines; names and
+    paths hold no control character at all. Dict keys are names."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise ValueError("must not contain a NUL byte")
+        if not free_text and (found := _CONTROL.search(value)):
+            raise ValueError(f"must not contain control characters (found {found.group()!r})")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+    elif isinstance(value, list | tuple):
+        for item in value:
+            check_value(item, free_text)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_value(key, False)
+            check_value(item, free_text)
+
+
+def check_env_name(name: str) -> str:
+    if not name or "=" in name or _CONTROL.search(name):
+        raise ValueError(f"invalid environment variable name {name!r}: it must be non-empty, without '=' or "
+                         "control characters")
+    return name
+
+
+class Checked(BaseModel):
+    """Every field of every API input goes through ``check_value``; nested models check their own."""
+
+    free_text_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*")
+    @classmethod
+    def _safe_values(cls, value: Any, info: ValidationInfo) -> Any:
+        check_value(value, info.field_name in cls.free_text_fields)
+        return value
+
+
+class _Input(Checked):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False,
+                              allow_inf_nan=False)
 
 
 def _alias(*names: str) -> Any:
@@ -22,11 +69,18 @@ def _alias(*names: str) -> Any:
 
 
 class EnvironmentVariable(_Input):
+    free_text_fields = frozenset({"value"})
     name: str = Field(min_length=1)
     value: str
 
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return check_env_name(value)
+
 
 class PlacementConstraint(_Input):
+    free_text_fields = frozenset({"value"})
     name: str = Field(min_length=1)
     value: str
 
@@ -53,6 +107,7 @@ class ResourceLimit(_Input):
 class JobSpec(_Input):
     """The ``job`` object of ``launch_job``."""
 
+    free_text_fields = frozenset({"command", "args", "stdin", "config", "metadata"})
     name: str = Field(min_length=1)
     cluster: str | None = None
     exe: str | None = None

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from openworkbench.api.forwarded import TrustedProxies
 from openworkbench.api.methods import METHODS
 from openworkbench.api.metrics_route import install as install_metrics
 from openworkbench.api.openapi import install as install_docs
@@ -58,7 +59,7 @@ class Monitor:
             thread.join(timeout=5)
 
 
-def create_app(settings: Settings) -> RpcRoutes:
+def create_app(settings: Settings) -> TrustedProxies:
     services = build_services(settings)
 
     @asynccontextmanager
@@ -84,7 +85,7 @@ def create_app(settings: Settings) -> RpcRoutes:
     # RpcRoutes answers GET and POST before this route is reached; it stays so that other verbs get 405.
     @app.api_route("/api/{method}", methods=["GET", "POST"])
     async def rpc(method: str, request: Request) -> Response:
-        return await dispatch(services, METHODS, method, request)
+        return await dispatch(services, METHODS, method, request, settings.server.max_body_bytes)
 
     app.include_router(signin_pages(services))
 
@@ -103,4 +104,7 @@ def create_app(settings: Settings) -> RpcRoutes:
 
     # The RPC at /api/ and the proxy at /s/ sit in front of FastAPI (their hot paths skip its routing and
     # middleware); the rest (sign-in pages, other verbs' 405s) is the app.
-    return RpcRoutes(HttpMetrics(SessionRoutes(app, services)), services, METHODS)
+    session_host = services.origins.part_of if services.origins else None
+    routes = RpcRoutes(HttpMetrics(SessionRoutes(app, services), session_host), services, METHODS)
+    # Outermost: X-Forwarded-* is settled (believed or removed) before anything reads Host or the client.
+    return TrustedProxies(routes, settings.server.trusted_proxies)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
-from openworkbench.models import JobSpec, LaunchParameters, SessionHook
+from pydantic import ConfigDict, Field, field_validator
+
+from openworkbench.models import Checked, EnvironmentVariable, JobSpec, LaunchParameters, SessionHook
+
+NAME_MAX = 255  # the store's column for job, session and user names
 
 
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class Params(Checked):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class NoParams(Params):
@@ -22,6 +26,13 @@ class GetComputeEnvs(Params):
 class LaunchJob(Params):
     job: JobSpec
     apply_config_settings: bool = True
+
+    @field_validator("job")
+    @classmethod
+    def _name_fits(cls, job: JobSpec) -> JobSpec:
+        if len(job.name) > NAME_MAX:
+            raise ValueError(f"the job name is {len(job.name)} characters long; at most {NAME_MAX} are kept")
+        return job
 
 
 class GetJobOutput(Params):
@@ -43,15 +54,24 @@ class GetSession(Params):
 
 
 class LaunchSession(Params):
+    free_text_fields = frozenset({"environment"})
     workbench: str
     username: str | None = None
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=NAME_MAX)
     open_file: str | None = None
     working_directory: str | None = None
     launch_parameters: LaunchParameters | None = None
     start_hooks: list[SessionHook] | SessionHook | None = None
     stop_hooks: list[SessionHook] | SessionHook | None = None
     environment: list[dict[str, str]] | dict[str, str] | None = None
+
+    @field_validator("environment")
+    @classmethod
+    def _valid_variables(cls, value: Any) -> Any:
+        items = [{"name": k, "value": v} for k, v in value.items()] if isinstance(value, dict) else value or []
+        for item in items:
+            EnvironmentVariable.model_validate(item)  # its errors name the variable
+        return value
 
 
 class ResumeSession(Params):

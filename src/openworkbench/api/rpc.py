@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from openworkbench import metrics
+from openworkbench.api.limits import check_depth, has_body, nested_too_deeply, read_body
 from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
 from openworkbench.errors import BadRequest, InternalError, UnknownMethod, WorkbenchError
@@ -84,7 +85,8 @@ def parse_kwparams(http_method: str, raw: bytes, name: str, method: Method) -> d
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
-        raise BadRequest("the request body is nested too deeply") from None
+        raise nested_too_deeply() from None
+    check_depth(raw, body)  # before anything recursive (pydantic, _drop_nulls) walks it
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object with 'method' and 'kwparams'")
     if body.get("method") is not None and body["method"] != name:
@@ -134,21 +136,35 @@ def from_memory(services: Services, methods: dict[str, Method], name: str, http_
     return method.cached(services, principal, params)
 
 
-async def dispatch(services: Services, methods: dict[str, Method], name: str, request: Request) -> Response:
+async def dispatch(services: Services, methods: dict[str, Method], name: str, request: Request,
+                   max_body: int) -> Response:
+    headers = request.headers
+    unread = request.method != "GET" and has_body(headers)
     try:
-        raw = await request.body() if request.method != "GET" else b""
-        authorization = request.headers.get("authorization")
+        authorization = headers.get("authorization")
+        if unread:
+            # Credentials first, then the body: a caller the server does not know never makes it hold one.
+            # (Asked again below, once the body is in: a revocation may land while it arrives.)
+            if services.accounts.cached(authorization) is None:
+                await run_in_threadpool(services.signin.rpc_caller, authorization, headers.get(RPC_COOKIE_HEADER))
+            raw = await read_body(request, max_body)
+            unread = False
+        else:
+            raw = b""
         result = from_memory(services, methods, name, request.method, raw, authorization)
         if result is None:
-            method, principal, params, result = await run_in_threadpool(
+            method, caller, params, result = await run_in_threadpool(
                 prepare, services, methods, name, request.method, raw, authorization,
-                request.headers.get(RPC_COOKIE_HEADER),
+                headers.get(RPC_COOKIE_HEADER),
             )
             if method.handler is not None:
-                result = await method.handler(services, principal, params)
+                result = await method.handler(services, caller, params)
     except WorkbenchError as exc:
         metrics.count_api(name if name in methods else metrics.UNKNOWN_METHOD, type(exc))
-        return error_response(exc)
+        response = error_response(exc)
+        if unread:  # refused before its body was read: close rather than let the server drain the rest
+            response.headers["connection"] = "close"
+        return response
     metrics.count_api(name)
     if isinstance(result, Response):
         return result
@@ -163,6 +179,7 @@ class RpcRoutes:
         self.app = app
         self.services = services
         self.methods = methods
+        self.max_body = services.settings.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         name = _rpc_name(scope)
@@ -171,7 +188,7 @@ class RpcRoutes:
             return
         request = Request(scope, receive)
         try:
-            response = await dispatch(self.services, self.methods, name, request)
+            response = await dispatch(self.services, self.methods, name, request, self.max_body)
         except Exception:  # a bug or a failing store: the error body of every other failure, and a log line
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             metrics.count_api(name if name in self.methods else metrics.UNKNOWN_METHOD, InternalError)

@@ -2,6 +2,11 @@
 
 Only the session's owner passes; everyone else gets 401/403 and never reaches the IDE.
 
+With ``server.session_domain`` each session is also served on its own host, ``<part>.<domain>``
+(services/session_origins.py): there only ``/s/<part>/`` and the ticket redemption ``/_owb/auth`` exist, and
+only that origin's own sign-in cookie counts. The main origin then sends a signed-in browser there with a
+ticket instead of serving the IDE's pages itself; API clients (an Authorization header) are served on both.
+
 This is a plain ASGI layer in front of the FastAPI app, not routes of it: a proxied request is the server's
 hottest path, and FastAPI's routing, dependency injection and middleware stack cost more than the whole
 relay. Everything not under ``/s/<part>`` goes on to the app untouched.
@@ -12,20 +17,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from openworkbench.api.limits import has_body
 from openworkbench.api.rpc import internal_error_response
 from openworkbench.auth.permissions import Principal
 from openworkbench.errors import InvalidState, NotFound, PermissionDenied, Unauthenticated, WorkbenchError
 from openworkbench.proxy import ProxyTarget, forward_http, forward_websocket
+from openworkbench.proxy.relay_http import raw_path_and_query
 from openworkbench.services.container import Services
+from openworkbench.services.session_origins import AUTH_PATH, SessionOrigins
 from openworkbench.services.signin import COOKIE_NAME
+from openworkbench.store.schema import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,7 @@ HTTP_STATUS = {Unauthenticated: 401, PermissionDenied: 403, NotFound: 404, Inval
 # An open WebSocket (a kernel, a terminal) is checked again this often: revoking a token, disabling a
 # user or stopping the session ends it, not only new requests.
 REVALIDATE_SECONDS = 1.0
+NO_STORE = {"Cache-Control": "no-store"}  # a ticket must not be kept in a cache
 WS_CLOSE = {Unauthenticated: 4401, PermissionDenied: 4403, NotFound: 4404, InvalidState: 1013}
 
 
@@ -62,17 +73,30 @@ def _resolve(services: Services, part: str, authorization: str | None, cookie: s
     return services.sessions.target(part, principal)
 
 
-def credentials(conn: HTTPConnection) -> tuple[str | None, str | None]:
-    return conn.headers.get("authorization"), conn.cookies.get(COOKIE_NAME)
+def credentials(conn: HTTPConnection, host_part: str | None = None) -> tuple[str | None, str | None]:
+    """The Authorization header and the sign-in cookie that counts here: on the session origin of ``host_part``
+    only a cookie issued for it (``<part>.<random>``), on the main origin only a main sign-in (no dot)."""
+    cookie = conn.cookies.get(COOKIE_NAME)
+    if cookie is not None:
+        bound = cookie.startswith(f"{host_part}.") if host_part is not None else "." not in cookie
+        cookie = cookie if bound else None
+    return conn.headers.get("authorization"), cookie
 
 
-def refusal(request: Request, exc: WorkbenchError) -> Response:
+def _error(exc: WorkbenchError) -> JSONResponse:
+    status = HTTP_STATUS.get(type(exc), 500)
+    return JSONResponse({"error": {"code": status, "message": exc.message}}, status_code=status)
+
+
+def refusal(request: Request, exc: WorkbenchError, main_origin: str | None = None) -> Response:
+    """``main_origin``: the request came to a session origin, whose sign-in starts on the main one."""
     wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
     if isinstance(exc, Unauthenticated) and wants_page:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if main_origin is not None:
+            return RedirectResponse(main_origin + target, status_code=302)
         return RedirectResponse(f"/auth/sign-in?next={quote(target)}", status_code=302)
-    status = HTTP_STATUS.get(type(exc), 500)
-    return JSONResponse({"error": {"code": status, "message": exc.message}}, status_code=status)
+    return _error(exc)
 
 
 class SessionRoutes:
@@ -84,25 +108,56 @@ class SessionRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if (kind == "http" or kind == "websocket") and scope["path"].startswith(PREFIX):
-            part, slash, _ = scope["path"][len(PREFIX):].partition("/")
-            if part and kind == "http":
-                await self._http(Request(scope, receive), part, bool(slash), send)
+        if kind == "http" or kind == "websocket":
+            origins = self.services.origins
+            host_part = origins.part_of(Headers(scope=scope).get("host")) if origins else None
+            if host_part is not None:
+                await self._session_origin(scope, receive, send, host_part)
                 return
-            if part and slash:
-                await self._websocket(WebSocket(scope, receive, send), part)
-                return
+            if scope["path"].startswith(PREFIX):
+                part, slash, _ = scope["path"][len(PREFIX):].partition("/")
+                if part and kind == "http":
+                    await self._http(Request(scope, receive), part, bool(slash), send, None)
+                    return
+                if part and slash:
+                    await self._websocket(WebSocket(scope, receive, send), part, None)
+                    return
         await self.app(scope, receive, send)
 
-    async def _http(self, request: Request, part: str, slash: bool, send: Send) -> None:
+    async def _session_origin(self, scope: Scope, receive: Receive, send: Send, part: str) -> None:
+        """A request to ``<part>.<domain>``: its session, the ticket redemption, and nothing else."""
+        path, home = scope["path"], f"{PREFIX}{part}"
+        if scope["type"] == "websocket":
+            if path.startswith(home + "/"):
+                await self._websocket(WebSocket(scope, receive, send), part, part)
+            else:
+                await WebSocket(scope, receive, send).close(code=4404)
+            return
+        request = Request(scope, receive)
+        if path == AUTH_PATH:
+            try:
+                response = await self._redeem(request, part)
+            except Exception:  # the store failing, or a bug: the server's usual error body, not a traceback
+                log.exception("ticket redemption failed on %s", part)
+                response = internal_error_response()
+        elif path == home or path.startswith(home + "/"):
+            await self._http(request, part, path != home, send, part)
+            return
+        elif path == "/":
+            response = RedirectResponse(home + "/", status_code=302)
+        else:
+            response = _error(NotFound(f"This host serves only the session at {home}/"))
+        await response(scope, receive, send)
+
+    async def _http(self, request: Request, part: str, slash: bool, send: Send, host_part: str | None) -> None:
         try:
-            response = await self._respond(request, part, slash)
+            response = await self._respond(request, part, slash, host_part)
         except Exception:  # the store failing, or a bug: the error body of every other failure of the server
             log.exception("proxy failed on %s %s", request.method, request.url.path)
             response = internal_error_response()
         await response(request.scope, request.receive, send)
 
-    async def _respond(self, request: Request, part: str, slash: bool) -> Response:
+    async def _respond(self, request: Request, part: str, slash: bool, host_part: str | None) -> Response:
         """The answer to one request; nothing has been sent yet (a relayed body is sent when it is called)."""
         if request.method not in METHODS:  # TRACE, CONNECT, WebDAV: nothing an IDE needs
             return JSONResponse({"error": {"code": 405, "message": "Method Not Allowed"}}, 405,
@@ -110,14 +165,62 @@ class SessionRoutes:
         if not slash:
             query = f"?{request.url.query}" if request.url.query else ""
             return RedirectResponse(f"/s/{part}/{query}", status_code=301)
+        authorization, cookie = credentials(request, host_part)
+        origins = self.services.origins
+        if origins is not None and host_part is None and not authorization:
+            return await self._to_session_origin(request, part, cookie, origins)
         try:
-            _sid, target = await resolve(self.services, part, *credentials(request))
+            _sid, target = await resolve(self.services, part, authorization, cookie)
         except WorkbenchError as exc:
-            return refusal(request, exc)
+            response = refusal(request, exc, origins.main if origins and host_part else None)
+            if has_body(request.headers):  # its body is unread: close rather than let the server drain it
+                response.headers["connection"] = "close"
+            return response
         return await forward_http(request, target, self.services.pool)
 
-    async def _websocket(self, websocket: WebSocket, part: str) -> None:
-        services, creds = self.services, credentials(websocket)
+    async def _to_session_origin(self, request: Request, part: str, cookie: str | None,
+                                 origins: SessionOrigins) -> Response:
+        """A browser on the main origin: its owner goes to the session's own origin with a one-time ticket."""
+        try:
+            await resolve(self.services, part, None, cookie, touch=False)
+        except WorkbenchError as exc:
+            return refusal(request, exc)
+        if request.method not in ("GET", "HEAD") or cookie is None:
+            return _error(PermissionDenied(f"This session is served at its own origin: {origins.origin(part)}"))
+        path, query = raw_path_and_query(request)
+        ticket = origins.issue(part, cookie)
+        location = f"{origins.origin(part)}{AUTH_PATH}?{urlencode({'ticket': ticket, 'next': _join(path, query)})}"
+        return RedirectResponse(location, status_code=302, headers=NO_STORE)
+
+    async def _redeem(self, request: Request, part: str) -> Response:
+        """``/_owb/auth`` on a session origin: trade a ticket for this origin's own sign-in cookie."""
+        services, home = self.services, f"{PREFIX}{part}/"
+        wanted = request.query_params.get("next", "")
+        next_path = wanted if wanted.startswith(home) and "\\" not in wanted else home
+        assert services.origins is not None
+        try:
+            ticket = services.origins.redeem(request.query_params.get("ticket", ""), part)
+            cookie, expires = await run_in_threadpool(services.signin.origin_cookie, ticket.cookie_hash, part)
+        except WorkbenchError as exc:
+            return _error(exc)
+        try:  # the owner still (a ticket outlives nothing: the session may have changed hands or ended)
+            await resolve(services, part, None, cookie, touch=False)
+        except WorkbenchError as exc:
+            await run_in_threadpool(services.signin.sign_out, cookie)
+            return _error(exc)
+        response = RedirectResponse(next_path, status_code=302, headers=NO_STORE)
+        max_age = int((expires - utcnow()).total_seconds())
+        # Host-only (no Domain): neither the main origin nor another session's host ever receives it.
+        response.set_cookie(COOKIE_NAME, cookie, max_age=max_age, httponly=True, samesite="lax",
+                            secure=request.url.scheme == "https", path="/")
+        return response
+
+    async def _websocket(self, websocket: WebSocket, part: str, host_part: str | None) -> None:
+        services, creds = self.services, credentials(websocket, host_part)
+        if services.origins is not None and host_part is None and not creds[0]:
+            # A browser's socket belongs on the session's own origin (where its pages are).
+            await websocket.close(code=4403, reason="This session is served at its own origin")
+            return
         try:
             _sid, target = await resolve(services, part, *creds)
         except WorkbenchError as exc:
@@ -135,6 +238,10 @@ class SessionRoutes:
             await websocket.close(code=WS_CLOSE.get(type(refused), 1011), reason=refused.message[:100])
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
+
+
+def _join(path: str, query: str) -> str:
+    return f"{path}?{query}" if query else path
 
 
 async def _until_refused(services: Services, part: str, authorization: str | None,

@@ -6,7 +6,7 @@ Exit codes (docs/cli.md), for scripts:
 0     done
 1     the server refused the request (unknown session, bad parameter, wrong state, ...)
 2     usage: a bad option or argument, no server or no API key given
-3     the server cannot be reached, or what answered is not an Open Workbench server
+3     the server cannot be reached or is overloaded (503), or what answered is not an Open Workbench server
 4     the credentials were refused (401) or lack the permission (403)
 5     ``--wait``: the session or job ended without getting where it was waited for
 6     ``--wait --timeout``: still not there when the time ran out
@@ -29,7 +29,9 @@ from rich.text import Text
 
 from openworkbench.errors import (
     ConfigError,
+    Overloaded,
     PermissionDenied,
+    RequestTimeout,
     ServerUnreachable,
     Unauthenticated,
     UnexpectedResponse,
@@ -55,7 +57,7 @@ def fail(message: str, status: int) -> NoReturn:
 def exit_status(exc: BaseException) -> int:
     if isinstance(exc, ConfigError):
         return EXIT_USAGE
-    if isinstance(exc, ServerUnreachable | UnexpectedResponse):
+    if isinstance(exc, ServerUnreachable | UnexpectedResponse | Overloaded | RequestTimeout):
         return EXIT_UNREACHABLE
     if isinstance(exc, Unauthenticated | PermissionDenied):
         return EXIT_AUTH

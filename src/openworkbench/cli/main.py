@@ -66,6 +66,7 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
     import uvicorn
 
     from openworkbench.api.app import create_app
+    from openworkbench.api.http_protocol import protocol_class
     from openworkbench.logs import announcer, log_config
 
     server: dict[str, Any] = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
@@ -88,6 +89,11 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
         access_log=False,
         # Output followers of long jobs must not hold a shutdown hostage.
         timeout_graceful_shutdown=3,
+        # Limits on what any client, signed in or not, can hold (docs/security.md, "Limits before work").
+        http=protocol_class(settings.server),
+        timeout_keep_alive=settings.server.keep_alive_s,
+        limit_concurrency=settings.server.max_connections,
+        proxy_headers=False,  # the app believes X-Forwarded-* from server.trusted_proxies only (api/forwarded.py)
     )
 
 

@@ -9,6 +9,8 @@ API or the store: they get plain data and return plain data.
 from __future__ import annotations
 
 import abc
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +20,12 @@ from openworkbench.models import JobSpec
 
 ACTIVE_STATUSES = frozenset({"Pending", "Running", "Suspended"})
 FINAL_STATUSES = frozenset({"Finished", "Failed", "Killed", "Canceled"})
+# What a limit may be where the cluster knows no maximum: beyond any machine, within what the kernel's
+# rlimits and Slurm's options take without overflow.
+HARD_MAX = float(2**31 - 1)
+# Errors of one job's data (a NaN limit, a mangled cluster_state, a spec that no longer validates), as opposed
+# to errors of the environment (OSError, WorkbenchError) that a later poll may not meet again.
+BAD_ROW_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, LookupError, ArithmeticError, AttributeError)
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,22 @@ class Account:
     groups: tuple[int, ...]
     home: str
     shell: str
+
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def login_environment(account: Account) -> dict[str, str]:
+    """The environment of every process the server starts as a user (jobs, hooks, IDEs, helpers): what a
+    login would give, the user's own; nothing of the server's (its HOME=/root, secrets in its variables)."""
+    return {
+        "HOME": account.home,
+        "USER": account.username,
+        "LOGNAME": account.username,
+        "SHELL": account.shell or "/bin/sh",
+        "PATH": DEFAULT_PATH,
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+    }
 
 
 @dataclass
@@ -64,6 +88,32 @@ def refuse_containers(cluster: str, spec: JobSpec) -> None:
     for field_name in ("mounts", "exposed_ports"):
         if getattr(spec, field_name):
             raise InvalidParameter(f"cluster '{cluster}' does not support '{field_name}'")
+
+
+def limit_text(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def checked_limit(kind: str, text: str, least: float | None, maximum: float | None, where: str) -> float:
+    """The value of a resource limit: a finite number from ``least`` (else above 0) to ``maximum`` (else
+    HARD_MAX), or InvalidParameter naming the limit and the range ``where`` (e.g. "cluster 'Local'") takes."""
+    top = HARD_MAX if maximum is None else maximum
+    bound = f"at least {least:g}" if least else "positive"
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise InvalidParameter(f"resource limit {kind} must be a number ({bound}, at most {limit_text(top)} on "
+                               f"{where}), got {text!r}")
+    if value <= 0 or (least is not None and value < least):
+        raise InvalidParameter(f"resource limit {kind} must be {bound} (and at most {limit_text(top)} on {where}), "
+                               f"got {text}")
+    if value > top:
+        raise InvalidParameter(f"resource limit {kind}={text} exceeds the maximum {limit_text(top)} of {where}")
+    return value
 
 
 class Cluster(abc.ABC):

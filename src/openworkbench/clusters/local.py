@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import select
 import signal
@@ -23,12 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from openworkbench.clusters.base import FINAL_STATUSES, Account, Cluster, JobRef, JobState
+from openworkbench.clusters.base import BAD_ROW_ERRORS, FINAL_STATUSES, Account, Cluster, JobRef, JobState
 from openworkbench.clusters.local_spec import check_limits, describe_local, render_spec
 from openworkbench.config import ClusterSettings, LocalSettings
 from openworkbench.errors import ConfigError, LaunchFailed
 from openworkbench.models import JobSpec
 
+log = logging.getLogger(__name__)
 LAUNCHER = Path(__file__).with_name("launcher.py")
 LAUNCHER_TIMEOUT = 10.0  # seconds for one answer of the launcher; a fork takes about a millisecond
 LOCK_CHECK_INTERVAL = 2.0  # seconds between liveness checks of one job's supervisor
@@ -197,7 +199,11 @@ class LocalCluster(Cluster):
     def poll(self, jobs: list[JobRef]) -> dict[str, JobState]:
         updates: dict[str, JobState] = {}
         for job in jobs:
-            state = self._poll_one(job)
+            try:
+                state = self._poll_one(job)
+            except BAD_ROW_ERRORS as exc:  # this job's data chokes us (a NaN limit of an older version): it alone
+                log.exception("cluster %s: job %s cannot be followed", self.name, job.id)
+                state = JobState(status="Failed", status_message=f"the job cannot be followed: {exc}")
             if state is None:
                 continue
             # Report changes only; a resubmission is a change too (it brings the output paths).

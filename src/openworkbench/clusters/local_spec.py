@@ -6,12 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from openworkbench.clusters.base import Account, refuse_containers
+from openworkbench.clusters.base import Account, checked_limit, login_environment, refuse_containers
 from openworkbench.config import IDE_NAMES, ClusterSettings
 from openworkbench.errors import InvalidParameter
 from openworkbench.models import JobSpec
-
-DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 def machine_limits() -> dict[str, float]:
@@ -76,29 +74,16 @@ def check_limits(cluster: str, settings: ClusterSettings, spec: JobSpec, cgroups
         raise InvalidParameter(f"cluster '{cluster}' has no placement constraint(s) {bad}")
     limits = effective_limits(settings)
     for item in spec.resource_limits:
-        value = _checked_value(cluster, item.type, item.value, cgroups)
-        maximum = limits.get(item.type, (None, None))[0]
-        if maximum is not None and value > maximum:
-            raise InvalidParameter(
-                f"resource limit {item.type}={item.value} exceeds the maximum {_text(maximum)} of cluster '{cluster}'"
-            )
+        _checked_value(cluster, item.type, item.value, cgroups, limits.get(item.type, (None, None))[0])
 
 
-def _checked_value(cluster: str, kind: str, text: str, cgroups: bool) -> float:
+def _checked_value(cluster: str, kind: str, text: str, cgroups: bool, maximum: float | None) -> float:
     if kind == "memorySwap":
         raise InvalidParameter(f"cluster '{cluster}' does not support the memorySwap limit")
     if kind in CGROUP_LIMITS and not cgroups:
         # Accepting a limit we cannot enforce would be a silent lie.
         raise InvalidParameter(f"cluster '{cluster}' cannot enforce {kind}: cgroups are not available")
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidParameter(f"resource limit {kind} must be a number, got {text!r}") from None
-    least = MIN_VALUES.get(kind)
-    if value <= 0 or (least is not None and value < least):
-        bound = f"at least {least:g}" if least else "positive"
-        raise InvalidParameter(f"resource limit {kind} must be {bound}, got {text}")
-    return value
+    return checked_limit(kind, text, MIN_VALUES.get(kind), maximum, f"cluster '{cluster}'")
 
 
 def _limit(spec: JobSpec, settings: ClusterSettings, kind: str) -> float | None:
@@ -111,14 +96,7 @@ def _limit(spec: JobSpec, settings: ClusterSettings, kind: str) -> float | None:
 
 def job_environment(spec: JobSpec, account: Account) -> dict[str, str]:
     """A clean login-like environment plus the job's own variables (which win)."""
-    env = {
-        "HOME": account.home,
-        "USER": account.username,
-        "LOGNAME": account.username,
-        "SHELL": account.shell or "/bin/sh",
-        "PATH": DEFAULT_PATH,
-        "LANG": os.environ.get("LANG", "C.UTF-8"),
-    }
+    env = login_environment(account)
     env.update({item.name: item.value for item in spec.environment})
     return env
 

@@ -19,6 +19,7 @@ import math
 import os
 import resource
 import signal
+import stat
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -71,7 +72,7 @@ def write_json_atomic(path: str, data: dict[str, Any], sync: bool = False) -> No
     # the record that must survive a crash of the machine; the others are overwritten within the job's life.
     tmp = f"{path}.tmp.{os.getpid()}"
     text = json.dumps(data).encode()  # written at once, not one write per token as json.dump does
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
     try:
         while text:
             text = text[os.write(fd, text) :]
@@ -163,11 +164,30 @@ def prepare(job: Job, spec: dict[str, Any]) -> ChildPlan:
 
 
 def open_output(path: str, plan: ChildPlan) -> int:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    os.fchmod(fd, 0o600)  # the file may have existed with another mode
+    # A new inode for every run: a hard link the user made to an earlier run's output (through
+    # /proc/<pid>/fd) stays attached to that one, sealed, and never becomes this run's output.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     if plan.switch_user:
         os.fchown(fd, plan.uid, plan.gid)
     return fd
+
+
+def seal_outputs(spec: dict[str, Any]) -> None:
+    """Once the job has ended: its output becomes root's, read-only (0440, the user's group may read). The
+    job wrote it as its user, so the user could have hard-linked it; from now on no link or new open can
+    change what the server serves as this job's output."""
+    for path in {spec["stdout"], spec["stderr"]}:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    if os.geteuid() == 0:
+                        os.fchown(fd, 0, spec["gid"])
+                    os.fchmod(fd, 0o440)
+            finally:
+                os.close(fd)
 
 
 def feed_stdin(write_fd: int, data: bytes) -> None:
@@ -291,11 +311,18 @@ def supervise(job: Job) -> None:
         os.waitpid(job.pid or 0, 0)  # the child already _exit()ed after reporting
         job.reaped = True
         message = exec_failure_message(spec["argv"][0], spec["cwd"], report)
+        seal_outputs(spec)
         write_json_atomic(state_path, {**failed_state(job, message), "pid": None, "pgid": None}, sync=True)
         return
     job.start_time = now_iso()
     write_json_atomic(state_path, {**base_state(job), "status": "Running"})
-    write_json_atomic(state_path, finish(job, spec), sync=True)
+    state = finish(job, spec)
+    # Its leftovers (a daemon holding the output open) are killed before the output is sealed and the end
+    # reported, so no process of the job can write to "finished" output.
+    cgroups.cleanup_cgroups(job.cgroups)
+    job.cgroups.clear()
+    seal_outputs(spec)
+    write_json_atomic(state_path, state, sync=True)
 
 
 def handle_crash(job: Job, exc: BaseException) -> None:

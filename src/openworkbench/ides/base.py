@@ -58,6 +58,10 @@ class LaunchContext:
     # starts: its flags carry PORT_PLACEHOLDER, and ``endpoint`` ("host:port") is known once it runs.
     network: bool = False
     endpoint: str | None = None
+    # The uid that must own and serve ``socket_path`` (the session's user); None: the server's own user.
+    uid: int | None = None
+    # Whether open_path() is a directory, as its user sees it (the session layer asks as the user).
+    open_is_dir: bool = False
 
     def runtime_dir(self, kind: str) -> str:
         """A short per-session directory beside the socket (same 0700 parent) for transient files and

@@ -2,11 +2,14 @@
 (or loopback port), at the path the IDE expects, with the per-session secret headers.
 
 Every request uses its own connection (``force_close``): a pooled keep-alive connection would
-count as an open client to code-server and keep its heartbeat "alive" for ever.
+count as an open client to code-server and keep its heartbeat "alive" for ever. Each connection to a socket
+is checked as the proxy checks its own (``Upstream``): the readiness probe and the courtesy calls (save,
+shut down, activity) must not talk, as root, to whatever the user put at the socket's path.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -16,6 +19,7 @@ import aiohttp
 
 from openworkbench.errors import InternalError
 from openworkbench.ides.base import Ide, LaunchContext
+from openworkbench.proxy.upstream import Upstream
 
 
 class IdeRequestError(InternalError):
@@ -26,32 +30,34 @@ class IdeRequestError(InternalError):
         self.status = status
 
 
+def upstream_of(ide: Ide, ctx: LaunchContext) -> Upstream:
+    """Where the session's IDE listens: its socket (served by the session's user), the port it reported
+    from a cluster node, or its loopback port (an IDE that cannot listen on a socket)."""
+    if ctx.network:
+        if not ctx.endpoint:
+            raise InternalError(f"{ide.name} on a cluster node has not reported where it listens yet")
+        host, _, port = ctx.endpoint.rpartition(":")
+        return Upstream.tcp(host, int(port))
+    if ide.uses_socket:
+        return Upstream.unix(ctx.socket_path, os.geteuid() if ctx.uid is None else ctx.uid)
+    if ctx.port is None:
+        raise InternalError(f"{ide.name} listens on a loopback port, and the launch context has none")
+    return Upstream.tcp("127.0.0.1", ctx.port)
+
+
 class IdeClient:
     def __init__(self, ide: Ide, ctx: LaunchContext, timeout: float = 10.0) -> None:
         self.ide = ide
         self.ctx = ctx
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        path = "/" if ide.strip_prefix else ctx.prefix
-        if ctx.network:
-            if not ctx.endpoint:
-                raise InternalError(f"{ide.name} on a cluster node has not reported where it listens yet")
-            self.base = f"http://{ctx.endpoint}{path}"
-        elif ide.uses_socket:
-            self.base = "http://localhost" + path
-        elif ctx.port is not None:
-            self.base = f"http://127.0.0.1:{ctx.port}{path}"
-        else:
-            raise InternalError(f"{ide.name} listens on a loopback port, and the launch context has none")
+        self.upstream = upstream_of(ide, ctx)
+        self.base = str(self.upstream.url("/" if ide.strip_prefix else ctx.prefix))
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> IdeClient:
-        connector: aiohttp.BaseConnector
-        if self.ide.uses_socket and not self.ctx.network:
-            connector = aiohttp.UnixConnector(path=self.ctx.socket_path, force_close=True)
-        else:
-            connector = aiohttp.TCPConnector(force_close=True)
         self._session = aiohttp.ClientSession(
-            connector=connector, headers=self.ide.upstream_headers(self.ctx), timeout=self._timeout
+            connector=self.upstream.connector(force_close=True), headers=self.ide.upstream_headers(self.ctx),
+            timeout=self._timeout,
         )
         return self
 

@@ -77,7 +77,7 @@ class _Jupyter(Ide):
         rel = os.path.relpath(path, ctx.working_dir)
         if rel == ".." or rel.startswith("../"):
             return None
-        return ("" if rel == "." else rel), os.path.isdir(path)
+        return ("" if rel == "." else rel), ctx.open_is_dir
 
     @abc.abstractmethod
     def default_url(self, ctx: LaunchContext) -> str | None:

@@ -49,7 +49,7 @@ class VSCode(Ide):
         from its command line; a plain file there gives an empty window, so a file open_file is
         not passed and the working directory opens instead."""
         path = ctx.open_path()
-        if path and (os.path.isdir(path) or path.endswith(".code-workspace")):
+        if path and (ctx.open_is_dir or path.endswith(".code-workspace")):
             return path
         return ctx.working_dir
 

@@ -17,10 +17,12 @@ from openworkbench.proxy.rewrite import (
     upstream_path,
 )
 from openworkbench.proxy.target import SIGN_IN_COOKIE, ProxyTarget, UpstreamUnavailable
+from openworkbench.proxy.upstream import Upstream
 
 __all__ = [
     "SIGN_IN_COOKIE",
     "ProxyTarget",
+    "Upstream",
     "UpstreamPool",
     "UpstreamUnavailable",
     "filter_request_headers",

@@ -1,9 +1,11 @@
-"""One keep-alive aiohttp client per IDE socket."""
+"""One keep-alive aiohttp client per IDE (per ``Upstream``)."""
 
 from __future__ import annotations
 
 import aiohttp
 from yarl import URL
+
+from openworkbench.proxy.upstream import Upstream
 
 # Node (code-server) drops idle keep-alive connections after 5 s; reusing one it has just closed fails a POST,
 # which aiohttp cannot retry. Idling out first avoids that race.
@@ -12,42 +14,36 @@ KEEPALIVE_SECONDS = 4.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Browsers send large cookie headers, IDEs large Set-Cookie / CSP headers; aiohttp's 8 KiB default is too tight.
 MAX_HEADER_BYTES = 65536
-TCP = "tcp://"  # an upstream "socket path" with this prefix is a host:port
 
 
 class UpstreamPool:
-    """Owns the client sessions to the IDEs' Unix sockets, created on first use and reused."""
+    """Owns the client sessions to the IDEs, created on first use and reused.
+
+    Every new connection a session opens to a Unix socket is checked (``Upstream.connector``): the socket must
+    belong to, and be served by, the session's owner.
+    """
 
     def __init__(self, connect_timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
         self._connect_timeout = connect_timeout
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._sessions: dict[Upstream, aiohttp.ClientSession] = {}
 
-    def session(self, socket_path: str) -> aiohttp.ClientSession:
-        """The session for one socket; must be called on the event loop that will use it."""
-        session = self._sessions.get(socket_path)
+    def session(self, upstream: Upstream) -> aiohttp.ClientSession:
+        """The session for one IDE; must be called on the event loop that will use it."""
+        session = self._sessions.get(upstream)
         if session is None or session.closed:
-            session = self._sessions[socket_path] = self._open(socket_path)
+            session = self._sessions[upstream] = self._open(upstream)
         return session
 
     @staticmethod
-    def url(path_and_query: str, upstream: str = "") -> URL:
+    def url(path_and_query: str, upstream: Upstream | None = None) -> URL:
         """An upstream URL, the path percent-encoded as sent; for a socket the host is nominal (the socket
-        decides), for ``tcp://host:port`` it is that host and port."""
+        decides), for a TCP upstream it is its host and port."""
         path, _, query = path_and_query.partition("?")
-        host, port = "localhost", None
-        if upstream.startswith(TCP):
-            host, _, port_text = upstream[len(TCP):].rpartition(":")
-            port = int(port_text)
-        return URL.build(scheme="http", host=host, port=port, path=path, query_string=query, encoded=True)
+        return (upstream or _NOMINAL).url(path, query)
 
-    def _open(self, socket_path: str) -> aiohttp.ClientSession:
-        connector: aiohttp.BaseConnector
-        if socket_path.startswith(TCP):  # an IDE on a cluster node
-            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
-        else:
-            connector = aiohttp.UnixConnector(path=socket_path, limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
+    def _open(self, upstream: Upstream) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
-            connector=connector,
+            connector=upstream.connector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS),
             # Bodies (downloads, event streams, long polls) may last any time; only connecting is bounded.
             timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout),
             auto_decompress=False,  # pass bytes through exactly as encoded
@@ -57,9 +53,9 @@ class UpstreamPool:
             max_field_size=MAX_HEADER_BYTES,
         )
 
-    async def forget(self, socket_path: str) -> None:
-        """Close the connections to one socket (its session stopped)."""
-        session = self._sessions.pop(socket_path, None)
+    async def forget(self, upstream: Upstream) -> None:
+        """Close the connections to one IDE (its session stopped)."""
+        session = self._sessions.pop(upstream, None)
         if session is not None:
             await session.close()
 
@@ -67,3 +63,6 @@ class UpstreamPool:
         sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
             await session.close()
+
+
+_NOMINAL = Upstream.unix("", -1)

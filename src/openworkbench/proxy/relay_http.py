@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from openworkbench.errors import PermissionDenied
+from openworkbench.errors import PermissionDenied, UpstreamRefused
 from openworkbench.proxy.pool import UpstreamPool
 from openworkbench.proxy.rewrite import filter_request_headers, filter_response_headers, origin_allowed, upstream_path
 from openworkbench.proxy.target import ProxyTarget, UpstreamUnavailable, error_response
@@ -44,8 +44,14 @@ def upstream_headers(conn: HTTPConnection, target: ProxyTarget) -> list[tuple[st
 
 
 def same_origin(conn: HTTPConnection) -> bool:
-    headers = conn.headers
-    return origin_allowed(headers.get("origin"), headers.get("host"), headers.get("x-forwarded-host"))
+    # Host only: X-Forwarded-Host from a trusted proxy has already become the Host (api/forwarded.py), and
+    # from anyone else it is not believed (it would let any page pass by naming itself).
+    return origin_allowed(conn.headers.get("origin"), conn.headers.get("host"))
+
+
+def log_refused(target: ProxyTarget, exc: UpstreamRefused) -> None:
+    """A refused upstream is an attack or a broken session: say which session, and whose socket it was."""
+    log.warning("proxy refused session %s (%s): %s", target.session_id or "?", target.prefix, exc.log_text())
 
 
 def _has_body(request: Request) -> bool:
@@ -128,15 +134,18 @@ async def forward_http(request: Request, target: ProxyTarget, pool: UpstreamPool
     if request.method not in _SAFE_METHODS and not same_origin(request):
         return error_response(PermissionDenied(CROSS_ORIGIN))
     path, query = raw_path_and_query(request)
-    url = pool.url(upstream_path(target, path, query), target.socket_path)
+    url = pool.url(upstream_path(target, path, query), target.upstream)
     headers = upstream_headers(request, target)
     body = _request_body(request) if _has_body(request) else None
     try:
-        upstream = await pool.session(target.socket_path).request(
+        upstream = await pool.session(target.upstream).request(
             request.method, url, headers=headers, data=body, allow_redirects=False
         )
+    except UpstreamRefused as exc:
+        log_refused(target, exc)
+        return error_response(exc)
     except (aiohttp.ClientError, TimeoutError, ClientDisconnect) as exc:
-        log.warning("proxy %s %s -> %s: %s", request.method, target.prefix, target.socket_path, exc)
+        log.warning("proxy %s %s -> %s: %s", request.method, target.prefix, target.upstream, exc)
         return error_response(UpstreamUnavailable(UNREACHABLE))
     raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in upstream.raw_headers]
     host = request.headers.get("host", "")

@@ -9,9 +9,16 @@ from contextlib import suppress
 import aiohttp
 from starlette.websockets import WebSocket, WebSocketState
 
-from openworkbench.errors import PermissionDenied, WorkbenchError
+from openworkbench.errors import PermissionDenied, UpstreamRefused, WorkbenchError
 from openworkbench.proxy.pool import UpstreamPool
-from openworkbench.proxy.relay_http import CROSS_ORIGIN, UNREACHABLE, raw_path_and_query, same_origin, upstream_headers
+from openworkbench.proxy.relay_http import (
+    CROSS_ORIGIN,
+    UNREACHABLE,
+    log_refused,
+    raw_path_and_query,
+    same_origin,
+    upstream_headers,
+)
 from openworkbench.proxy.rewrite import sendable_close_code, upstream_path
 from openworkbench.proxy.target import ProxyTarget, UpstreamUnavailable, error_response
 
@@ -25,8 +32,8 @@ async def _connect(websocket: WebSocket, target: ProxyTarget, pool: UpstreamPool
     # aiohttp writes its own handshake fields; the browser's would clash (its key, its extension offer).
     headers = [(n, v) for n, v in upstream_headers(websocket, target) if not n.lower().startswith("sec-websocket-")]
     protocols = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
-    return await pool.session(target.socket_path).ws_connect(
-        pool.url(upstream_path(target, path, query), target.socket_path),
+    return await pool.session(target.upstream).ws_connect(
+        pool.url(upstream_path(target, path, query), target.upstream),
         headers=headers,
         protocols=protocols,
         max_msg_size=0,  # the browser side (uvicorn) already bounds message size
@@ -88,12 +95,16 @@ async def forward_websocket(websocket: WebSocket, target: ProxyTarget, pool: Ups
         return
     try:
         upstream = await _connect(websocket, target, pool)
+    except UpstreamRefused as exc:
+        log_refused(target, exc)
+        await _refuse(websocket, exc)
+        return
     except aiohttp.WSServerHandshakeError as exc:
         log.warning("proxy WebSocket %s refused by the IDE: %s", target.prefix, exc.status)
         await _refuse(websocket, _refused_by_ide(exc.status))
         return
     except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("proxy WebSocket %s -> %s: %s", target.prefix, target.socket_path, exc)
+        log.warning("proxy WebSocket %s -> %s: %s", target.prefix, target.upstream, exc)
         await _refuse(websocket, UpstreamUnavailable(UNREACHABLE))
         return
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from urllib.parse import urlsplit, urlunsplit
 
-from openworkbench.proxy.target import SIGN_IN_COOKIE, ProxyTarget
+from openworkbench.proxy.target import SERVER_COOKIES, ProxyTarget
 
 Headers = list[tuple[str, str]]
 
@@ -16,8 +16,10 @@ HOP_BY_HOP = frozenset(
 )
 # Never to an IDE: the user's API token travels in Authorization; uvicorn already answered any Expect.
 _DROP_REQUEST = frozenset({"authorization", "expect", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-prefix"})
-# uvicorn adds its own Date and Server; passing the IDE's would send both twice.
-_DROP_RESPONSE = frozenset({"date", "server"})
+# uvicorn adds its own Date and Server; passing the IDE's would send both twice. Service-Worker-Allowed would
+# let a session's script register a worker for "/" (the sign-in page and every other session on this origin):
+# without it a worker's scope cannot reach above its script, which is inside the session's prefix.
+_DROP_RESPONSE = frozenset({"date", "server", "service-worker-allowed"})
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
 
 
@@ -32,10 +34,10 @@ def upstream_path(target: ProxyTarget, request_path: str, query: str) -> str:
     return f"{path}?{query}" if query else path
 
 
-def strip_cookie(cookie_header: str, name: str = SIGN_IN_COOKIE) -> str:
-    """A Cookie header without the named cookie; the others keep their order."""
+def strip_cookie(cookie_header: str, names: frozenset[str] = SERVER_COOKIES) -> str:
+    """A Cookie header without the server's own cookies; the others keep their order."""
     pairs = (pair.strip() for pair in cookie_header.split(";"))
-    return "; ".join(pair for pair in pairs if pair and pair.partition("=")[0].strip() != name)
+    return "; ".join(pair for pair in pairs if pair and pair.partition("=")[0].strip() not in names)
 
 
 def _connection_tokens(value: str) -> set[str]:
@@ -127,21 +129,35 @@ def rewrite_location(location: str, target: ProxyTarget, request_host: str) -> s
     return location  # relative: the browser resolves it against the public URL already
 
 
-def rewrite_set_cookie(value: str, target: ProxyTarget) -> str:
-    """Keep a stripped IDE's cookies under its prefix: ``Path=/x`` -> ``Path=<prefix>x``; no Path -> the prefix."""
-    if not target.strip_prefix:
-        return value  # the IDE already knows its prefix (Jupyter's base_url)
+def rewrite_set_cookie(value: str, target: ProxyTarget) -> str | None:
+    """An IDE's cookie confined to its session: None (dropped) for a cookie named like the server's own.
+
+    Every session shares the server's origin unless ``server.session_domain`` is set, so a cookie with
+    ``Path=/`` would reach the sign-in page and every other session: its Path is kept under the prefix
+    (``Path=/x`` -> ``Path=<prefix>x`` for an IDE that does not know its prefix), and Domain is removed
+    (with per-session origins it would reach the main origin and the other sessions).
+    """
     parts = value.split(";")
-    seen_path = False
-    for index, attribute in enumerate(parts[1:], start=1):
-        name, _, path = attribute.strip().partition("=")
-        if name.lower() == "path":
-            seen_path = True
-            path = path.strip()
-            parts[index] = " Path=" + (_under_prefix(path, target) if path.startswith("/") else target.prefix)
-    if not seen_path:
-        parts.append(" Path=" + target.prefix)
-    return ";".join(parts)
+    if parts[0].partition("=")[0].strip() in SERVER_COOKIES:
+        return None
+    kept, path, where = [parts[0]], "", -1
+    for attribute in parts[1:]:
+        name, _, argument = attribute.strip().partition("=")
+        if name.lower() == "path":  # the last Path attribute is the one a browser uses: it stays in its place
+            path, where = argument.strip(), len(kept)
+        elif name.lower() != "domain":
+            kept.append(attribute)
+    kept.insert(where if where >= 0 else len(kept), " Path=" + _cookie_path(path, target))
+    return ";".join(kept)
+
+
+def _cookie_path(path: str, target: ProxyTarget) -> str:
+    if not path.startswith("/"):
+        return target.prefix
+    if target.strip_prefix:
+        return _under_prefix(path, target)
+    inside = path.startswith(target.prefix) or path == target.prefix.rstrip("/")
+    return path if inside else target.prefix
 
 
 def filter_response_headers(headers: Iterable[tuple[str, str]], target: ProxyTarget, *, request_host: str) -> Headers:
@@ -159,7 +175,9 @@ def filter_response_headers(headers: Iterable[tuple[str, str]], target: ProxyTar
         elif lower == "location":
             kept.append((lower, name, rewrite_location(value, target, request_host)))
         elif lower == "set-cookie":
-            kept.append((lower, name, rewrite_set_cookie(value, target)))
+            cookie = rewrite_set_cookie(value, target)
+            if cookie is not None:
+                kept.append((lower, name, cookie))
         else:
             kept.append((lower, name, value))
     return [(name, value) for lower, name, value in kept if lower not in late_drop]

@@ -11,8 +11,11 @@ from openworkbench.clusters.slurm import SlurmCluster
 from openworkbench.config import Settings
 from openworkbench.errors import ConfigError
 from openworkbench.proxy import UpstreamPool
+from openworkbench.services import session_files
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.jobs import JobService
+from openworkbench.services.run_as import RunAsPolicy
+from openworkbench.services.session_origins import SessionOrigins
 from openworkbench.services.session_runner import SessionRunner
 from openworkbench.services.session_watch import SessionWatch
 from openworkbench.services.sessions import SessionService
@@ -33,6 +36,7 @@ class Services:
     watch: SessionWatch
     sessions: SessionService
     signin: SignIn
+    origins: SessionOrigins | None = None  # server.session_domain set: each session on its own host
 
     def close(self) -> None:
         for cluster in self.clusters.values():
@@ -66,11 +70,16 @@ def build_clusters(settings: Settings) -> dict[str, Cluster]:
 
 def build_services(settings: Settings) -> Services:
     store = open_store(settings)
+    # At start-up, not at the first launch: a user must never get to create it first.
+    session_files.prepare_runtime_root(settings.sessions.runtime_dir)
     accounts = Accounts(store, PrincipalCache(open_epoch(settings.database_url)))
     clusters = build_clusters(settings)
-    jobs = JobService(store, accounts, clusters, settings.default_cluster)
+    run_as = RunAsPolicy.load(settings.auth.allowed_system_users)
+    jobs = JobService(store, accounts, clusters, settings.default_cluster, run_as)
     pool = UpstreamPool()
     runner = SessionRunner(settings, store, jobs, pool)
-    sessions = SessionService(settings, store, jobs, runner)
+    origins = SessionOrigins(settings.server.session_domain) if settings.server.session_domain else None
+    sessions = SessionService(settings, store, jobs, runner, public_url=origins.url if origins else None)
     watch = SessionWatch(runner)
-    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts))
+    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts),
+                    origins)

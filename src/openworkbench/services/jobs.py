@@ -20,12 +20,20 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench import metrics
 from openworkbench.auth.permissions import Action, Principal, require
-from openworkbench.clusters.base import ACTIVE_STATUSES, FINAL_STATUSES, Account, Cluster, JobRef, JobState
+from openworkbench.clusters.base import (
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    Account,
+    Cluster,
+    JobRef,
+    JobState,
+)
 from openworkbench.errors import InvalidParameter, InvalidState, LaunchFailed, NotFound, WorkbenchError
 from openworkbench.models import JobSpec
 from openworkbench.services import output
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.job_json import job_json
+from openworkbench.services.run_as import RunAsPolicy
 from openworkbench.store import Store
 from openworkbench.store.schema import Job, User, utcnow
 
@@ -37,15 +45,17 @@ def posix_account(username: str) -> Account:
     """The account a job of ``username`` runs as: that user when we are root, else ourselves."""
     try:
         entry = pwd.getpwnam(username) if os.geteuid() == 0 else pwd.getpwuid(os.getuid())
-    except KeyError:
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
         raise LaunchFailed(f"user '{username}' has no POSIX account on this server") from None
     groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, tuple(groups), entry.pw_dir, entry.pw_shell)
 
 
 class JobService:
-    def __init__(self, store: Store, accounts: Accounts, clusters: dict[str, Cluster], default_cluster: str) -> None:
+    def __init__(self, store: Store, accounts: Accounts, clusters: dict[str, Cluster], default_cluster: str,
+                 run_as: RunAsPolicy | None = None) -> None:
         self.store = store
+        self.run_as = run_as or RunAsPolicy()
         self.accounts = accounts
         self.clusters = clusters
         self.default_cluster = default_cluster
@@ -57,6 +67,7 @@ class JobService:
     def launch(self, principal: Principal, spec: JobSpec, session_id: str | None = None) -> dict[str, Any]:
         owner = spec.user or principal.username
         require(principal, Action.ACT_AS, owner)
+        self.run_as.check(owner)
         cluster = self._cluster(spec.cluster or self.default_cluster)
         cluster.validate(spec)
         account = posix_account(owner)
@@ -66,9 +77,13 @@ class JobService:
         self._record(job, owner)
         try:
             state = cluster.submit(job_id, spec, account)
-        except WorkbenchError as exc:
-            self._apply(job_id, JobState(status="Failed", status_message=exc.message))
-            raise
+        except Exception as exc:  # whatever went wrong, the recorded job ends Failed, never stays Pending
+            failure = exc if isinstance(exc, WorkbenchError) else LaunchFailed(f"the cluster could not start the "
+                                                                               f"job: {type(exc).__name__}: {exc}")
+            if not isinstance(exc, WorkbenchError):
+                log.exception("job %s: submit to cluster %s failed", job_id, cluster.name)
+            self._apply(job_id, JobState(status="Failed", status_message=failure.message))
+            raise failure from None
         # Until the job is followed, below, nothing but this request writes its row: the row in hand is the
         # stored one. So the update needs no read first, and the reply needs no read-back.
         _update_row(job, state)
@@ -160,18 +175,29 @@ class JobService:
 
     # -- following state ---------------------------------------------------------------------
     def adopt(self) -> int:
-        """Load every unfinished job, so the monitor follows jobs started before a restart."""
+        """Load every unfinished job, so the monitor follows jobs started before a restart. A row that cannot
+        be loaded (its stored request no longer valid, say) is logged and ends Failed; the others go on."""
+        failed: dict[str, JobState] = {}
         with self.store.session() as db:
             rows = db.execute(select(Job, User.username).join(User).where(Job.status.in_(ACTIVE_STATUSES))).all()
             for job, owner in rows:
-                spec = JobSpec.model_validate(job.spec)
                 try:
-                    account: Account | None = posix_account(owner)
-                except LaunchFailed:
-                    account = None
-                self._active[job.id] = JobRef(job.id, job.status, spec, account, job.cluster_state or {})
-                self._clusters_of[job.id] = job.cluster
-        return len(rows)
+                    self._adopt_one(job, owner)
+                except Exception as exc:
+                    log.exception("job %s cannot be followed after the restart", job.id)
+                    failed[job.id] = JobState("Failed", f"the job could not be followed after a server restart: "
+                                                        f"{type(exc).__name__}: {exc}")
+        self._apply_all(failed)
+        return len(rows) - len(failed)
+
+    def _adopt_one(self, job: Job, owner: str) -> None:
+        spec = JobSpec.model_validate(job.spec)
+        try:
+            account: Account | None = posix_account(owner)
+        except LaunchFailed:
+            account = None
+        self._active[job.id] = JobRef(job.id, job.status, spec, account, dict(job.cluster_state or {}))
+        self._clusters_of[job.id] = job.cluster
 
     def poll_once(self, only: str | None = None) -> int:
         """Ask each cluster (or only the one named) about its active jobs, one call per cluster, and store what
@@ -187,7 +213,11 @@ class JobService:
             if cluster is None:
                 updates = {ref.id: JobState("Failed", f"cluster '{name}' is no longer configured") for ref in refs}
             else:
-                updates = cluster.poll(refs)
+                try:
+                    updates = cluster.poll(refs)
+                except Exception:  # the cluster's failure, not one job's (those are caught per job): next time
+                    log.exception("polling cluster %s failed", name)
+                    continue
             changed.update(updates)
         self._apply_all(changed)
         return len(changed)
@@ -235,7 +265,7 @@ def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id:
         user_id=user_id,
         session_id=session_id,
         cluster=cluster,
-        name=spec.name,
+        name=spec.name[:255],  # the column's size; an IDE's or a hook's job name is built from longer parts
         spec=spec.model_dump(mode="json"),
         status="Pending",
         status_message="",

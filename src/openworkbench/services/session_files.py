@@ -8,30 +8,40 @@ cannot make root create directories elsewhere.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
-import shutil
 import subprocess
-from pathlib import Path
 
-from openworkbench.clusters.base import Account
-from openworkbench.errors import LaunchFailed
+from openworkbench.clusters.base import Account, login_environment
+from openworkbench.errors import ConfigError, FileSystemError, LaunchFailed, PathMissing, UpstreamRefused
 from openworkbench.ides import PORT_PLACEHOLDER
+from openworkbench.safefs import paths
+
+log = logging.getLogger(__name__)
 
 
 def socket_path(runtime_dir: str, account: Account, session_id: str) -> str:
     return os.path.join(runtime_dir, str(account.uid), f"{session_id}.sock")
 
 
+def prepare_runtime_root(runtime_dir: str) -> None:
+    """At start-up: the runtime dir exists, is the server's, mode 0755, and no symlink; else no start."""
+    try:
+        paths.check_root_dir(runtime_dir, 0o755)
+    except FileSystemError as exc:
+        raise ConfigError(
+            f"config key 'sessions.runtime_dir': {exc.message}. The runtime dir must be a directory of the "
+            f"server's user that no one else can write; remove or move {runtime_dir} aside, then start again"
+        ) from None
+
+
 def prepare_runtime(runtime_dir: str, account: Account) -> None:
-    """Create ``<runtime_dir>/<uid>`` owned by the user, mode 0700 (idempotent)."""
-    base = Path(runtime_dir)
-    base.mkdir(mode=0o755, parents=True, exist_ok=True)
-    own = base / str(account.uid)
-    own.mkdir(mode=0o700, exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(own, account.uid, account.gid)
-    os.chmod(own, 0o700)
+    """Create ``<runtime_dir>/<uid>`` owned by the user, mode 0700 (idempotent), never through a symlink."""
+    try:
+        paths.ensure_dir(os.path.join(runtime_dir, str(account.uid)), runtime_dir, 0o700, account.uid, account.gid)
+    except FileSystemError as exc:
+        raise LaunchFailed(f"cannot prepare the session's socket directory: {exc.message}") from None
 
 
 def state_dir(account: Account, session_id: str) -> str:
@@ -44,6 +54,7 @@ def run_as(account: Account, argv: list[str], stdin: str = "") -> subprocess.Com
     return subprocess.run(
         argv,
         input=stdin,
+        env=login_environment(account),  # never the server's own (HOME=/root, its secrets)
         capture_output=True,
         text=True,
         check=False,
@@ -67,25 +78,46 @@ def endpoint_path(shared_dir: str, session_id: str) -> str:
 def prepare_endpoint(shared_dir: str, account: Account, session_id: str) -> str:
     """The user's own 0700 directory in the cluster's shared directory, for the job's "host port" report."""
     path = endpoint_path(shared_dir, session_id)
-    own = Path(path).parent
-    own.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    own.mkdir(mode=0o700, exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(own, account.uid, account.gid)
+    own = os.path.dirname(path)
     try:
-        os.unlink(path)  # a stale report from before a suspend must not be believed
-    except FileNotFoundError:
-        pass
+        paths.ensure_dir(os.path.dirname(own), shared_dir, 0o755)
+        paths.ensure_dir(own, shared_dir, 0o700, account.uid, account.gid)
+        paths.remove_file(path, shared_dir)  # a stale report from before a suspend must not be believed
+    except FileSystemError as exc:
+        raise LaunchFailed(f"cannot prepare the session's endpoint directory: {exc.message}") from None
     return path
 
 
-def read_endpoint(path: str) -> str | None:
-    """"host:port" once the job has written "host port"; None before."""
+ENDPOINT_MAX_BYTES = 512  # "host port\n": a host name is at most 253 bytes
+
+
+def read_endpoint(path: str, uid: int, beneath: str) -> tuple[str, int] | None:
+    """(host, port) once the job has written "host port"; None before.
+
+    The file lies in a directory its user owns (below ``beneath``, the cluster's shared directory), and root
+    reads it: it must be a regular file of ``uid`` (no symlink is followed on the way, a FIFO never blocks the
+    reading thread) and short. Anything else raises ``UpstreamRefused`` naming the problem; the caller fails
+    the session with that message.
+    """
     try:
-        host, port = Path(path).read_text().split()
-    except (OSError, ValueError):
+        fd = paths.open_file(path, beneath, uid=uid)
+    except PathMissing:
         return None
-    return f"{host}:{int(port)}" if port.isdigit() else None
+    except FileSystemError as exc:
+        raise UpstreamRefused(f"the IDE's endpoint file is refused: {exc.message}", path, uid) from None
+    try:
+        data = os.read(fd, ENDPOINT_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    return parse_endpoint(path, data)
+
+
+def parse_endpoint(path: str, data: bytes) -> tuple[str, int]:
+    """"host port" as the wrapper writes it (atomically: a file that says anything else was not its)."""
+    words = data.decode("ascii", "replace").split() if len(data) <= ENDPOINT_MAX_BYTES else []
+    if len(words) != 2 or not words[1].isdigit() or not 0 < int(words[1]) < 65536:
+        raise UpstreamRefused(f"the IDE's endpoint file {path} does not hold 'host port': refused", path)
+    return words[0], int(words[1])
 
 
 PICK_PORT = "/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); print(s.getsockname()[1])'"
@@ -97,7 +129,9 @@ def network_wrapper(argv: list[str], endpoint_file: str) -> list[str]:
     tmp = shlex.quote(endpoint_file + ".tmp")
     script = (
         f"OWB_PORT=$({PICK_PORT}) || exit 1\n"
-        f'printf "%s %s\\n" "$(hostname)" "$OWB_PORT" > {tmp} && mv {tmp} {shlex.quote(endpoint_file)} || exit 1\n'
+        # Slurm's name for the node (what the server checks the report against), else the host name.
+        f'printf "%s %s\\n" "${{SLURMD_NODENAME:-$(hostname)}}" "$OWB_PORT" > {tmp} '
+        f"&& mv {tmp} {shlex.quote(endpoint_file)} || exit 1\n"
         f"exec {command}\n"
     )
     return ["/bin/sh", "-c", script]
@@ -115,25 +149,29 @@ def remove_as(account: Account, path: str) -> None:
     run_as(account, ["/bin/rm", "-rf", "--", path])
 
 
-def remove_tree(path: str) -> None:
-    """Remove an IDE's per-run directory; rmtree never follows a symlink planted inside it."""
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def tree_size(path: str) -> int:
-    """Bytes under ``path`` (what a suspended session keeps on disk)."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                continue
-    return total
-
-
-def remove_socket(path: str) -> None:
+def remove_tree(path: str, runtime_dir: str) -> None:
+    """Remove an IDE's per-run directory (in the user's socket directory); no link in it is followed."""
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        paths.remove_tree(path, runtime_dir)
+    except FileSystemError as exc:
+        log.warning("cannot remove %s: %s", path, exc.message)
+
+
+def tree_size(path: str, home: str) -> int:
+    """Bytes under ``path`` in the user's ``home`` (what a suspended session keeps on disk); a symlink on
+    the way or inside is never followed, so the size says nothing of what the user cannot read."""
+    try:
+        return paths.tree_size(path, home)
+    except FileSystemError as exc:
+        log.warning("suspend size of %s not measured: %s", path, exc.message)
+        return 0
+
+
+def remove_socket(path: str, runtime_dir: str) -> None:
+    paths.remove_file(path, runtime_dir)
+
+
+def is_dir_as(account: Account, path: str) -> bool:
+    """Whether ``path`` is a directory *for the user*: root's answer would tell her about paths she cannot
+    read (through the IDE's argv or URL)."""
+    return run_as(account, ["/usr/bin/test", "-d", path]).returncode == 0

@@ -15,13 +15,14 @@ def millis(value: datetime) -> int:
     return int(value.timestamp() * 1000)
 
 
-def session_json(row: Session, owner: str) -> dict[str, Any]:
+def session_json(row: Session, owner: str, url: str | None = None) -> dict[str, Any]:
+    """``url``: the public URL when it is not the stored prefix (per-session origins)."""
     request = row.request
     params = request.get("launch_parameters") or {}
     return {
         "id": row.id,
         "name": row.name,
-        "url": row.url,
+        "url": url or row.url,
         "user": owner,
         "workbench": row.workbench,
         "label": row.name,

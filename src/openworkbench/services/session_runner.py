@@ -25,12 +25,14 @@ from openworkbench.auth.permissions import Principal
 from openworkbench.auth.tokens import rpc_cookie
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
-from openworkbench.errors import WorkbenchError
+from openworkbench.errors import UpstreamRefused, WorkbenchError
 from openworkbench.ides import Ide, IdeClient, LaunchContext, ide_for
+from openworkbench.ides.client import upstream_of
 from openworkbench.models import JobSpec
-from openworkbench.proxy import ProxyTarget, UpstreamPool
+from openworkbench.proxy import ProxyTarget, Upstream, UpstreamPool
 from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
+from openworkbench.services.session_endpoint import checked_endpoint, peer_uid
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
 
@@ -139,11 +141,14 @@ class SessionRunner:
     def remember(self, row: Session, owner: str) -> None:
         ide = self.ide(row.workbench)
         ctx = self.context(row, owner)
-        upstream = f"tcp://{row.endpoint}" if ctx.network and row.endpoint else row.socket_path
-        if not ide.uses_socket and ctx.port is not None:  # RStudio: a loopback port
-            upstream = f"tcp://127.0.0.1:{ctx.port}"
-        target = ProxyTarget(upstream, row.url, ide.strip_prefix, ide.upstream_headers(ctx))
+        target = ProxyTarget(self.upstream(ide, ctx), row.url, ide.strip_prefix, ide.upstream_headers(ctx), row.id)
         self._routes[row.url] = Route(row.id, owner, row.state, target)
+
+    @staticmethod
+    def upstream(ide: Ide, ctx: LaunchContext) -> Upstream:
+        if ctx.network and not ctx.endpoint:  # not reported yet: nothing is routed before "running" anyway
+            return Upstream.unix(ctx.socket_path, -1)
+        return upstream_of(ide, ctx)
 
     def route(self, url: str) -> Route | None:
         return self._routes.get(url)
@@ -158,7 +163,7 @@ class SessionRunner:
         return LaunchContext(
             session_id=row.id, prefix=row.url, socket_path=row.socket_path, secret=row.secret,
             state_dir=row.state_dir, working_dir=row.working_dir, open_file=row.request.get("open_file"), home=home,
-            user=owner, port=port, network=self.networked(row), endpoint=row.endpoint,
+            user=owner, port=port, network=self.networked(row), endpoint=row.endpoint, uid=peer_uid(owner),
         )
 
     async def load(self, session_id: str) -> tuple[Session, str, Principal]:
@@ -176,14 +181,15 @@ class SessionRunner:
         row, owner, principal = await self.load(session_id)
         await self._run_hooks(row, principal, "start_hooks")
         ide = self.ide(row.workbench)
-        ctx = self.context(row, owner)
         account = await run_in_threadpool(posix_account, owner)
-        if not ctx.network:
-            await run_in_threadpool(files.prepare_runtime, self.settings.sessions.runtime_dir, account)
-        await run_in_threadpool(files.prepare_state_dir, row.state_dir, account)
-        for path, text in ide.config_files(ctx).items():
-            await run_in_threadpool(files.write_as, account, path, text)
-        files.remove_socket(row.socket_path)
+        await run_in_threadpool(peer_uid, owner)  # looked up here, in a thread, not in context() on the loop
+        ctx = self.context(row, owner)
+        try:
+            await run_in_threadpool(self._prepare_files, row, ide, ctx, account)
+        except WorkbenchError as exc:
+            raise SessionFailed(exc.message) from None
+        if (opened := ctx.open_path()) is not None:  # asked as the user: root's answer would be an oracle
+            ctx = dataclasses.replace(ctx, open_is_dir=await run_in_threadpool(files.is_dir_as, account, opened))
         self._check_stop(session_id)
         argv = ide.argv(ctx) + (ide.restore_args(ctx, row.suspend_manifest) if resuming else [])
         if ctx.network:
@@ -198,6 +204,15 @@ class SessionRunner:
         except WorkbenchError as exc:
             raise SessionFailed(f"the IDE could not be launched: {exc.message}") from None
         await self.until_ready(row, ide, ctx, principal, job_id, resuming)
+
+    def _prepare_files(self, row: Session, ide: Ide, ctx: LaunchContext, account: Account) -> None:
+        runtime_dir = self.settings.sessions.runtime_dir
+        if not ctx.network:
+            files.prepare_runtime(runtime_dir, account)
+        files.prepare_state_dir(row.state_dir, account)
+        for path, text in ide.config_files(ctx).items():
+            files.write_as(account, path, text)
+        files.remove_socket(row.socket_path, runtime_dir)
 
     def _launch_ide(self, principal: Principal, spec: JobSpec, session_id: str, resuming: bool) -> str:
         job_id = str(self.jobs.launch(principal, spec, session_id)["id"])
@@ -237,26 +252,49 @@ class SessionRunner:
                 # A long queue is normal on HPC: no timeout while pending, but say why it waits.
                 row = await self.update(row.id, status_detail=job["statusMessage"])
             if job["status"] == "Running" and ctx.network and not ctx.endpoint:
-                ctx = await self._read_endpoint(row, ctx)
+                ctx = await self._read_endpoint(row, ctx, principal, job)
             if job["status"] == "Running":
                 if started is None:
                     started = time.monotonic()
                     if not resuming:
                         await self.update(row.id, state="starting")
-                if await answers(ide, ctx):
+                if await self._answers(ide, ctx, principal, job_id):
                     await self.update(row.id, state="running", status_detail="", last_used=utcnow())
                     return
                 if time.monotonic() - started > timeout:
-                    await run_in_threadpool(self.jobs.stop, principal, job_id, True)
-                    await self._wait_job(principal, job_id, 10)  # "failed" is said once the IDE is gone
+                    await self._kill(principal, job_id)
                     raise SessionFailed(f"start timeout: the IDE did not answer within {timeout:g} s")
             await asyncio.sleep(POLL)
 
-    async def _read_endpoint(self, row: Session, ctx: LaunchContext) -> LaunchContext:
-        path = files.endpoint_path(self.settings.clusters[row.cluster].output_dir, row.id)
-        endpoint = await run_in_threadpool(files.read_endpoint, path)
-        if endpoint is None:
+    async def _answers(self, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str) -> bool:
+        """Is the IDE ready? What sits at its socket not being the IDE ends the start at once."""
+        try:
+            return await answers(ide, ctx)
+        except UpstreamRefused as exc:
+            log.warning("session %s: readiness probe refused: %s", ctx.session_id, exc.log_text())
+            await self._kill(principal, job_id)
+            raise SessionFailed(exc.message) from None
+
+    async def _kill(self, principal: Principal, job_id: str) -> None:
+        await quietly(run_in_threadpool(self.jobs.stop, principal, job_id, True), None)
+        await self._wait_job(principal, job_id, 10)  # "failed" is said once the IDE is gone
+
+    async def _read_endpoint(self, row: Session, ctx: LaunchContext, principal: Principal,
+                             job: dict[str, Any]) -> LaunchContext:
+        """Where the job says its IDE listens, once it has said so; a report that cannot be trusted (not a
+        regular file of the user's, a host that is not the job's node) fails the session at once."""
+        shared_dir = self.settings.clusters[row.cluster].output_dir
+        path = files.endpoint_path(shared_dir, row.id)
+        try:
+            found = await run_in_threadpool(checked_endpoint, self.jobs.clusters.get(row.cluster), path, ctx.uid,
+                                            job.get("host") or "", shared_dir)
+        except UpstreamRefused as exc:
+            log.warning("session %s: endpoint refused: %s", row.id, exc.message)
+            await self._kill(principal, str(job["id"]))
+            raise SessionFailed(exc.message) from None
+        if found is None:
             return ctx
+        endpoint = f"{found[0]}:{found[1]}"
         await self.update(row.id, endpoint=endpoint)
         return dataclasses.replace(ctx, endpoint=endpoint)
 
@@ -321,7 +359,8 @@ class SessionRunner:
             await self.update(session_id, state="canceled", executing=False)
         elif suspend:
             # What the session keeps: its state directory and the manifest the server holds for it.
-            size = await run_in_threadpool(files.tree_size, row.state_dir) + len(json.dumps(manifest))
+            home = (await run_in_threadpool(posix_account, owner)).home
+            size = await run_in_threadpool(files.tree_size, row.state_dir, home) + len(json.dumps(manifest))
             await self.update(session_id, state="suspended", suspend_manifest=manifest, suspend_size=size,
                             executing=False)
         else:
@@ -330,10 +369,11 @@ class SessionRunner:
 
     async def clean_up(self, row: Session, ide: Ide, ctx: LaunchContext) -> None:
         """What one run of the IDE leaves: pooled connections, its socket, its runtime files."""
-        await self.pool.forget(f"tcp://{row.endpoint}" if ctx.network else row.socket_path)
-        files.remove_socket(row.socket_path)
+        await self.pool.forget(self.upstream(ide, ctx))
+        runtime_dir = self.settings.sessions.runtime_dir
+        await run_in_threadpool(files.remove_socket, row.socket_path, runtime_dir)
         for path in ide.transient_dirs(ctx):
-            await run_in_threadpool(files.remove_tree, path)
+            await run_in_threadpool(files.remove_tree, path, runtime_dir)
 
     async def _end_job(self, principal: Principal, job_id: str, ide: Ide, ctx: LaunchContext,
                        force: bool) -> dict[str, Any]:
@@ -357,10 +397,13 @@ async def using(ide: Ide, ctx: LaunchContext, call: Callable[[IdeClient], Awaita
 
 
 async def answers(ide: Ide, ctx: LaunchContext) -> bool:
+    """Does the IDE answer its ready path? Raises ``UpstreamRefused`` if what listens is not the IDE."""
     try:
         async with IdeClient(ide, ctx) as client:
             return await client.status(ide.ready_path) == 200
-    except Exception:  # not listening yet, refused, half-started: all mean "not ready"
+    except UpstreamRefused:
+        raise
+    except Exception:  # not listening yet, connection refused, half-started: all mean "not ready"
         return False
 
 

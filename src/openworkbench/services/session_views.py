@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,8 @@ def encode(value: Any) -> bytes:
 
 
 class SessionViews:
-    def __init__(self) -> None:
+    def __init__(self, public_url: Callable[[str], str] = str) -> None:
+        self.public_url = public_url
         self._views: dict[str, View] = {}
         self._lists: dict[str, tuple[str, ...]] = {}  # username -> all their session ids, oldest first
         self._listed: set[str] = set()  # ids in some list
@@ -66,7 +67,7 @@ class SessionViews:
 
     def fill(self, username: str, rows: Sequence[tuple[Session, str]], whole: bool, generation: int) -> list[View]:
         """Render the rows a store read returned; keep them unless a commit came in since ``generation``."""
-        views = [_view(row, owner) for row, owner in rows]
+        views = [_view(row, owner, self.public_url(row.url)) for row, owner in rows]
         with self._lock:
             if generation == self._generation:
                 self._views.update((view.data["id"], view) for view in views)
@@ -93,6 +94,6 @@ class SessionViews:
                     self._lists = {user: ids for user, ids in self._lists.items() if owner not in (None, user)}
 
 
-def _view(row: Session, owner: str) -> View:
-    data = session_json(row, owner)
+def _view(row: Session, owner: str, url: str) -> View:
+    data = session_json(row, owner, url)
     return View(owner, row.created.timestamp(), data, encode(data))

@@ -12,10 +12,14 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
+from openworkbench.errors import StoreError
 from openworkbench.services.session_runner import LIVE_STATES, SessionRunner, outcome, quietly, using
-from openworkbench.store.schema import Session, User
+from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
+# Failures that say nothing about a session's own row, and may pass; anything else while following one
+# session (an unknown workbench, a mangled field) is that row's fault, and ends it failed.
+PASSING_ERRORS = (StoreError, OSError)
 
 
 class SessionWatch:
@@ -47,19 +51,27 @@ class SessionWatch:
         for row, owner, principal in rows:
             if self.runner.tasks.get(row.id) and not self.runner.tasks[row.id].done():
                 continue  # a start or stop is in charge of this one
-            job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
-            if job is None or job["status"] in FINAL_STATUSES:
-                ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
-                why = f"the IDE process ended: {outcome(job)}" if job else "the session has no IDE job"
-                await self.runner.update(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
-                ide = self.runner.ide(row.workbench)
-                await self.runner.clean_up(row, ide, self.runner.context(row, owner))
-                continue
-            used = self.runner.last_used.pop(row.id, None)
-            if used is not None:
-                await self.runner.update(row.id, last_used=used)
-            if check_idle:
-                await self._check_idle(row, owner, used or row.last_used)
+            try:
+                await self._watch_one(row, owner, principal, check_idle)
+            except PASSING_ERRORS:  # the store or the file system failing: try again next round
+                log.exception("watching session %s failed", row.id)
+            except Exception as exc:  # the session's row chokes us: it must not keep the others unwatched
+                await self._fail_bad_row(row.id, exc)
+
+    async def _watch_one(self, row: Session, owner: str, principal: Principal, check_idle: bool) -> None:
+        job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
+        if job is None or job["status"] in FINAL_STATUSES:
+            ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
+            why = f"the IDE process ended: {outcome(job)}" if job else "the session has no IDE job"
+            await self.runner.update(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
+            ide = self.runner.ide(row.workbench)
+            await self.runner.clean_up(row, ide, self.runner.context(row, owner))
+            return
+        used = self.runner.last_used.pop(row.id, None)
+        if used is not None:
+            await self.runner.update(row.id, last_used=used)
+        if check_idle:
+            await self._check_idle(row, owner, used or row.last_used)
 
     def _running(self) -> list[tuple[Session, str, Principal]]:
         query = select(Session, User).join(User).where(Session.state == "running")
@@ -87,18 +99,41 @@ class SessionWatch:
         """Pick up sessions left in flight by the previous server process."""
         rows = await run_in_threadpool(self._live)
         for row, owner, principal in rows:
-            self.runner.remember(row, owner)
-            job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
-            if row.state == "running" and job is not None and job["status"] in FINAL_STATUSES:
-                why = f"the IDE process ended while the server was down: {outcome(job)}"
-                await self.runner.update(row.id, state="failed", status_detail=why)
-                await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
-            elif row.state in ("pending", "starting", "resuming") and row.job_id:
-                self.runner.spawn(row.id, self._resume_wait(row.id))
-            elif row.state in ("suspending", "shutting_down"):
-                self.runner.request_stop(row.id, force=False, suspend=row.state == "suspending")
-            elif row.state == "launching":
-                await self.runner.update(row.id, state="failed", status_detail="the server restarted while it launched")
+            try:
+                await self._adopt_one(row, owner, principal)
+            except PASSING_ERRORS:  # the watch follows it later, as any running session
+                log.exception("session %s could not be adopted now", row.id)
+            except Exception as exc:  # one bad row must not stop the start-up or the other sessions
+                await self._fail_bad_row(row.id, exc)
+
+    async def _adopt_one(self, row: Session, owner: str, principal: Principal) -> None:
+        self.runner.remember(row, owner)
+        job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
+        if row.state == "running" and job is not None and job["status"] in FINAL_STATUSES:
+            why = f"the IDE process ended while the server was down: {outcome(job)}"
+            await self.runner.update(row.id, state="failed", status_detail=why)
+            await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
+        elif row.state in ("pending", "starting", "resuming") and row.job_id:
+            self.runner.spawn(row.id, self._resume_wait(row.id))
+        elif row.state in ("suspending", "shutting_down"):
+            self.runner.request_stop(row.id, force=False, suspend=row.state == "suspending")
+        elif row.state == "launching":
+            await self.runner.update(row.id, state="failed", status_detail="the server restarted while it launched")
+
+    async def _fail_bad_row(self, session_id: str, exc: Exception) -> None:
+        """End a session the server chokes on ``failed``, written directly: the runner's update would choke too."""
+        log.exception("session %s cannot be followed", session_id)
+        why = f"the session could not be followed: {type(exc).__name__}: {exc}"
+        try:
+            await run_in_threadpool(self._write_failed, session_id, why)
+        except Exception:
+            log.exception("session %s: recording its failure failed too", session_id)
+
+    def _write_failed(self, session_id: str, why: str) -> None:
+        with self.store.session() as db:
+            row = db.get(Session, session_id)
+            if row is not None:
+                row.state, row.status_detail, row.last_state_updated = "failed", why[:2000], utcnow()
 
     def _live(self) -> list[tuple[Session, str, Principal]]:
         query = select(Session, User).join(User).where(Session.state.in_(LIVE_STATES))

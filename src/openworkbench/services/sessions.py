@@ -10,22 +10,24 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from openworkbench.api import params as p
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.config import Settings
-from openworkbench.errors import InvalidParameter, InvalidState, NotAvailable, NotFound
+from openworkbench.errors import InvalidParameter, InvalidState, NotAvailable, NotFound, QuotaExceeded
 from openworkbench.ides import IDES, available
 from openworkbench.models import JobSpec
 from openworkbench.proxy import ProxyTarget
 from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.session_json import FINAL_STATES
-from openworkbench.services.session_runner import Route, SessionRunner
+from openworkbench.services.session_runner import LIVE_STATES, Route, SessionRunner
 from openworkbench.services.session_views import SessionViews, View, parse_ids
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
@@ -44,13 +46,19 @@ def _environment(value: Any) -> list[dict[str, str]]:
 
 
 class SessionService:
-    def __init__(self, settings: Settings, store: Store, jobs: JobService, runner: SessionRunner) -> None:
+    def __init__(self, settings: Settings, store: Store, jobs: JobService, runner: SessionRunner,
+                 public_url: Callable[[str], str] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
         self.runner = runner
-        self.views = SessionViews()
+        # A session's ``url`` as the API shows it: its prefix, or its own origin's URL (server.session_domain).
+        self.public_url = public_url or str
+        self.views = SessionViews(self.public_url)
         store.watch_commits(self.views.written)
+        # Held from counting a user's sessions to recording the new one, so two launches cannot both take
+        # the last place under sessions.max_per_user (one server process writes sessions).
+        self._quota = threading.Lock()
 
     # -- launch and resume -------------------------------------------------------------------
     async def launch(self, principal: Principal, params: p.LaunchSession) -> dict[str, str]:
@@ -61,6 +69,7 @@ class SessionService:
     def _create(self, principal: Principal, params: p.LaunchSession) -> str:
         owner = params.username or principal.username
         require(principal, Action.ACT_AS, owner)
+        self.jobs.run_as.check(owner)
         ide = self._available_ide(params.workbench)
         account = posix_account(owner)
         launch = params.launch_parameters.model_dump() if params.launch_parameters else {}
@@ -87,7 +96,8 @@ class SessionService:
         if working_dir == "~" or working_dir.startswith("~/"):
             working_dir = account.home + working_dir[1:]
         working_dir = os.path.normpath(os.path.join(account.home, working_dir))  # relative: to the home
-        with self.store.session() as db:
+        with self._quota, self.store.session() as db:
+            self._check_quota(db, owner, None)
             db.add(Session(
                 id=session_id, user_id=user_id, workbench=params.workbench,
                 name=params.name or launch.get("name") or f"{params.workbench} Session", project_id=ide.project_id,
@@ -98,6 +108,20 @@ class SessionService:
                 suspend_manifest={}, executing=False,
             ))
         return session_id
+
+    def _check_quota(self, db: Any, owner: str, resuming: str | None) -> None:
+        """Refuse a session beyond ``sessions.max_per_user`` sessions of ``owner`` that have not ended."""
+        cap = self.settings.sessions.max_per_user
+        if not cap:
+            return
+        query = (select(func.count()).select_from(Session).join(User)
+                 .where(User.username == owner, Session.state.in_(LIVE_STATES)))
+        if resuming is not None:
+            query = query.where(Session.id != resuming)
+        live = db.scalar(query) or 0
+        if live >= cap:
+            raise QuotaExceeded(f"user '{owner}' already has {live} sessions that have not ended, the most "
+                                f"sessions.max_per_user allows ({cap}): stop or suspend one first")
 
     def _available_ide(self, workbench: str) -> Any:
         if workbench not in IDES:
@@ -132,23 +156,25 @@ class SessionService:
         with self.store.session() as db:
             row = db.get(Session, session_id)
             assert row is not None
-            return {"id": row.id, "url": row.url, "project_id": row.project_id}
+            return {"id": row.id, "url": self.public_url(row.url), "project_id": row.project_id}
 
     async def resume(self, principal: Principal, params: p.ResumeSession) -> dict[str, str]:
         owner = params.username or principal.username
         require(principal, Action.ACT_AS, owner)
+        await run_in_threadpool(self.jobs.run_as.check, owner)
         launch = params.launch_parameters.model_dump() if params.launch_parameters else None
         await run_in_threadpool(self._mark_resuming, params.session_id, owner, launch)
         self.runner.spawn(params.session_id, self.runner.start(params.session_id, resuming=True))
         return await run_in_threadpool(self._address, params.session_id)
 
     def _mark_resuming(self, session_id: str, owner: str, launch: dict[str, Any] | None) -> None:
-        with self.store.session() as db:
+        with self._quota, self.store.session() as db:
             row, row_owner = self._row(db, session_id)
             if row_owner != owner:
                 raise NotFound(f"no session '{session_id}' of user '{owner}'")
             if row.state != "suspended":
                 raise InvalidState(f"session '{session_id}' is {row.state}, not suspended")
+            self._check_quota(db, owner, session_id)
             if launch:
                 self._validate_launch(launch.get("cluster") or row.cluster, launch)
                 row.request = {**row.request, "launch_parameters": launch}
@@ -231,6 +257,8 @@ class SessionService:
         return route.session_id, route.target
 
     def _load_route(self, url: str) -> Route | None:
+        if not url.isprintable():  # session URLs are hex; a NUL would reach the store (PostgreSQL refuses it)
+            return None
         with self.store.session() as db:
             found = db.execute(select(Session, User.username).join(User).where(Session.url == url)).first()
             if found is None:

@@ -7,7 +7,7 @@ revoking the token (or disabling the user) ends the browser's access at once.
 from __future__ import annotations
 
 import hmac
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
@@ -21,6 +21,8 @@ from openworkbench.store.schema import ApiToken, BrowserSession, Session, User, 
 
 COOKIE_NAME = SIGN_IN_COOKIE  # the proxy strips it, so an IDE never sees it
 LIFETIME = timedelta(days=7)
+# A session origin's own sign-in (services/session_origins.py): shorter, never beyond the main sign-in's.
+ORIGIN_LIFETIME = timedelta(hours=12)
 COOKIE_KEY = "cookie:"  # cookies and tokens share one cache; their hashes cannot collide with this prefix
 COOKIE_FRESH_S = 60.0  # a cached sign-in is looked up again at least this often
 # A session's own code calls the API with this header instead of a token (the product's RS_SESSION_RPC_COOKIE).
@@ -43,6 +45,22 @@ class SignIn:
             db.execute(delete(BrowserSession).where(BrowserSession.expires < utcnow()))
             db.add(BrowserSession(cookie_hash=hash_token(cookie), token_id=token_id, expires=utcnow() + LIFETIME))
         return cookie
+
+    def origin_cookie(self, main_cookie_hash: str, part: str) -> tuple[str, datetime]:
+        """A new sign-in for the session origin of ``part``, tied to the same token as the main sign-in.
+
+        Its value starts with ``<part>.``: the session routes accept it on that session's host only (a main
+        sign-in has no dot), so it opens nothing else even if a browser were made to send it elsewhere.
+        """
+        with self.store.session() as db:
+            main = db.scalar(select(BrowserSession).where(
+                BrowserSession.cookie_hash == main_cookie_hash, BrowserSession.expires > utcnow()))
+            if main is None:
+                raise Unauthenticated("Not signed in, or the sign-in has expired")
+            cookie = f"{part}.{new_token()}"
+            expires = min(main.expires, utcnow() + ORIGIN_LIFETIME)
+            db.add(BrowserSession(cookie_hash=hash_token(cookie), token_id=main.token_id, expires=expires))
+        return cookie, expires
 
     def sign_out(self, cookie: str) -> None:
         with self.store.session() as db:

@@ -11,10 +11,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
-from openworkbench.errors import StoreError
+from openworkbench.errors import BadRequest, StoreError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 WRITTEN = "openworkbench.written"  # Session.info key: what the open transaction has written
@@ -98,6 +98,10 @@ def _translated() -> Iterator[None]:
     """Database errors become StoreError (the rollback has happened by then, inside the block)."""
     try:
         yield
+    except DataError as exc:
+        if "NUL (0x00)" in str(exc.orig):  # PostgreSQL's text cannot hold it; the API's checks refuse it first
+            raise BadRequest("a text value contains a NUL byte, which the database cannot store") from None
+        raise StoreError(f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}") from None
     except SQLAlchemyError as exc:
         raise StoreError(f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}") from None
 

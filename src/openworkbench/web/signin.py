@@ -1,6 +1,8 @@
 """``/auth/sign-in``: a browser trades an API token for a session cookie.
 
-The cookie is HttpOnly and SameSite=Lax; the proxy removes it before traffic reaches an IDE.
+The cookie is HttpOnly and SameSite=Lax; the proxy removes it before traffic reaches an IDE. Sign-in and
+sign-out are refused unless they come from this server's own page (web/csrf.py): another site's form must not
+sign the browser in as someone else (login CSRF) nor out.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from openworkbench.errors import WorkbenchError
+from openworkbench.api.limits import read_body
+from openworkbench.errors import PayloadTooLarge, PermissionDenied, WorkbenchError
+from openworkbench.proxy.target import error_response
 from openworkbench.services.container import Services
 from openworkbench.services.signin import COOKIE_NAME, LIFETIME
+from openworkbench.web import csrf
+
+# A token and a next URL: anything larger is not this form.
+FORM_MAX_BYTES = 16 * 1024
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -43,6 +51,7 @@ border-radius:4px}}
 <label for="token">API token</label>
 <input id="token" name="token" type="password" autocomplete="off" autofocus required>
 <input type="hidden" name="next" value="{next}">
+<input type="hidden" name="csrf_token" value="{csrf}">
 {error}<button type="submit">Sign in</button>
 </form>
 <p class="hint">No token? An operator creates one with
@@ -59,26 +68,45 @@ def safe_next(target: str | None) -> str:
     return target if not parts.scheme and not parts.netloc else "/"
 
 
-def page(next_url: str, error: str = "", status: int = 200) -> HTMLResponse:
+def page(request: Request, next_url: str, error: str = "", status: int = 200) -> HTMLResponse:
     message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
-    return HTMLResponse(PAGE.format(next=html.escape(safe_next(next_url)), error=message), status_code=status)
+    token = csrf.token(request)
+    body = PAGE.format(next=html.escape(safe_next(next_url)), error=message, csrf=html.escape(token))
+    response = HTMLResponse(body, status_code=status)
+    csrf.remember(response, request, token)
+    return response
+
+
+def refused(request: Request, exc: PermissionDenied, next_url: str) -> Response:
+    """Another site's request gets the error alone; our own page with a stale token gets the form again."""
+    if csrf.cross_site(request) is not None:
+        return error_response(exc)
+    return page(request, next_url, exc.message, status=403)
 
 
 def router(services: Services) -> APIRouter:
     routes = APIRouter()
 
     @routes.get("/auth/sign-in")
-    async def sign_in_page(next: str = "/") -> HTMLResponse:
-        return page(next)
+    async def sign_in_page(request: Request, next: str = "/") -> HTMLResponse:
+        return page(request, next)
 
     @routes.post("/auth/sign-in")
     async def sign_in(request: Request) -> Response:
-        form = parse_qs((await request.body()).decode(errors="replace"))
+        try:
+            raw = await read_body(request, FORM_MAX_BYTES)
+        except PayloadTooLarge:
+            return page(request, "/", "The form is too large.", status=413)
+        form = parse_qs(raw.decode(errors="replace"))
         token, next_url = form.get("token", [""])[0].strip(), safe_next(form.get("next", ["/"])[0])
+        try:
+            csrf.check(request, form.get(csrf.FIELD, [""])[0])
+        except PermissionDenied as exc:
+            return refused(request, exc, next_url)
         try:
             cookie = await run_in_threadpool(services.signin.sign_in, token)
         except WorkbenchError:
-            return page(next_url, "That token is not valid (or was revoked).", status=401)
+            return page(request, next_url, "That token is not valid (or was revoked).", status=401)
         response = RedirectResponse(next_url, status_code=303)
         response.set_cookie(
             COOKIE_NAME, cookie, max_age=int(LIFETIME.total_seconds()), httponly=True, samesite="lax",
@@ -88,6 +116,15 @@ def router(services: Services) -> APIRouter:
 
     @routes.post("/auth/sign-out")
     async def sign_out(request: Request) -> Response:
+        try:
+            raw = await read_body(request, FORM_MAX_BYTES)
+        except PayloadTooLarge as exc:
+            return error_response(exc)
+        form = parse_qs(raw.decode(errors="replace"))
+        try:
+            csrf.check(request, form[csrf.FIELD][0] if csrf.FIELD in form else None)
+        except PermissionDenied as exc:
+            return error_response(exc)
         cookie = request.cookies.get(COOKIE_NAME)
         if cookie:
             await run_in_threadpool(services.signin.sign_out, cookie)

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from openworkbench.clusters.base import FINAL_STATUSES, Account, Cluster, JobRef, JobState
+from openworkbench.clusters.base import BAD_ROW_ERRORS, FINAL_STATUSES, Account, Cluster, JobRef, JobState
 from openworkbench.clusters.slurm import files
 from openworkbench.clusters.slurm.commands import SlurmCommands, slurm_message
 from openworkbench.clusters.slurm.info import ClusterInfo, check_spec, describe_slurm
@@ -37,7 +37,7 @@ from openworkbench.clusters.slurm.script import (
 )
 from openworkbench.clusters.slurm.states import ACTIVE_STATES, from_exit_file, map_state
 from openworkbench.config import ClusterSettings
-from openworkbench.errors import ConfigError, LaunchFailed, NotAvailable, WorkbenchError
+from openworkbench.errors import ConfigError, FileSystemError, LaunchFailed, NotAvailable, WorkbenchError
 from openworkbench.models import JobSpec
 
 log = logging.getLogger(__name__)
@@ -101,13 +101,15 @@ class SlurmCluster(Cluster):
                 files.write_private(path, b"", owner)
         except OSError as exc:
             raise LaunchFailed(f"cannot prepare the job's directory {paths.dir}: {exc}") from None
+        except FileSystemError as exc:
+            raise LaunchFailed(f"cannot prepare the job's directory {paths.dir}: {exc.message}") from None
         argv = sbatch_argv(job_id, spec, account, paths, slurm_request(spec, self.settings))
         try:
             out = self.commands.check("sbatch", argv, LaunchFailed, user=account, prefix="Slurm refused the job: ")
         except NotAvailable as exc:
             raise LaunchFailed(exc.message) from None
         finally:
-            files.remove(paths.env)  # Slurm keeps its own copy; the file may hold secrets
+            files.remove(paths.env, self.output_dir)  # Slurm keeps its own copy; the file may hold secrets
         slurm_id = out.strip().split(";")[0]  # --parsable: "id" or "id;cluster"
         files.write_private(paths.slurm_id, slurm_id.encode(), files.Owner(None, None))
         return JobState("Pending", host="", stdout_file=paths.stdout, stderr_file=paths.stderr,
@@ -126,7 +128,12 @@ class SlurmCluster(Cluster):
             slurm_id = ref.cluster_state.get("slurmJobId")
             if slurm_id:
                 by_slurm_id[str(slurm_id)] = ref
-            elif (state := self._recover(ref)) is not None:
+                continue
+            try:
+                state = self._recover(ref)
+            except BAD_ROW_ERRORS as exc:
+                state = self._bad_row(ref, exc)
+            if state is not None:
                 updates[ref.id] = state
         queue = self._squeue(list(by_slurm_id)) if by_slurm_id else {}
         for slurm_id, ref in by_slurm_id.items():
@@ -135,9 +142,19 @@ class SlurmCluster(Cluster):
             except WorkbenchError as exc:  # a passing failure for this job: ask again next time
                 log.warning("cluster %s: job %s (Slurm %s): %s", self.name, ref.id, slurm_id, exc.message)
                 continue
+            except BAD_ROW_ERRORS as exc:
+                state = self._bad_row(ref, exc)
             if state is not None and self._changed(ref, state):
+                if state.status in FINAL_STATUSES:
+                    out = job_paths(self.output_dir, ref.id)
+                    files.seal_outputs(self.output_dir, (out.stdout, out.stderr), ref.account)
                 updates[ref.id] = state
         return updates
+
+    def _bad_row(self, ref: JobRef, exc: Exception) -> JobState:
+        """This job's data chokes us (a NaN limit of an older version): it alone ends Failed."""
+        log.exception("cluster %s: job %s cannot be followed", self.name, ref.id)
+        return JobState("Failed", f"the job cannot be followed: {exc}")
 
     def _squeue(self, slurm_ids: list[str]) -> dict[str, SlurmJob]:
         args = ["-h", "--states=all", f"--jobs={','.join(slurm_ids)}", "-O", SQUEUE_FORMAT]

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from openworkbench.clusters.base import Account
+from openworkbench.clusters.base import Account, login_environment
 from openworkbench.config import ClusterSettings
 from openworkbench.errors import NotAvailable, WorkbenchError
 
@@ -81,7 +81,8 @@ class SlurmCommands:
         started = time.monotonic()
         try:
             done = subprocess.run(
-                argv, env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                argv, env=self.env if owner is None else {**login_environment(owner), **self.env},
+                capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
                 check=False, cwd="/",  # the user may not be able to enter the server's directory
             )
         except subprocess.TimeoutExpired:

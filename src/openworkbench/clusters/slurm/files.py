@@ -8,7 +8,7 @@ a file for a symlink that the server, as root, would then read):
 | ``job.sh`` | user, 0600 | the batch script (sbatch reads it as the user) |
 | ``env`` | user, 0600 | ``--export-file``; removed once sbatch has read it |
 | ``stdin`` | user, 0600 | the job's standard input, if it has one |
-| ``stdout``, ``stderr`` | user, 0600 | the job's output (created empty here; Slurm writes them as the user) |
+| ``stdout``, ``stderr`` | user, 0600 | the job's output (made empty here); root's, 0440, once the job has ended |
 | ``status/`` | user, 0700 | where the wrapper writes ``exit`` (it needs a writable directory to rename into) |
 | ``slurm_job_id`` | server | Slurm's job id, written as soon as sbatch answers |
 """
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from openworkbench.clusters.base import Account
 from openworkbench.clusters.slurm.parse import ExitRecord, parse_exit_file
+from openworkbench.safefs import paths
 
 MAX_EXIT_FILE = 4096
 
@@ -37,9 +38,9 @@ class Owner:
     def of(cls, account: Account) -> Owner:
         return cls(account.uid, account.gid) if os.geteuid() == 0 else cls(None, None)
 
-    def chown(self, fd_or_path: int | str) -> None:
+    def chown(self, fd: int) -> None:
         if self.uid is not None and self.gid is not None:
-            os.chown(fd_or_path, self.uid, self.gid)
+            os.fchown(fd, self.uid, self.gid)
 
 
 def write_private(path: str, data: bytes, owner: Owner) -> None:
@@ -55,19 +56,24 @@ def write_private(path: str, data: bytes, owner: Owner) -> None:
 
 
 def make_job_dir(output_dir: str, job_dir: str, owner: Owner) -> None:
+    """The job's directory (the server's, 0711) and its ``status/`` (the user's); raises FileSystemError."""
     if not os.path.isdir(output_dir):
         os.makedirs(output_dir, mode=0o711, exist_ok=True)  # traversable, not listable: job ids stay private
-    os.makedirs(job_dir, mode=0o711, exist_ok=True)
-    status = os.path.join(job_dir, "status")
-    os.makedirs(status, mode=0o700, exist_ok=True)
-    owner.chown(status)
+    paths.ensure_dir(job_dir, output_dir, 0o711)
+    paths.ensure_dir(os.path.join(job_dir, "status"), output_dir, 0o700, owner.uid, owner.gid)
 
 
-def remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+def remove(path: str, output_dir: str) -> None:
+    paths.remove_file(path, output_dir)
+
+
+def seal_outputs(output_dir: str, outputs: tuple[str, str], account: Account | None) -> None:
+    """A job that has ended: its output files become root's and read-only where the server can (not on a
+    root-squashed NFS export), so a hard link the user made cannot rewrite finished output."""
+    if account is None or os.geteuid() != 0:
+        return
+    for path in set(outputs):
+        paths.seal_file(path, output_dir, account.uid, account.gid)
 
 
 def read_exit(job_dir: str) -> ExitRecord | None:

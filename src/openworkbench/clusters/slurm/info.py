@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from openworkbench.clusters.base import refuse_containers
+from openworkbench.clusters.base import checked_limit, refuse_containers
 from openworkbench.clusters.slurm.parse import Node, Partition
 from openworkbench.config import IDE_NAMES, ClusterSettings
 from openworkbench.errors import InvalidParameter
@@ -121,23 +121,30 @@ def check_spec(cluster: str, settings: ClusterSettings, info: ClusterInfo, spec:
     maxima = info.maxima(partitions)
     where = f"partition(s) {','.join(partitions)} of cluster '{cluster}'"
     for item in spec.resource_limits:
-        value = checked_value(cluster, item.type, item.value)
         maximum = effective_max(item.type, settings, maxima.get(item.type))
-        if maximum is not None and value > maximum:
-            raise InvalidParameter(f"resource limit {item.type}={item.value} exceeds the maximum "
-                                   f"{_text(maximum)} of {where}")
+        checked_value(cluster, item.type, item.value, maximum, where)
 
 
-def checked_value(cluster: str, kind: str, text: str) -> float:
+def checked_value(cluster: str, kind: str, text: str, maximum: float | None = None, where: str = "") -> float:
     if kind == "memorySwap":
         raise InvalidParameter(f"cluster '{cluster}' does not support the memorySwap limit")
-    try:
-        value = float(text)
-    except ValueError:
-        raise InvalidParameter(f"resource limit {kind} must be a number, got {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise InvalidParameter(f"resource limit {kind} must be positive, got {text}")
+    value = checked_limit(kind, text, None, maximum, where or f"cluster '{cluster}'")
     if kind == "cpuCount" and not value.is_integer():
         # --cpus-per-task takes whole CPUs; rounding up would hand out more than was asked.
         raise InvalidParameter(f"resource limit cpuCount must be a whole number on Slurm, got {text}")
     return value
+
+
+def endpoint_host_refusal(host: str, info: ClusterInfo, job_nodes: str) -> str | None:
+    """Why a session's job may not send the proxy to ``host`` (None: it may).
+
+    The job reports where its IDE listens, from a file its user can write: the host must be one of the
+    cluster's nodes and, once Slurm has said where the job runs (``job_nodes``), that node; else a user could
+    send the server's proxy to any host and port it can reach (a metadata service, another user's IDE).
+    """
+    names = {node.name.lower() for node in info.nodes}
+    if host.lower() not in names:
+        return f"the IDE reported host '{host}', which is not a node of the cluster"
+    if job_nodes and host.lower() != job_nodes.lower():
+        return f"the IDE reported host '{host}', but Slurm runs the session's job on '{job_nodes}'"
+    return None
