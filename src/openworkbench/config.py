@@ -74,6 +74,17 @@ class ServerSettings(_Section):
                 raise ValueError(f"'{item}' is not an IP address or CIDR network") from None
         return value
 
+    # A bearer token a Prometheus scraper may use for /metrics (besides admin-level API tokens); "": none.
+    metrics_token: str = ""
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("the metrics token must be empty or at least 16 characters")
+        return value
+
     def session_address(self) -> str:
         if self.address:
             return self.address.rstrip("/")

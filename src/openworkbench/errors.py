@@ -115,6 +115,21 @@ class StoreError(WorkbenchError):
     http_status = 500
 
 
+# -- errors of the client's side (openworkbench.client, the CLI client) -------------------------
+
+
+class ServerUnreachable(WorkbenchError):
+    """The client could not reach the server: refused connection, unknown host, timeout, broken stream."""
+
+    code = 0
+    http_status = 0
+
+
+class UnexpectedResponse(WorkbenchError):
+    """The server answered something that is not the API's: no error envelope, not JSON (a proxy's HTML page)."""
+
+    code = 0
+    http_status = 0
 # -- the proxy's own refusals ---------------------------------------------------------------------
 
 

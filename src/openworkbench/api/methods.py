@@ -42,6 +42,11 @@ def version(services: Services, principal: Principal, params: p.NoParams) -> Any
     return JSONResponse({**payload, "result": payload})
 
 
+def whoami(services: Services, principal: Principal, params: p.NoParams) -> Any:
+    """Who the credentials stand for, and with which power (not in the product: the CLI's ``whoami``)."""
+    return {"username": principal.username, "kind": principal.kind}
+
+
 def get_users(services: Services, principal: Principal, params: p.NoParams) -> Any:
     require(principal, Action.LIST_USERS)
     return services.accounts.list_users()
@@ -135,6 +140,7 @@ async def stop_session(services: Services, principal: Principal, params: p.StopS
 METHODS: dict[str, Method] = {
     "version": Method(p.NoParams, blocking=version, allow_get=True, cached=version),
     "get_users": Method(p.NoParams, blocking=get_users, allow_get=True),
+    "whoami": Method(p.NoParams, blocking=whoami, allow_get=True),
     "get_compute_envs": Method(p.GetComputeEnvs, blocking=get_compute_envs, allow_get=True),
     "launch_job": Method(p.LaunchJob, blocking=launch_job),
     "get_job_output": Method(p.GetJobOutput, handler=get_job_output),

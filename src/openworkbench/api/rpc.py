@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from openworkbench import metrics
 from openworkbench.api.limits import check_depth, has_body, nested_too_deeply, read_body
 from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
@@ -159,10 +160,12 @@ async def dispatch(services: Services, methods: dict[str, Method], name: str, re
             if method.handler is not None:
                 result = await method.handler(services, caller, params)
     except WorkbenchError as exc:
+        metrics.count_api(name if name in methods else metrics.UNKNOWN_METHOD, type(exc))
         response = error_response(exc)
         if unread:  # refused before its body was read: close rather than let the server drain the rest
             response.headers["connection"] = "close"
         return response
+    metrics.count_api(name)
     if isinstance(result, Response):
         return result
     return JSONResponse({"result": result})
@@ -188,6 +191,7 @@ class RpcRoutes:
             response = await dispatch(self.services, self.methods, name, request, self.max_body)
         except Exception:  # a bug or a failing store: the error body of every other failure, and a log line
             log.exception("unhandled error on %s %s", request.method, request.url.path)
+            metrics.count_api(name if name in self.methods else metrics.UNKNOWN_METHOD, InternalError)
             response = internal_error_response()
         await response(scope, receive, send)
 
@@ -197,4 +201,5 @@ def _rpc_name(scope: Scope) -> str | None:
         return None
     path: str = scope["path"]
     name = path[len("/api/"):] if path.startswith("/api/") else ""
-    return name if name and "/" not in name else None
+    # /api/openapi.json is the API's description (api/openapi.py), public: not a method call.
+    return name if name and "/" not in name and name != "openapi.json" else None

@@ -18,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select
 from starlette.concurrency import run_in_threadpool
 
+from openworkbench import metrics
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.clusters.base import (
     ACTIVE_STATUSES,
@@ -296,6 +297,8 @@ def _values(job: Job, columns: tuple[str, ...]) -> dict[str, Any]:
 def _update_row(job: Job, state: JobState) -> None:
     if job.status in FINAL_STATUSES:
         return  # a final status is final: late reports never change it
+    if job.status == "Pending" and state.status == "Running":
+        metrics.job_started(job.cluster, job.submission_time)
     job.status = state.status
     job.status_message = state.status_message
     if state.status == "Canceled" and job.stop_requested:

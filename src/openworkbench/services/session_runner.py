@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from openworkbench import metrics
 from openworkbench.auth.permissions import Principal
 from openworkbench.auth.tokens import rpc_cookie
 from openworkbench.clusters.base import FINAL_STATUSES, Account
@@ -122,6 +123,8 @@ class SessionRunner:
         with self.store.session() as db:
             row = db.get(Session, session_id)
             assert row is not None
+            if fields.get("state") == "running" and row.state != "running":
+                metrics.session_running(row.workbench, row.cluster, row.state, row.created, row.last_state_updated)
             if "state" in fields and fields["state"] != row.state:
                 row.last_state_updated = utcnow()
             for key, value in fields.items():
