@@ -106,6 +106,18 @@ class SessionSettings(_Section):
     # A start or stop hook still running after this long is killed (and a start hook fails the session).
     hook_timeout_s: float = Field(default=300, gt=0)
     idle_check_interval_s: float = Field(default=30, gt=0)
+    # Ended sessions (not suspended ones: they can resume) leave the plain get_session list this long after
+    # they ended; get_historical_session and get_session(session_id) still return them. 0: at once.
+    expiry_hours: float = Field(default=1, ge=0)
+
+
+class JobSettings(_Section):
+    # A final job stays in get_session(include_all_jobs) this long after it ended (the Job Launcher's
+    # job-expiry-hours), then only get_historical_session lists it. 0: it leaves the list at once.
+    expiry_hours: float = Field(default=1, ge=0)
+    # A final job's output files are removed this long after it ended; the store keeps its row.
+    output_retention_days: float = Field(default=30, gt=0)
+    purge_interval_s: float = Field(default=3600, gt=0)  # how often the server looks for output to remove
 
 
 class IdeSettings(_Section):
@@ -140,6 +152,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = DatabaseSettings()
     local: LocalSettings = LocalSettings()
     sessions: SessionSettings = SessionSettings()
+    jobs: JobSettings = JobSettings()
     clusters: dict[str, ClusterSettings] = {"Local": ClusterSettings(type="Local")}
     ides: dict[str, IdeSettings] = Field(default_factory=_default_ides)
 

@@ -62,6 +62,8 @@ def create_app(settings: Settings) -> RpcRoutes:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         monitor = Monitor(services)
         monitor.start()
+        services.job_views.refresh()  # the active job list in memory before the first poll asks for it
+        services.retention.start()
         await services.watch.adopt()
         watcher = asyncio.get_running_loop().create_task(services.watch.run())
         try:
@@ -71,6 +73,7 @@ def create_app(settings: Settings) -> RpcRoutes:
             await services.runner.close()
             await services.pool.close()
             monitor.stop()
+            services.retention.stop()
             services.close()
 
     app = FastAPI(title="Open Workbench", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

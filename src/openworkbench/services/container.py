@@ -12,7 +12,10 @@ from openworkbench.config import Settings
 from openworkbench.errors import ConfigError
 from openworkbench.proxy import UpstreamPool
 from openworkbench.services.accounts import Accounts
+from openworkbench.services.history import History
+from openworkbench.services.job_views import JobViews
 from openworkbench.services.jobs import JobService
+from openworkbench.services.retention import Retention
 from openworkbench.services.session_runner import SessionRunner
 from openworkbench.services.session_watch import SessionWatch
 from openworkbench.services.sessions import SessionService
@@ -33,6 +36,9 @@ class Services:
     watch: SessionWatch
     sessions: SessionService
     signin: SignIn
+    job_views: JobViews
+    history: History
+    retention: Retention
 
     def close(self) -> None:
         for cluster in self.clusters.values():
@@ -73,4 +79,7 @@ def build_services(settings: Settings) -> Services:
     runner = SessionRunner(settings, store, jobs, pool)
     sessions = SessionService(settings, store, jobs, runner)
     watch = SessionWatch(runner)
-    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts))
+    job_views = JobViews(store, settings.jobs.expiry_hours)
+    store.watch_commits(job_views.written)
+    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts),
+                    job_views, History(store), Retention(store, settings.jobs))
