@@ -47,6 +47,8 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("stop_job", "other"): WRITERS,
     ("launch_job", "own"): EVERYONE,
     ("launch_job", "other"): ACTORS,
+    ("get_historical_session", "own"): EVERYONE,
+    ("get_historical_session", "other"): READERS,  # include_all_users
 }
 CASES = [
     pytest.param(kind, method, whose, kind in kinds, id=f"{kind}-{method}-{whose}")
@@ -298,6 +300,18 @@ def check_launch_job(world: World, caller: Caller, whose: str, expected: bool) -
     assert stdout_of(world.server, world.other_token, launched["id"]) == f"{world.other_uid}\n"
 
 
+def check_get_historical_session(world: World, caller: Caller, whose: str, expected: bool) -> None:
+    response = post(world.server, "get_historical_session", caller.token, include_jobs=True,
+                    include_all_users=whose == "other")
+    if not expected:
+        assert "include_all_users" in denied(response)
+        assert world.other_done_job not in response.text
+        return
+    ids = {job["id"] for job in ok(response)["jobs"]}
+    assert caller.done_job in ids
+    assert (world.other_done_job in ids) is (whose == "other")
+
+
 CHECKS: dict[str, Callable[[World, Caller, str, bool], None]] = {
     "version": check_version,
     "get_users": check_get_users,
@@ -306,6 +320,7 @@ CHECKS: dict[str, Callable[[World, Caller, str, bool], None]] = {
     "get_job_output": check_get_job_output,
     "stop_job": check_stop_job,
     "launch_job": check_launch_job,
+    "get_historical_session": check_get_historical_session,
 }
 
 
@@ -350,7 +365,8 @@ def test_admin_token_of_a_demoted_user_acts_as_a_user_token(world: World) -> Non
     denied(post(world.server, "get_session", token, user=world.other))
     denied(post(world.server, "get_job_output", token, job_id=world.other_done_job))
     denied(post(world.server, "stop_job", token, job_id=world.other_running_job))
-    assert ok(post(world.server, "get_session", token, include_all_jobs=True)) == {"sessions": [], "jobs": []}
+    own = ok(post(world.server, "get_session", token, include_all_jobs=True))
+    assert (own["sessions"], own["jobs"]) == ([], [])
     ok(post(world.server, "get_compute_envs", token))
     assert jobs_of(world, world.other)[world.other_running_job]["status"] == "Running"
 
