@@ -81,5 +81,7 @@ def build_services(settings: Settings) -> Services:
     watch = SessionWatch(runner)
     job_views = JobViews(store, settings.jobs.expiry_hours)
     store.watch_commits(job_views.written)
+    history = History(store)
+    store.watch_commits(history.written)
     return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts),
-                    job_views, History(store), Retention(store, settings.jobs))
+                    job_views, history, Retention(store, settings.jobs))
