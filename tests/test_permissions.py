@@ -55,6 +55,8 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("resume_session", "other"): ACTORS,
     ("stop_session", "own"): EVERYONE,
     ("stop_session", "other"): WRITERS,
+    ("get_historical_session", "own"): EVERYONE,
+    ("get_historical_session", "other"): READERS,  # include_all_users
 }
 SESSION_FINAL = ("suspended", "failed", "killed", "finished", "canceled")
 CASES = [
@@ -395,6 +397,16 @@ def check_stop_session(world: World, caller: Caller, whose: str, expected: bool)
         return
     assert ok(response) == {}
     assert wait_session(world, owner, session_id, SESSION_FINAL)["activity_state"] == "finished"
+def check_get_historical_session(world: World, caller: Caller, whose: str, expected: bool) -> None:
+    response = post(world.server, "get_historical_session", caller.token, include_jobs=True,
+                    include_all_users=whose == "other")
+    if not expected:
+        assert "include_all_users" in denied(response)
+        assert world.other_done_job not in response.text
+        return
+    ids = {job["id"] for job in ok(response)["jobs"]}
+    assert caller.done_job in ids
+    assert (world.other_done_job in ids) is (whose == "other")
 
 
 CHECKS: dict[str, Callable[[World, Caller, str, bool], None]] = {
@@ -408,6 +420,7 @@ CHECKS: dict[str, Callable[[World, Caller, str, bool], None]] = {
     "launch_session": check_launch_session,
     "resume_session": check_resume_session,
     "stop_session": check_stop_session,
+    "get_historical_session": check_get_historical_session,
 }
 
 
@@ -452,7 +465,8 @@ def test_admin_token_of_a_demoted_user_acts_as_a_user_token(world: World) -> Non
     denied(post(world.server, "get_session", token, user=world.other))
     denied(post(world.server, "get_job_output", token, job_id=world.other_done_job))
     denied(post(world.server, "stop_job", token, job_id=world.other_running_job))
-    assert ok(post(world.server, "get_session", token, include_all_jobs=True)) == {"sessions": [], "jobs": []}
+    own = ok(post(world.server, "get_session", token, include_all_jobs=True))
+    assert (own["sessions"], own["jobs"]) == ([], [])
     ok(post(world.server, "get_compute_envs", token))
     assert jobs_of(world, world.other)[world.other_running_job]["status"] == "Running"
 

@@ -173,6 +173,9 @@ class SessionSettings(_Section):
     idle_check_interval_s: float = Field(default=30, gt=0)
     # Sessions of one user that have not ended (suspended ones do not count); 0: no cap.
     max_per_user: int = Field(default=10, ge=0)
+    # Ended sessions (not suspended ones: they can resume) leave the plain get_session list this long after
+    # they ended; get_historical_session and get_session(session_id) still return them. 0: at once.
+    expiry_hours: float = Field(default=1, ge=0)
 
 
 class AuthSettings(_Section):
@@ -183,6 +186,12 @@ class AuthSettings(_Section):
 class JobSettings(_Section):
     # get_job_output reads at most this many bytes of a job's files per call, then ends with an error line.
     output_stream_max_bytes: int = Field(default=1 << 30, gt=0)
+    # A final job stays in get_session(include_all_jobs) this long after it ended (the Job Launcher's
+    # job-expiry-hours), then only get_historical_session lists it. 0: it leaves the list at once.
+    expiry_hours: float = Field(default=1, ge=0)
+    # A final job's output files are removed this long after it ended; the store keeps its row.
+    output_retention_days: float = Field(default=30, gt=0)
+    purge_interval_s: float = Field(default=3600, gt=0)  # how often the server looks for output to remove
 
 
 class IdeSettings(_Section):

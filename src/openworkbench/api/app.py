@@ -66,6 +66,8 @@ def create_app(settings: Settings) -> TrustedProxies:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         monitor = Monitor(services)
         monitor.start()
+        services.job_views.refresh()  # the active job list in memory before the first poll asks for it
+        services.retention.start()
         await services.watch.adopt()
         watcher = asyncio.get_running_loop().create_task(services.watch.run())
         try:
@@ -75,6 +77,7 @@ def create_app(settings: Settings) -> TrustedProxies:
             await services.runner.close()
             await services.pool.close()
             monitor.stop()
+            services.retention.stop()
             services.close()
 
     app = FastAPI(title="Open Workbench", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

@@ -7,21 +7,21 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from openworkbench import __version__
 from openworkbench.api import params as p
+from openworkbench.api.get_session import get_session, get_session_cached
 from openworkbench.api.rpc import Method
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.errors import InternalError, WorkbenchError
 from openworkbench.services.compute import compute_envs
 from openworkbench.services.container import Services
-from openworkbench.services.session_json import select_fields
-from openworkbench.services.session_views import View
 
 FEATURES = [
     "launch_job", "get_job_output", "stop_job", "get_session", "get_compute_envs", "get_users",
-    "launch_session", "resume_session", "stop_session", "session_suspend",
+    "launch_session", "resume_session", "stop_session", "session_suspend", "get_historical_session",
 ]
 
 
@@ -68,6 +68,8 @@ def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any
 
 async def get_job_output(services: Services, principal: Principal, params: p.GetJobOutput) -> Any:
     chunks = await services.jobs.output(principal, params.job_id, params.user)
+    if not services.jobs.is_active(params.job_id):  # an ended job's files may have been removed: say so
+        await run_in_threadpool(services.retention.require_output, params.job_id)
     return ClosingStream(_guarded(chunks), media_type="application/x-ndjson")
 
 
@@ -98,31 +100,10 @@ async def _guarded(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes,
         await chunks.aclose()
 
 
-def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:
-    username = params.user or principal.username
-    views = services.sessions.read(principal, username, params.session_id)
-    if not (params.fields or params.include_jobs or params.include_all_jobs):
-        return sessions_response(views)
-    result: dict[str, Any] = {"sessions": [select_fields(view.data, params.fields) for view in views]}
-    if params.include_all_jobs:
-        result["jobs"] = services.jobs.list_for(principal, username, None)
-    elif params.include_jobs:  # the jobs of the sessions just listed: no second query for their ids
-        result["jobs"] = services.jobs.list_for(principal, username, [view.data["id"] for view in views])
-    return result
-
-
-def get_session_cached(services: Services, principal: Principal, params: p.GetSession) -> Response | None:
-    """The plain listing, answered from memory; None sends the call down the store path."""
-    if params.fields or params.include_jobs or params.include_all_jobs:
-        return None
-    views = services.sessions.read_cached(principal, params.user, params.session_id)
-    return None if views is None else sessions_response(views)
-
-
-def sessions_response(views: list[View]) -> Response:
-    # Each session's JSON is encoded once, when it is cached: a list is a join of bytes.
-    body = b'{"result":{"sessions":[' + b",".join(view.raw for view in views) + b"]}}"
-    return Response(body, media_type="application/json")
+def get_historical_session(services: Services, principal: Principal, params: p.GetHistoricalSession) -> Any:
+    result = services.history.read(principal, params.filter_time_begin, params.filter_time_end,
+                                   params.include_jobs, params.include_all_users)
+    return Response(b'{"result":' + result + b"}", media_type="application/json")
 
 
 async def launch_session(services: Services, principal: Principal, params: p.LaunchSession) -> Any:
@@ -149,4 +130,5 @@ METHODS: dict[str, Method] = {
     "launch_session": Method(p.LaunchSession, handler=launch_session),
     "resume_session": Method(p.ResumeSession, handler=resume_session),
     "stop_session": Method(p.StopSession, handler=stop_session),
+    "get_historical_session": Method(p.GetHistoricalSession, blocking=get_historical_session),
 }

@@ -27,6 +27,7 @@ class Action(enum.Enum):
     WRITE = "write"  # stop a user's jobs or sessions
     ACT_AS = "act_as"  # launch jobs or sessions as that user
     LIST_USERS = "list_users"  # get_users: admin read, even for oneself
+    READ_ALL_USERS = "read_all_users"  # get_historical_session(include_all_users): admin read
 
 
 _READ_OTHERS = {"admin", "admin-readonly", "super-admin", "super-admin-readonly"}
@@ -56,7 +57,7 @@ class Principal:
 
 
 def allowed(principal: Principal, action: Action, owner: str | None = None) -> bool:
-    if action is Action.LIST_USERS:
+    if action is Action.LIST_USERS or action is Action.READ_ALL_USERS:
         return principal.kind in _READ_OTHERS
     if owner is None or owner == principal.username:
         return True
@@ -75,6 +76,7 @@ def require(principal: Principal, action: Action, owner: str | None = None) -> N
         Action.WRITE: "an admin or super-admin token with write access",
         Action.ACT_AS: "a super-admin token with write access",
         Action.LIST_USERS: "an admin or super-admin token with read access",
+        Action.READ_ALL_USERS: "an admin or super-admin token with read access (include_all_users)",
     }[action]
-    target = f" for user '{owner}'" if owner and action is not Action.LIST_USERS else ""
+    target = f" for user '{owner}'" if owner and action not in (Action.LIST_USERS, Action.READ_ALL_USERS) else ""
     raise PermissionDenied(f"Permission denied: this needs {needs}{target}")

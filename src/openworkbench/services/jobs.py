@@ -76,6 +76,7 @@ class JobService:
         spec = spec.model_copy(update={"user": owner, "cluster": cluster.name})
         job = _new_job(job_id, 0, cluster.name, spec, session_id)
         self._record(job, owner)
+        self.store.wrote([job])  # Core writes: the job views learn of them from us
         try:
             state = cluster.submit(job_id, spec, account)
         except Exception as exc:  # whatever went wrong, the recorded job ends Failed, never stays Pending
@@ -90,6 +91,7 @@ class JobService:
         _update_row(job, state)
         with self.store.transaction() as conn:
             conn.execute(UPDATE_JOB, {"b_id": job_id, **{f"b_{name}": getattr(job, name) for name in UPDATED_COLUMNS}})
+        self.store.wrote([job])
         if job.status not in FINAL_STATUSES:
             with self._lock:
                 self._active[job_id] = JobRef(job_id, job.status, spec, account, state.cluster_state or {})
@@ -281,7 +283,7 @@ def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id:
 
 JOB_COLUMNS = tuple(Job.__table__.columns.keys())
 UPDATED_COLUMNS = ("status", "status_message", "exit_code", "pid", "host", "stdout_file", "stderr_file",
-                   "cluster_state", "last_update_time")  # what _update_row may change
+                   "cluster_state", "last_update_time", "end_time")  # what _update_row may change
 # Built once: SQLAlchemy then finds their compiled form in its cache without building a statement per call.
 _JOBS, _USERS = cast(Table, Job.__table__), cast(Table, User.__table__)
 OWNER = select(_USERS.c.id, _USERS.c.disabled).where(_USERS.c.username == bindparam("owner"))
@@ -308,3 +310,5 @@ def _update_row(job: Job, state: JobState) -> None:
         if value is not None:
             setattr(job, attr, value)
     job.last_update_time = utcnow()
+    if job.status in FINAL_STATUSES:
+        job.end_time = job.last_update_time
