@@ -52,7 +52,10 @@ def get_compute_envs(services: Services, principal: Principal, params: p.GetComp
 
 
 def launch_job(services: Services, principal: Principal, params: p.LaunchJob) -> Any:
-    return {"job": services.jobs.launch(principal, params.job)}
+    job = params.job
+    if principal.session_id is not None:  # called with a session's RPC cookie: the job gets one too
+        job = services.sessions.with_session_cookie(principal.session_id, job)
+    return {"job": services.jobs.launch(principal, job)}
 
 
 def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any:
@@ -78,19 +81,21 @@ async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:
     username = params.user or principal.username
     views = services.sessions.read(principal, username, params.session_id)
-    if not (params.fields or params.include_jobs or params.include_all_jobs):
+    if not (params.fields or params.include_jobs or params.include_all_jobs or params.include_projects):
         return sessions_response(views)
     result: dict[str, Any] = {"sessions": [select_fields(view.data, params.fields) for view in views]}
     if params.include_all_jobs:
         result["jobs"] = services.jobs.list_for(principal, username, None)
     elif params.include_jobs:  # the jobs of the sessions just listed: no second query for their ids
         result["jobs"] = services.jobs.list_for(principal, username, [view.data["id"] for view in views])
+    if params.include_projects:
+        result["projects"] = services.sessions.projects(principal, username)
     return result
 
 
 def get_session_cached(services: Services, principal: Principal, params: p.GetSession) -> Response | None:
     """The plain listing, answered from memory; None sends the call down the store path."""
-    if params.fields or params.include_jobs or params.include_all_jobs:
+    if params.fields or params.include_jobs or params.include_all_jobs or params.include_projects:
         return None
     views = services.sessions.read_cached(principal, params.user, params.session_id)
     return None if views is None else sessions_response(views)

@@ -51,6 +51,7 @@ class GetSession(Params):
     fields: list[str] | None = None
     include_jobs: bool = False
     include_all_jobs: bool = False
+    include_projects: bool = False  # adds "projects" (services/projects.py)
 
 
 class LaunchSession(Params):
@@ -64,6 +65,7 @@ class LaunchSession(Params):
     start_hooks: list[SessionHook] | SessionHook | None = None
     stop_hooks: list[SessionHook] | SessionHook | None = None
     environment: list[dict[str, str]] | dict[str, str] | None = None
+    project_id: str | None = Field(default=None, max_length=64)  # open in that project's directory
 
     @field_validator("environment")
     @classmethod

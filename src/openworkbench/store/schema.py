@@ -82,6 +82,9 @@ class Job(Base):
     stop_requested: Mapped[str | None] = mapped_column(String(16), default=None)
     submission_time: Mapped[datetime] = mapped_column(default=utcnow)
     last_update_time: Mapped[datetime] = mapped_column(default=utcnow)
+    # When it was first seen Running / reached a final status (the product's runningTimestamp, terminatedTime).
+    running_time: Mapped[datetime | None] = mapped_column(default=None)
+    terminated_time: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Session(Base):
