@@ -269,6 +269,42 @@ def test_d_projects_and_launching_in_a_project(srv: Server, owner: str, running:
     assert srv.rpc("get_session", owner, session_id=second["id"])["sessions"]  # the bad call changed nothing else
 
 
+POSIT_SDK = """
+import sys
+sys.path.insert(0, {path!r})
+try:
+    from posit.workbench import Client
+    client = Client()  # reads RS_SERVER_ADDRESS, POSIT_PRODUCT and the cookie, and parses its expiry
+    listed = client.post("api/get_session", json={{"method": "get_session", "kwparams": {{}}}})
+    job = {{"name": "sdk", "exe": "/bin/true", "resourceProfile": "medium"}}
+    launched = client.post("api/launch_job", json={{"method": "launch_job", "kwparams": {{"job": job}}}})
+    expiry = client.session.auth._cookie_reader.expiry_time
+    result = {{"sessions": [s["id"] for s in listed.json()["result"]["sessions"]],
+              "job": launched.json()["result"]["job"]["id"], "expiry": str(expiry)}}
+except Exception as exc:
+    result = {{"error": repr(exc)}}
+repr(result)
+"""
+
+
+def test_d2_the_released_posit_sdk_client_works_in_the_session(
+        srv: Server, owner: str, running: dict[str, Any]) -> None:
+    posit = pytest.importorskip("posit.workbench")  # posit-sdk, a dev dependency (pyproject.toml)
+    # A copy the session's user can read (the kernel's own Python has requests, packaging, typing_extensions).
+    where = Path("/tmp") / f"owb-psdk-{os.getpid()}-{time.monotonic_ns()}"
+    shutil.copytree(Path(posit.__file__).parents[1], where / "posit")
+    os.chmod(where, 0o755)
+    try:
+        text = kernel_round_trip(srv.url + running["url"], owner, POSIT_SDK.format(path=str(where)))
+        found = ast.literal_eval(ast.literal_eval(text))
+    finally:
+        shutil.rmtree(where)
+    assert "error" not in found, found
+    assert running["id"] in found["sessions"] and found["expiry"].endswith("+00:00")
+    job = srv.wait_job(owner, found["job"], timeout=60)
+    assert (job["status"], job["resourceProfile"]) == ("Finished", "medium")
+
+
 def secret_of(srv: Server, session_id: str) -> str:
     store = Store(f"sqlite:///{srv.data_dir / 'workbench.db'}")
     try:
