@@ -109,6 +109,19 @@ class LimitSettings(_Section):
         return self
 
 
+class ProfileSettings(_Section):
+    """A resource profile (the product's ``resourceProfiles``): a named size a job or session asks for."""
+
+    display_name: str = ""  # empty: the profile's name
+    cpus: float | None = Field(default=None, gt=0, le=2**31 - 1)  # cpuCount; None: the cluster's default
+    memory: float | None = Field(default=None, gt=0, le=2**31 - 1)  # MB; None: the cluster's default
+    queue: str = ""  # a queue (Slurm partition) of the cluster; empty: the cluster's default
+    constraints: list[str] = []  # placement constraints (Slurm features) of the cluster
+
+
+DEFAULT_PROFILE = "default"
+
+
 class ClusterSettings(_Section):
     type: Literal["Local", "Slurm"]
     queues: list[str] = []
@@ -126,6 +139,20 @@ class ClusterSettings(_Section):
     # Local only, with cgroups: the memory default of a job that gives none, in percent of this machine's
     # memory (capped by limits.memory.max), unless limits.memory.default is set; 0: none.
     default_memory_percent: float = Field(default=50, ge=0, le=100)
+    # Resource profiles, listed in this order; none configured: a single built-in "default" profile.
+    profiles: dict[str, ProfileSettings] = {}
+
+    @model_validator(mode="after")
+    def _profiles_name_what_exists(self) -> ClusterSettings:
+        for name, profile in self.profiles.items():
+            if not name or name == "custom":
+                raise ValueError(f"profiles.{name!r}: 'custom' and the empty name are reserved")
+            if profile.queue and self.queues and profile.queue not in self.queues:
+                raise ValueError(f"profiles.{name}.queue: '{profile.queue}' is not one of the queues {self.queues}")
+            unknown = sorted(set(profile.constraints) - set(self.placement_constraints))
+            if unknown and self.type == "Local":
+                raise ValueError(f"profiles.{name}.constraints: {unknown} not in placement_constraints")
+        return self
 
     @model_validator(mode="after")
     def _slurm_needs_output_dir(self) -> ClusterSettings:
@@ -176,6 +203,9 @@ class SessionSettings(_Section):
     # Ended sessions (not suspended ones: they can resume) leave the plain get_session list this long after
     # they ended; get_historical_session and get_session(session_id) still return them. 0: at once.
     expiry_hours: float = Field(default=1, ge=0)
+    # How long one RPC cookie (RS_SESSION_RPC_COOKIE, the rpc_cookie file) is valid; the server writes a new
+    # one to the file once less than half of this remains. Never beyond the session's life either way.
+    rpc_cookie_lifetime_s: float = Field(default=7 * 24 * 3600, ge=10, le=366 * 24 * 3600)
 
 
 class AuthSettings(_Section):

@@ -33,12 +33,15 @@ def get_session(services: Services, principal: Principal, params: p.GetSession) 
         assert jobs is not None  # memory_only=False always answers
         if jobs.left is None and params.timestamp is not None:  # departures older than memory
             jobs = JobAnswer(jobs.raw, services.job_views.departed_in_store(username, params.timestamp, now))
-    return _response(services, views, jobs, params, now)
+    projects = encode(services.sessions.projects(principal, username)) if params.include_projects else None
+    return _response(services, views, jobs, params, now, projects)
 
 
 def get_session_cached(services: Services, principal: Principal, params: p.GetSession) -> Response | None:
     """``get_session`` from memory alone, on the event loop; None sends the call down the store path."""
     now = time.time()
+    if params.include_projects:  # the store's view of the user's projects
+        return None
     views = services.sessions.read_cached(principal, params.user, params.session_id)
     if views is None:
         return None
@@ -73,7 +76,7 @@ def _left_at(view: View, expiry: float) -> float:
 
 
 def _response(services: Services, views: list[View], jobs: JobAnswer | None, params: p.GetSession,
-              now: float) -> Response:
+              now: float, projects: bytes | None = None) -> Response:
     shown, since = _shown(services, views, params, now), params.timestamp
     removed: list[str] = []
     if since is not None:
@@ -89,6 +92,8 @@ def _response(services: Services, views: list[View], jobs: JobAnswer | None, par
     parts = [b'{"result":{"sessions":[', b",".join(sessions), b"]"]
     if jobs is not None:
         parts += [b',"jobs":', jobs.raw]
+    if projects is not None:
+        parts += [b',"projects":', projects]
     parts += [b',"timestamp":', encode(now)]
     if since is not None:
         parts += [b',"removed_session_ids":', encode(removed)]

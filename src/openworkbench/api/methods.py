@@ -58,7 +58,10 @@ def get_compute_envs(services: Services, principal: Principal, params: p.GetComp
 
 
 def launch_job(services: Services, principal: Principal, params: p.LaunchJob) -> Any:
-    return {"job": services.jobs.launch(principal, params.job)}
+    job = params.job
+    if principal.session_id is not None:  # called with a session's RPC cookie: the job gets one too
+        job = services.sessions.with_session_cookie(principal.session_id, job)
+    return {"job": services.jobs.launch(principal, job)}
 
 
 def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any:

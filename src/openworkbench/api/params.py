@@ -53,6 +53,7 @@ class GetSession(Params):
     include_jobs: bool = False
     include_all_jobs: bool = False
     timestamp: float | None = Field(default=None, allow_inf_nan=False)  # a previous answer's: only what changed
+    include_projects: bool = False  # adds "projects" (services/projects.py)
 
 
 class LaunchSession(Params):
@@ -66,6 +67,7 @@ class LaunchSession(Params):
     start_hooks: list[SessionHook] | SessionHook | None = None
     stop_hooks: list[SessionHook] | SessionHook | None = None
     environment: list[dict[str, str]] | dict[str, str] | None = None
+    project_id: str | None = Field(default=None, max_length=64)  # open in that project's directory
 
     @field_validator("environment")
     @classmethod

@@ -22,7 +22,7 @@ from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
 from openworkbench.errors import BadRequest, InternalError, UnknownMethod, WorkbenchError
 from openworkbench.services.container import Services
-from openworkbench.services.signin import RPC_COOKIE_HEADER
+from openworkbench.services.signin import RPC_COOKIE_HEADER, session_rpc_cookie
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ async def dispatch(services: Services, methods: dict[str, Method], name: str, re
             # Credentials first, then the body: a caller the server does not know never makes it hold one.
             # (Asked again below, once the body is in: a revocation may land while it arrives.)
             if services.accounts.cached(authorization) is None:
-                await run_in_threadpool(services.signin.rpc_caller, authorization, headers.get(RPC_COOKIE_HEADER))
+                await run_in_threadpool(services.signin.rpc_caller, authorization, _rpc_cookie(headers))
             raw = await read_body(request, max_body)
             unread = False
         else:
@@ -155,7 +155,7 @@ async def dispatch(services: Services, methods: dict[str, Method], name: str, re
         if result is None:
             method, caller, params, result = await run_in_threadpool(
                 prepare, services, methods, name, request.method, raw, authorization,
-                headers.get(RPC_COOKIE_HEADER),
+                _rpc_cookie(headers),
             )
             if method.handler is not None:
                 result = await method.handler(services, caller, params)
@@ -194,6 +194,10 @@ class RpcRoutes:
             metrics.count_api(name if name in self.methods else metrics.UNKNOWN_METHOD, InternalError)
             response = internal_error_response()
         await response(scope, receive, send)
+
+
+def _rpc_cookie(headers: Any) -> str | None:
+    return session_rpc_cookie(headers.get(RPC_COOKIE_HEADER), headers.get("cookie"))
 
 
 def _rpc_name(scope: Scope) -> str | None:

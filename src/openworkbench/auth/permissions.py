@@ -43,6 +43,9 @@ class Principal:
     user_id: int
     username: str
     kind: str
+    # The session whose RPC cookie authenticated the call (None: a token or a sign-in): jobs it launches
+    # get that session's cookie too (services/rpc_cookies.py).
+    session_id: str | None = None
 
     @classmethod
     def from_standing(

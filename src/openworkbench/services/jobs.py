@@ -7,6 +7,8 @@ the Local backend starts it if its supervisor never ran.
 
 from __future__ import annotations
 
+import dataclasses
+import grp
 import logging
 import os
 import pwd
@@ -20,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench import metrics
 from openworkbench.auth.permissions import Action, Principal, require
+from openworkbench.clusters import profiles
 from openworkbench.clusters.base import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -51,6 +54,26 @@ def posix_account(username: str) -> Account:
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, tuple(groups), entry.pw_dir, entry.pw_shell)
 
 
+def with_group(account: Account, group: str | None) -> Account:
+    """The account with ``group`` (one of the user's groups) as the job's primary group."""
+    if not group:
+        return account
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except (KeyError, ValueError):
+        raise InvalidParameter(f"job.group: no group '{group}' on this server") from None
+    if gid not in account.groups and gid != account.gid:
+        raise InvalidParameter(f"job.group: user '{account.username}' is not a member of group '{group}'")
+    return dataclasses.replace(account, gid=gid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
 class JobService:
     def __init__(self, store: Store, accounts: Accounts, clusters: dict[str, Cluster], default_cluster: str,
                  run_as: RunAsPolicy | None = None, output_budget: int = output.DEFAULT_BUDGET) -> None:
@@ -69,11 +92,10 @@ class JobService:
         owner = spec.user or principal.username
         require(principal, Action.ACT_AS, owner)
         self.run_as.check(owner)
-        cluster = self._cluster(spec.cluster or self.default_cluster)
-        cluster.validate(spec)
-        account = posix_account(owner)
+        cluster, spec = self.checked(spec)
+        account = with_group(posix_account(owner), spec.group)
         job_id = secrets.token_hex(8)
-        spec = spec.model_copy(update={"user": owner, "cluster": cluster.name})
+        spec = spec.model_copy(update={"user": owner, "cluster": cluster.name, "group": _group_name(account.gid)})
         job = _new_job(job_id, 0, cluster.name, spec, session_id)
         self._record(job, owner)
         self.store.wrote([job])  # Core writes: the job views learn of them from us
@@ -97,6 +119,13 @@ class JobService:
                 self._active[job_id] = JobRef(job_id, job.status, spec, account, state.cluster_state or {})
                 self._clusters_of[job_id] = cluster.name
         return job_json(job, owner)
+
+    def checked(self, spec: JobSpec) -> tuple[Cluster, JobSpec]:
+        """The job's cluster, and the spec with its resource profile applied, once the cluster accepts it."""
+        cluster = self._cluster(spec.cluster or self.default_cluster)
+        spec = profiles.resolve(cluster.name, cluster.settings, spec)
+        cluster.validate(spec)
+        return cluster, spec
 
     def _record(self, job: Job, owner: str) -> None:
         """Store the new job (``Pending``) with its owner's id, found in the same transaction.
@@ -282,8 +311,9 @@ def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id:
 
 
 JOB_COLUMNS = tuple(Job.__table__.columns.keys())
+# What _update_row may change.
 UPDATED_COLUMNS = ("status", "status_message", "exit_code", "pid", "host", "stdout_file", "stderr_file",
-                   "cluster_state", "last_update_time", "end_time")  # what _update_row may change
+                   "cluster_state", "last_update_time", "end_time", "running_time")
 # Built once: SQLAlchemy then finds their compiled form in its cache without building a statement per call.
 _JOBS, _USERS = cast(Table, Job.__table__), cast(Table, User.__table__)
 OWNER = select(_USERS.c.id, _USERS.c.disabled).where(_USERS.c.username == bindparam("owner"))
@@ -310,5 +340,7 @@ def _update_row(job: Job, state: JobState) -> None:
         if value is not None:
             setattr(job, attr, value)
     job.last_update_time = utcnow()
+    if job.status == "Running" and job.running_time is None:
+        job.running_time = job.last_update_time
     if job.status in FINAL_STATUSES:
         job.end_time = job.last_update_time

@@ -98,6 +98,8 @@ class Job(Base):
     end_time: Mapped[datetime | None] = mapped_column(default=None, index=True)
     # When the server removed the job's output files (jobs.output_retention_days); the row itself stays.
     output_purged: Mapped[datetime | None] = mapped_column(default=None)
+    # When it was first seen Running (the product's runningTimestamp; terminatedTime is end_time).
+    running_time: Mapped[datetime | None] = mapped_column(default=None)
 
     __table_args__ = (Index("ix_jobs_user_id_end_time", "user_id", "end_time"),)
 
