@@ -2,7 +2,7 @@
 
 Each case warms the cache with a few successful calls, changes access from *another process's*
 connection (as the CLI or an operator's SQL would), and expects the very next request to be refused.
-Both databases: SQLite (``PRAGMA data_version``) and PostgreSQL (LISTEN/NOTIFY).
+Both databases: SQLite (``PRAGMA data_version``) and PostgreSQL (a one-row read of the epoch per hit).
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from openworkbench.services.accounts import LAST_USED_RESOLUTION
+from openworkbench.services.accounts import LAST_USED_RESOLUTION, Accounts
 from openworkbench.services.session_views import SessionViews
 from openworkbench.services.signin import COOKIE_NAME
 from openworkbench.store import Store
 from openworkbench.store.schema import Session
 from tests.conftest import Server, make_pg_database, sign_in_form, sign_out_form
 
-ROUNDS = 10  # repeated, so a listener that lags behind a commit would show
+ROUNDS = 10  # repeated, so a check that lags behind a commit would show
+RACE_ROUNDS = 50
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -122,8 +123,34 @@ def test_last_use_is_still_recorded_while_cached(srv: Server) -> None:
     assert latest is not None and (latest - first).total_seconds() >= LAST_USED_RESOLUTION.total_seconds()
 
 
-def test_a_lost_listener_connection_never_serves_a_revoked_token(tmp_path: Path) -> None:
-    """PostgreSQL only: the listener's connection is killed, then a token revoked meanwhile."""
+def test_a_revocation_by_sql_is_never_beaten_by_the_next_request(srv: Server) -> None:
+    """The race PostgreSQL's LISTEN/NOTIFY lost under load: the operator's COMMIT returns, the request goes
+    out at once. Every round must be refused; before, a NOTIFY arriving late let some through with 200."""
+    accounts = srv.accounts()
+    operator = Store(srv.database_url or f"sqlite:///{srv.data_dir / 'workbench.db'}")
+    served = []
+    try:
+        with httpx.Client() as client:
+            for round_ in range(RACE_ROUNDS):
+                name = f"race-{secrets.token_hex(4)}"
+                token = accounts.generate_token("user", name, "cacheuser")
+                warm(client, srv, token)
+                with operator.engine.begin() as conn:
+                    conn.execute(sa.text("DELETE FROM api_tokens WHERE name = :name"), {"name": name})
+                if status(client, srv, token) != 401:
+                    served.append(round_)
+    finally:
+        operator.dispose()
+    assert served == [], f"a revoked token was served in rounds {served} of {RACE_ROUNDS}"
+
+
+READING_EPOCH = "FROM pg_stat_activity WHERE query LIKE 'SELECT value FROM auth_epoch%'"  # the server's epoch reads
+EPOCH_READERS = f"SELECT pg_terminate_backend(pid) {READING_EPOCH}"
+
+
+def test_a_broken_epoch_connection_never_serves_a_revoked_token(tmp_path: Path) -> None:
+    """PostgreSQL only: the connections that read the epoch are killed; the server asks the store instead
+    (no error to the client), connects again, and never answers a revoked token from memory."""
     server = Server(tmp_path / "data", database_url=make_pg_database()).start()
     try:
         accounts = server.accounts()
@@ -131,13 +158,86 @@ def test_a_lost_listener_connection_never_serves_a_revoked_token(tmp_path: Path)
             name = f"c-{secrets.token_hex(4)}"
             token = accounts.generate_token("user", name, "cacheuser")
             warm(client, server, token)
-            sql(server, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+            sql(server, EPOCH_READERS)
+            assert status(client, server, token) == 200  # a broken connection: looked up in the store
+            warm(client, server, token)
+            sql(server, EPOCH_READERS)
             accounts.revoke_token(name)
             assert status(client, server, token) == 401
             other = accounts.generate_token("user", f"c-{secrets.token_hex(4)}", "cacheuser")
-            warm(client, server, other)  # and sign-ins keep working without the listener
+            warm(client, server, other)  # and sign-ins keep working on a new connection
+        store = Store(server.database_url)
+        with store.engine.connect() as conn:
+            readers = conn.scalar(sa.text(f"SELECT count(*) {READING_EPOCH}"))
+        store.dispose()
+        assert readers, "the server did not connect again to read the epoch"
     finally:
         server.stop()
+
+
+# -- the triggers, directly: every change to who may do what bumps the epoch ----------------------------------
+
+# Each statement runs against fresh rows: :user (with :token and its browser sign-in) and :lone (a user with no
+# token, whose id may change without a foreign key in the way).
+BUMPING = [
+    "DELETE FROM api_tokens WHERE id = :token",
+    "UPDATE api_tokens SET kind = 'admin' WHERE id = :token",
+    "UPDATE api_tokens SET token_hash = 'x' || substr(token_hash, 2) WHERE id = :token",
+    "UPDATE api_tokens SET user_id = :lone WHERE id = :token",
+    "UPDATE api_tokens SET id = id + 100000 WHERE id = :unused_token",
+    "DELETE FROM users WHERE id = :user",
+    "UPDATE users SET username = username || 'x' WHERE id = :user",
+    "UPDATE users SET is_admin = true WHERE id = :user",
+    "UPDATE users SET is_super_admin = true WHERE id = :user",
+    "UPDATE users SET disabled = true WHERE id = :user",
+    "UPDATE users SET id = id + 100000 WHERE id = :lone",
+    "DELETE FROM browser_sessions WHERE token_id = :token",
+    "UPDATE browser_sessions SET cookie_hash = 'x' || substr(cookie_hash, 2) WHERE token_id = :token",
+    "UPDATE browser_sessions SET token_id = :unused_token WHERE token_id = :token",
+    "UPDATE browser_sessions SET expires = created WHERE token_id = :token",
+]
+POSTGRES_BUMPING = ["TRUNCATE api_tokens CASCADE", "TRUNCATE users CASCADE", "TRUNCATE browser_sessions"]
+NOT_BUMPING = [  # the last-use bookkeeping every sign-in writes
+    "UPDATE api_tokens SET last_used = created WHERE id = :token",
+    "UPDATE users SET last_sign_in = created WHERE id = :user",
+]
+
+
+def _fresh_rows(store: Store) -> dict[str, int]:
+    accounts = Accounts(store)
+    tag = secrets.token_hex(4)
+    accounts.generate_token("user", f"t-{tag}", f"u{tag}")
+    accounts.generate_token("user", f"t2-{tag}", f"u{tag}")
+    accounts.ensure_user(f"lone{tag}")
+    with store.engine.begin() as conn:
+        ids = {
+            "user": conn.scalar(sa.text("SELECT id FROM users WHERE username = :u"), {"u": f"u{tag}"}),
+            "lone": conn.scalar(sa.text("SELECT id FROM users WHERE username = :u"), {"u": f"lone{tag}"}),
+            "token": conn.scalar(sa.text("SELECT id FROM api_tokens WHERE name = :n"), {"n": f"t-{tag}"}),
+            "unused_token": conn.scalar(sa.text("SELECT id FROM api_tokens WHERE name = :n"), {"n": f"t2-{tag}"}),
+        }
+        conn.execute(sa.text("INSERT INTO browser_sessions (cookie_hash, token_id, created, expires) "
+                             "VALUES (:h, :t, :now, :now)"),
+                     {"h": secrets.token_hex(32), "t": ids["token"], "now": datetime.now(UTC)})
+    return ids
+
+
+def _epoch_after(store: Store, statement: str) -> tuple[int, int]:
+    ids = _fresh_rows(store)
+    with store.engine.begin() as conn:
+        before = conn.scalar(sa.text("SELECT value FROM auth_epoch"))
+        result = conn.execute(sa.text(statement), {k: v for k, v in ids.items() if f":{k}" in statement})
+        assert statement.startswith("TRUNCATE") or result.rowcount == 1, f"{statement} changed no row"
+    with store.engine.connect() as conn:
+        return before, conn.scalar(sa.text("SELECT value FROM auth_epoch"))
+
+
+def test_every_change_to_who_may_do_what_bumps_the_epoch(store: Store) -> None:
+    bumping = BUMPING + (POSTGRES_BUMPING if not store.is_sqlite else [])
+    missed = [statement for statement in bumping if len(set(_epoch_after(store, statement))) == 1]
+    assert missed == [], f"these changes leave cached sign-ins in place: {missed}"
+    bumped = [statement for statement in NOT_BUMPING if len(set(_epoch_after(store, statement))) == 2]
+    assert bumped == [], f"these writes needlessly empty the cache: {bumped}"
 
 
 # -- the session listing cache, directly ------------------------------------------------------------------

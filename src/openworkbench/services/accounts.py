@@ -117,7 +117,8 @@ class Accounts:
             ]
 
     def cached(self, authorization: str | None) -> Principal | None:
-        """``authenticate`` from memory alone (safe on the event loop); None: ask ``authenticate``."""
+        """``authenticate`` from memory and one read of the auth epoch (safe on the event loop); None: ask
+        ``authenticate``."""
         token = parse_authorization(authorization)
         if token is None or self.cache is None:
             return None

@@ -79,7 +79,8 @@ class SignIn:
             db.execute(delete(BrowserSession).where(BrowserSession.cookie_hash == hash_token(cookie)))
 
     def cached(self, authorization: str | None, cookie: str | None) -> Principal | None:
-        """``authenticate`` from memory alone (safe on the event loop); None: ask ``authenticate``."""
+        """``authenticate`` from memory and one read of the auth epoch (safe on the event loop); None: ask
+        ``authenticate``."""
         if parse_authorization(authorization) is not None or not cookie:
             return self.accounts.cached(authorization)
         cache = self.accounts.cache

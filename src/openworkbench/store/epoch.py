@@ -1,8 +1,10 @@
 """The auth epoch: a number that changes whenever anyone's access changes (migration 0004's triggers).
 
 Caches of sign-ins compare it on every hit, so a revoked token or a disabled user is refused by the
-very next request, whichever process made the change. ``current()`` never blocks on the network and
-is cheap enough for the event loop; it answers None when it cannot tell, and caches then ask the store.
+very next request, whichever process made the change: ``current()`` asks the database itself each time
+(SQLite: ``PRAGMA data_version`` first; PostgreSQL: a one-row read), never a copy that a message keeps up
+to date. It is cheap enough for the event loop; it answers None when it cannot tell, and caches then ask
+the store.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from typing import Protocol
+import time
+from typing import Any, Protocol
 
+import psycopg
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "openworkbench_auth"  # the NOTIFY channel of migration 0004's PostgreSQL trigger
+CONNECT_TIMEOUT_S = 2  # libpq's smallest
+STATEMENT_TIMEOUT_MS = 500
 
 
 class AuthEpoch(Protocol):
@@ -64,50 +69,70 @@ class SqliteEpoch:
 
 
 class PostgresEpoch:
-    """LISTENs on its own connection in a thread; every NOTIFY moves the number on. While the listener is
-    not connected the answer is None, and a (re)connect moves it on too: what happened meanwhile is unknown."""
+    """Reads the counter from the database on every call: one prepared single-row SELECT on an autocommit
+    connection of its own. A writer's COMMIT has made the bump visible to every later snapshot by the time
+    it returns, so the next check after it sees the change, whatever the load: nothing waits on a message.
+
+    Connections are lent out one caller at a time (the event loop and worker threads all check), and the
+    few idle ones are kept. A connection that fails is dropped and the answer is None (the sign-in goes to
+    the store); a failed connect is not retried for ``RETRY_AFTER`` s, so a database that is down does not
+    make every request wait for a connect.
+    """
+
+    KEEP_IDLE = 4  # checks are short: 16 threads checking in a loop never had more than 4 in flight at once
+    RETRY_AFTER = 1.0
+    QUERY = "SELECT value FROM auth_epoch WHERE id = 1"
 
     def __init__(self, url: str) -> None:
         self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-        self._value: int | None = None
-        self._counter = 0
+        self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="auth-epoch-listener", daemon=True)
-        self._thread.start()
-        self._ready.wait(timeout=5)  # cached sign-ins start working once the listener is up
+        self._retry_at = 0.0  # time.monotonic() before which no connect is tried
+        self._closed = False
 
     def current(self) -> int | None:
-        return self._value
+        conn = self._borrow()
+        if conn is None:
+            return None
+        try:
+            row = conn.execute(self.QUERY, prepare=True).fetchone()
+        except psycopg.Error as exc:
+            log.warning("cannot read the auth epoch (sign-ins are checked in the store): %s", exc)
+            conn.close()
+            return None
+        self._give_back(conn)
+        return int(row[0]) if row else None
 
-    def _bump(self, connected: bool) -> None:
+    def _borrow(self) -> psycopg.Connection[tuple[Any, ...]] | None:
         with self._lock:
-            self._counter += 1
-            self._value = self._counter if connected else None
+            if self._idle:
+                return self._idle.pop()
+            if self._closed or time.monotonic() < self._retry_at:
+                return None
+        try:
+            # A short statement timeout: the read is by primary key and never waits on row locks, so only
+            # something like an operator's ALTER TABLE could hold it up, and the event loop must not wait.
+            return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                                   options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
+        except psycopg.Error as exc:
+            log.warning("cannot connect to read the auth epoch (sign-ins are checked in the store): %s", exc)
+            with self._lock:
+                self._retry_at = time.monotonic() + self.RETRY_AFTER
+            return None
 
-    def _run(self) -> None:
-        import psycopg  # only servers on PostgreSQL need the driver
-
-        while not self._stop.is_set():
-            try:
-                with psycopg.connect(self._conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self._bump(connected=True)
-                    self._ready.set()
-                    while not self._stop.is_set():
-                        for _ in conn.notifies(timeout=1.0):
-                            self._bump(connected=True)
-            except psycopg.Error as exc:
-                self._bump(connected=False)
-                log.warning("auth epoch listener lost its connection (sign-ins are checked in the store): %s", exc)
-                self._ready.set()
-                self._stop.wait(1.0)
-        self._bump(connected=False)
+    def _give_back(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        with self._lock:
+            if not self._closed and len(self._idle) < self.KEEP_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=3)
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def open_epoch(url: str) -> AuthEpoch:
