@@ -14,6 +14,7 @@ from openworkbench.proxy import UpstreamPool
 from openworkbench.services import session_files
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.jobs import JobService
+from openworkbench.services.password_signin import PasswordSignIn
 from openworkbench.services.run_as import RunAsPolicy
 from openworkbench.services.session_origins import SessionOrigins
 from openworkbench.services.session_runner import SessionRunner
@@ -36,6 +37,7 @@ class Services:
     watch: SessionWatch
     sessions: SessionService
     signin: SignIn
+    passwords: PasswordSignIn
     origins: SessionOrigins | None = None  # server.session_domain set: each session on its own host
 
     def close(self) -> None:
@@ -81,5 +83,7 @@ def build_services(settings: Settings) -> Services:
     origins = SessionOrigins(settings.server.session_domain) if settings.server.session_domain else None
     sessions = SessionService(settings, store, jobs, runner, public_url=origins.url if origins else None)
     watch = SessionWatch(runner)
-    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts),
+    signin = SignIn(accounts)
+    passwords = PasswordSignIn(settings.auth, signin, run_as)
+    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, signin, passwords,
                     origins)
