@@ -8,6 +8,7 @@ user as slowly as a wrong password).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -21,8 +22,6 @@ log = logging.getLogger(__name__)
 
 # argon2-cffi's defaults are RFC 9106's low-memory profile of argon2id (t=3, m=64 MiB, p=4).
 HASHER = PasswordHasher()
-# Verified when the user has no local password, so that an unknown name costs the same time as a wrong password.
-_DUMMY_HASH = HASHER.hash("no such user: the verify only spends the time a real one would")
 MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; this bounds the work one request can ask for
 
 
@@ -31,6 +30,13 @@ class PasswordBackend(Protocol):
 
     def check(self, username: str, password: str) -> str | None:
         """None: the password is right for ``username``; else the reason it is refused (never the password)."""
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the user has no local password, so that an unknown name costs the time a wrong password does.
+    Made on first use: a hash costs 64 MiB and tens of ms, which no CLI command should pay at start-up."""
+    return HASHER.hash("no such user: the verify only spends the time a real one would")
 
 
 def usable_password(password: str) -> str | None:
@@ -65,7 +71,7 @@ class LocalBackend:
     def check(self, username: str, password: str) -> str | None:
         stored = self.load(username)
         try:
-            HASHER.verify(stored or _DUMMY_HASH, password)
+            HASHER.verify(stored or _dummy_hash(), password)
         except VerifyMismatchError:
             return "wrong local password" if stored else "no local password for this user"
         except (VerificationError, InvalidHashError) as exc:

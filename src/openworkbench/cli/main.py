@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from openworkbench.auth.passwords import hash_password
 from openworkbench.config import Settings, load_settings
 from openworkbench.errors import InvalidParameter, WorkbenchError
 from openworkbench.services.accounts import Accounts, check_username, isoformat
@@ -189,6 +188,8 @@ def user_passwd(name: str, data_dir: str | None, config_file: str | None) -> Non
     settings = _settings(data_dir, config_file)
     check_username(name)
     RunAsPolicy.load(settings.auth.allowed_system_users).check(name)  # no web password for root or daemon
+    from openworkbench.auth.passwords import hash_password  # argon2: only this command needs it
+
     password = _read_password()
     Accounts(open_store(settings)).set_password_hash(name, hash_password(password))
     click.echo(f"set the local password of '{name}'", err=True)

@@ -9,6 +9,7 @@ the page). The log says which, with the username and the client address, never t
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from openworkbench.auth.passwords import LocalBackend, PamBackend, PasswordBackend, usable_password
@@ -37,6 +38,9 @@ def build_backends(settings: AuthSettings, accounts: Accounts) -> list[PasswordB
     backends: list[PasswordBackend] = []
     for name in settings.backends():
         if name == "pam":
+            if os.geteuid() != 0:  # pam_unix then checks only the server's own account's password
+                log.warning("auth.password_backends has \"pam\" but the server is not root: PAM cannot check "
+                            "other users' passwords")
             backends.append(PamBackend(settings.pam_service))
         else:
             backends.append(LocalBackend(accounts.password_hash, accounts.rehash_password))
