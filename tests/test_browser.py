@@ -69,15 +69,18 @@ def on_sign_in_page(page: Page, next_path: str) -> None:
     parts = urlsplit(page.url)
     assert parts.path == "/auth/sign-in", page.url
     assert parse_qs(parts.query).get("next") == [next_path], page.url
-    expect(page.locator('form[action="/auth/sign-in"] input#token[name="token"]')).to_be_visible()
-    expect(page.locator('input[name="next"]')).to_have_value(next_path)
+    expect(page.locator('form[action="/auth/sign-in"] input#username[name="username"]')).to_be_visible()
+    expect(page.locator('#password-form input[name="next"]')).to_have_value(next_path)
 
 
 def submit_token(page: Page, token: str) -> int:
-    """Type the token and press the button, as a person would; the status of the form's POST."""
+    """Open "Sign in with an API token", type the token and press its button, as a person would; the status of
+    the form's POST."""
+    if not page.locator("#token").is_visible():
+        page.get_by_text("Sign in with an API token").click()
     page.locator("#token").fill(token)
     with page.expect_response(lambda r: r.request.method == "POST" and r.url.endswith("/auth/sign-in")) as posted:
-        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("button", name="Sign in with token").click()
     return posted.value.status
 
 
@@ -113,7 +116,7 @@ def test_browser_signs_in_and_runs_a_notebook_cell(srv: Server, posix_user: pwd.
         assert submit_token(page, "not-a-token-" + secrets.token_hex(8)) == 401
         expect(page.get_by_role("alert")).to_contain_text("not valid")
         assert urlsplit(page.url).path == "/auth/sign-in"
-        expect(page.locator('input[name="next"]')).to_have_value(lab_path)
+        expect(page.locator('#token-form input[name="next"]')).to_have_value(lab_path)
         assert not [c for c in browser.cookies() if c["name"] == "owb_session"]
         page.screenshot(path=tmp_path / "sign-in-error.png")
 

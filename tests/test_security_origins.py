@@ -162,9 +162,10 @@ def auto_submit(action: str, fields: dict[str, str]) -> str:
 def sign_in(page: Page, main: str, token: str, next_path: str) -> int:
     """The real sign-in form, filled and submitted as a person would; the POST's status."""
     page.goto(f"{main}/auth/sign-in?next={next_path}")
+    page.get_by_text("Sign in with an API token").click()
     page.locator("#token").fill(token)
     with page.expect_response(lambda r: r.request.method == "POST" and "/auth/sign-in" in r.url) as posted:
-        page.get_by_role("button", name="Sign in").click()
+        page.get_by_role("button", name="Sign in with token").click()
     return posted.value.status
 
 
@@ -432,9 +433,10 @@ def test_real_jupyterlab_works_on_its_own_origin(domain: Stack, browser: Browser
         page = browser.new_page()
         page.goto(started["url"] + f"lab/tree/{name}")  # not signed in: to the main origin's sign-in form
         assert urlsplit(page.url).netloc == f"owb.localhost:{port}" and urlsplit(page.url).path == "/auth/sign-in"
+        page.get_by_text("Sign in with an API token").click()
         page.locator("#token").fill(domain.victim_token)
         with page.expect_websocket(lambda ws: "/api/kernels/" in ws.url, timeout=120_000) as kernel_ws:
-            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("button", name="Sign in with token").click()
         assert urlsplit(page.url).netloc == f"{part}.owb.localhost:{port}"
         assert urlsplit(kernel_ws.value.url).netloc == f"{part}.owb.localhost:{port}"
         status = page.locator("#jp-main-statusbar")

@@ -211,6 +211,19 @@ class SessionSettings(_Section):
 class AuthSettings(_Section):
     # Accounts with uid 0 or a uid below UID_MIN (/etc/login.defs) that jobs and sessions may still run as.
     allowed_system_users: list[str] = []
+    # How the sign-in page checks a password, tried in this order: "pam" (the machine's accounts; needs root),
+    # "local" (hashes set with `workbench user passwd`). None: ["pam"] as root, else ["local"]; []: tokens only.
+    password_backends: list[Literal["pam", "local"]] | None = None
+    pam_service: str = Field(default="login", min_length=1)  # the PAM service (/etc/pam.d/<name>)
+    # A failed sign-in is answered after this delay, doubled for each further failure of the same username or
+    # client address, up to the maximum; attempts during a delay are refused unchecked (429, Retry-After).
+    failed_sign_in_delay_s: float = Field(default=1.0, gt=0, le=60)
+    failed_sign_in_max_delay_s: float = Field(default=30.0, gt=0, le=3600)
+
+    def backends(self) -> list[str]:
+        if self.password_backends is not None:
+            return list(dict.fromkeys(self.password_backends))
+        return ["pam"] if os.geteuid() == 0 else ["local"]
 
 
 class JobSettings(_Section):

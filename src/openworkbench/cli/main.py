@@ -17,9 +17,10 @@ from rich.table import Table
 from rich.text import Text
 
 from openworkbench.config import Settings, load_settings
-from openworkbench.errors import WorkbenchError
-from openworkbench.services.accounts import Accounts, isoformat
+from openworkbench.errors import InvalidParameter, WorkbenchError
+from openworkbench.services.accounts import Accounts, check_username, isoformat
 from openworkbench.services.container import open_store
+from openworkbench.services.run_as import RunAsPolicy
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -174,6 +175,39 @@ def user_disable(name: str, data_dir: str | None, config_file: str | None) -> No
     """Disable user NAME: their tokens stop working at once."""
     _accounts(data_dir, config_file).disable_user(name)
     click.echo(f"disabled user '{name}'", err=True)
+
+
+@user.command("passwd")
+@click.argument("name")
+@store_options
+@fail_cleanly
+def user_passwd(name: str, data_dir: str | None, config_file: str | None) -> None:
+    """Set the local password of user NAME (registering NAME if new), for the sign-in page.
+
+    Typed twice at the terminal; from a pipe, the first line of standard input. Never an argument: the command
+    line of every process is visible to every user. Stored as an argon2id hash; NAME's password sign-ins end.
+    """
+    settings = _settings(data_dir, config_file)
+    check_username(name)
+    RunAsPolicy.load(settings.auth.allowed_system_users).check(name)  # no web password for root or daemon
+    from openworkbench.auth.passwords import hash_password  # argon2: only this command needs it
+
+    password = _read_password()
+    Accounts(open_store(settings)).set_password_hash(name, hash_password(password))
+    click.echo(f"set the local password of '{name}'", err=True)
+    if "local" not in settings.auth.backends():
+        click.echo('warning: the server does not check local passwords: add "local" to auth.password_backends',
+                   err=True)
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        entered: str = click.prompt("New password", hide_input=True, confirmation_prompt="Repeat the password")
+        return entered
+    line = sys.stdin.readline()
+    if not line:
+        raise InvalidParameter("no password on standard input (the first line is the password)")
+    return line.removesuffix("\n").removesuffix("\r")
 
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 
 from openworkbench.auth.cache import PrincipalCache
 from openworkbench.auth.permissions import Principal
 from openworkbench.auth.tokens import TOKEN_KINDS, hash_token, new_token, parse_authorization
 from openworkbench.errors import InvalidParameter, NotFound, Unauthenticated
 from openworkbench.store import Store
-from openworkbench.store.schema import ApiToken, User, utcnow
+from openworkbench.store.schema import ApiToken, BrowserSession, User, utcnow
 
 # Recording "last used" on every request would turn every read into a write.
 LAST_USED_RESOLUTION = timedelta(seconds=5)
@@ -47,7 +47,7 @@ class Accounts:
 
     # -- users -------------------------------------------------------------------------------
     def add_user(self, username: str, admin: bool = False, super_admin: bool = False) -> None:
-        _check_username(username)
+        check_username(username)
         with self.store.session() as db:
             if db.scalar(select(User).where(User.username == username)):
                 raise InvalidParameter(f"user '{username}' already exists")
@@ -55,7 +55,7 @@ class Accounts:
 
     def ensure_user(self, username: str, admin: bool = False, super_admin: bool = False) -> int:
         """Register the user if new and raise (never lower) their standing; return the id."""
-        _check_username(username)
+        check_username(username)
         with self.store.session() as db:
             user = db.scalar(select(User).where(User.username == username))
             if user is None:
@@ -81,6 +81,24 @@ class Accounts:
         with self.store.session() as db:
             users = db.scalars(select(User).order_by(User.username)).all()
             return [_user_json(user) for user in users]
+
+    # -- local passwords (hashed by auth/passwords.py) ----------------------------------------
+    def password_hash(self, username: str) -> str | None:
+        with self.store.session() as db:
+            return db.scalar(select(User.password_hash).where(User.username == username))
+
+    def set_password_hash(self, username: str, password_hash: str) -> None:
+        """Register the user if new and store the hash of their local password. Their password sign-ins end:
+        whoever knew the old password is signed out."""
+        user_id = self.ensure_user(username)
+        with self.store.session() as db:
+            db.execute(update(User).where(User.id == user_id).values(password_hash=password_hash))
+            db.execute(delete(BrowserSession).where(BrowserSession.user_id == user_id))
+
+    def rehash_password(self, username: str, password_hash: str) -> None:
+        """The same password, hashed with newer parameters: nobody is signed out."""
+        with self.store.session() as db:
+            db.execute(update(User).where(User.username == username).values(password_hash=password_hash))
 
     # -- tokens ------------------------------------------------------------------------------
     def generate_token(self, kind: str, name: str, username: str) -> str:
@@ -158,7 +176,7 @@ def principal_of(api_token: ApiToken, user: User) -> Principal:
     return Principal.from_standing(user.id, user.username, api_token.kind, user.is_admin, user.is_super_admin)
 
 
-def _check_username(username: str) -> None:
+def check_username(username: str) -> None:
     if not username or username != username.strip() or any(c in username for c in "/:\0\n"):
         raise InvalidParameter(f"invalid username {username!r}")
 

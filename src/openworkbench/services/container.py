@@ -16,6 +16,7 @@ from openworkbench.services.accounts import Accounts
 from openworkbench.services.history import History
 from openworkbench.services.job_views import JobViews
 from openworkbench.services.jobs import JobService
+from openworkbench.services.password_signin import PasswordSignIn
 from openworkbench.services.retention import Retention
 from openworkbench.services.run_as import RunAsPolicy
 from openworkbench.services.session_origins import SessionOrigins
@@ -39,6 +40,7 @@ class Services:
     watch: SessionWatch
     sessions: SessionService
     signin: SignIn
+    passwords: PasswordSignIn
     job_views: JobViews
     history: History
     retention: Retention
@@ -92,5 +94,7 @@ def build_services(settings: Settings) -> Services:
     store.watch_commits(job_views.written)
     history = History(store)
     store.watch_commits(history.written)
-    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts),
+    signin = SignIn(accounts)
+    passwords = PasswordSignIn(settings.auth, signin, run_as)
+    return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, signin, passwords,
                     job_views, history, Retention(store, settings.jobs), origins)

@@ -1,7 +1,8 @@
-"""Browser sign-in: an API token, entered once, becomes an HttpOnly cookie.
+"""Browser sign-in: an API token, entered once, or a password becomes an HttpOnly cookie.
 
 The cookie is random and stored only hashed; it is tied to the token that signed in, so
-revoking the token (or disabling the user) ends the browser's access at once.
+revoking the token (or disabling the user) ends the browser's access at once. A password sign-in
+(services/password_signin.py) has no token: its cookie is tied to the user, and disabling the user ends it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from openworkbench.auth.permissions import Principal
 from openworkbench.auth.tokens import hash_token, new_token, parse_authorization, parse_rpc_cookie, rpc_cookie_matches
@@ -58,6 +59,18 @@ class SignIn:
             db.add(BrowserSession(cookie_hash=hash_token(cookie), token_id=token_id, expires=utcnow() + LIFETIME))
         return cookie
 
+    def sign_in_user(self, user_id: int) -> str:
+        """A new cookie for a user whose password was checked (a password sign-in: no token)."""
+        cookie = new_token()
+        with self.store.session() as db:
+            user = db.get(User, user_id)
+            if user is None or user.disabled:
+                raise Unauthenticated("This user may not sign in")
+            user.last_sign_in = utcnow()
+            db.execute(delete(BrowserSession).where(BrowserSession.expires < utcnow()))
+            db.add(BrowserSession(cookie_hash=hash_token(cookie), user_id=user_id, expires=utcnow() + LIFETIME))
+        return cookie
+
     def origin_cookie(self, main_cookie_hash: str, part: str) -> tuple[str, datetime]:
         """A new sign-in for the session origin of ``part``, tied to the same token as the main sign-in.
 
@@ -71,7 +84,8 @@ class SignIn:
                 raise Unauthenticated("Not signed in, or the sign-in has expired")
             cookie = f"{part}.{new_token()}"
             expires = min(main.expires, utcnow() + ORIGIN_LIFETIME)
-            db.add(BrowserSession(cookie_hash=hash_token(cookie), token_id=main.token_id, expires=expires))
+            db.add(BrowserSession(cookie_hash=hash_token(cookie), token_id=main.token_id, user_id=main.user_id,
+                                  expires=expires))
         return cookie, expires
 
     def sign_out(self, cookie: str) -> None:
@@ -118,18 +132,29 @@ class SignIn:
         cookie_hash = hash_token(cookie)
         cache = self.accounts.cache
         epoch = cache.begin() if cache else None
+        # A token's sign-in is its token's user; a password sign-in names its user itself.
         query = (
             select(ApiToken, User, BrowserSession.expires)
-            .join(User, ApiToken.user_id == User.id)
-            .join(BrowserSession, BrowserSession.token_id == ApiToken.id)
+            .select_from(BrowserSession)
+            .outerjoin(ApiToken, BrowserSession.token_id == ApiToken.id)
+            .join(User, User.id == func.coalesce(ApiToken.user_id, BrowserSession.user_id))
             .where(BrowserSession.cookie_hash == cookie_hash, BrowserSession.expires > utcnow())
         )
         with self.store.session() as db:
             row = db.execute(query).first()
         if row is None:
             raise Unauthenticated("Not signed in, or the sign-in has expired")
-        principal = principal_of(row[0], row[1])
+        principal = principal_of(row[0], row[1]) if row[0] is not None else password_principal(row[1])
         if cache is not None:
             remaining = (row[2] - utcnow()).total_seconds()
             cache.put(COOKIE_KEY + cookie_hash, principal, epoch, min(remaining, COOKIE_FRESH_S))
         return principal
+
+
+def password_principal(user: User) -> Principal:
+    """The caller a password sign-in stands for: the user's own standing, admin at most (acting on behalf of
+    others stays with super-admin tokens, which only the operator's CLI makes)."""
+    if user.disabled:
+        raise Unauthenticated(f"User '{user.username}' is disabled")
+    kind = "admin" if user.is_admin or user.is_super_admin else "user"
+    return Principal.from_standing(user.id, user.username, kind, user.is_admin, user.is_super_admin)

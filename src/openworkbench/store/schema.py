@@ -56,6 +56,8 @@ class User(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_sign_in: Mapped[datetime | None] = mapped_column(default=None)
+    # argon2id (PHC string) of the local password set with `workbench user passwd`; None: no local password.
+    password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
 
 
 class ApiToken(Base):
@@ -137,14 +139,19 @@ class Session(Base):
 
 
 class BrowserSession(Base):
-    """A browser's sign-in: a random cookie (stored hashed) bound to the API token used to sign in."""
+    """A browser's sign-in: a random cookie (stored hashed) bound to the API token used to sign in, or, for a
+    password sign-in, to the user (exactly one of the two is set)."""
 
     __tablename__ = "browser_sessions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     cookie_hash: Mapped[str] = mapped_column(String(64), unique=True)
     # Revoking the token ends the browser sign-ins made with it.
-    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True,
+                                                 default=None)
+    # A password sign-in; disabling the user ends it (as it ends every token of theirs).
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True,
+                                                default=None)
     created: Mapped[datetime] = mapped_column(default=utcnow)
     expires: Mapped[datetime] = mapped_column()
 
