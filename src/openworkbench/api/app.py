@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 
 from openworkbench.api.forwarded import TrustedProxies
 from openworkbench.api.methods import METHODS
@@ -19,6 +20,7 @@ from openworkbench.api.rpc import RpcRoutes, dispatch, internal_error_response
 from openworkbench.api.session_routes import SessionRoutes
 from openworkbench.config import Settings
 from openworkbench.services.container import Services, build_services
+from openworkbench.web import pages
 from openworkbench.web.signin import router as signin_pages
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ def create_app(settings: Settings) -> TrustedProxies:
         return await dispatch(services, METHODS, method, request, settings.server.max_body_bytes)
 
     app.include_router(signin_pages(services))
+    app.include_router(pages.router(services))
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -27,6 +27,8 @@ class Action(enum.Enum):
     WRITE = "write"  # stop a user's jobs or sessions
     ACT_AS = "act_as"  # launch jobs or sessions as that user
     LIST_USERS = "list_users"  # get_users: admin read, even for oneself
+    READ_ALL = "read_all"  # the pages' Admin view: every user's sessions and jobs at once (admin read)
+    MANAGE_USERS = "manage_users"  # disable or enable a user (admin write)
 
 
 _READ_OTHERS = {"admin", "admin-readonly", "super-admin", "super-admin-readonly"}
@@ -56,8 +58,10 @@ class Principal:
 
 
 def allowed(principal: Principal, action: Action, owner: str | None = None) -> bool:
-    if action is Action.LIST_USERS:
+    if action in (Action.LIST_USERS, Action.READ_ALL):
         return principal.kind in _READ_OTHERS
+    if action is Action.MANAGE_USERS:
+        return principal.kind in _WRITE_OTHERS
     if owner is None or owner == principal.username:
         return True
     if action is Action.READ:
@@ -75,6 +79,8 @@ def require(principal: Principal, action: Action, owner: str | None = None) -> N
         Action.WRITE: "an admin or super-admin token with write access",
         Action.ACT_AS: "a super-admin token with write access",
         Action.LIST_USERS: "an admin or super-admin token with read access",
+        Action.READ_ALL: "an admin or super-admin token with read access",
+        Action.MANAGE_USERS: "an admin or super-admin token with write access",
     }[action]
-    target = f" for user '{owner}'" if owner and action is not Action.LIST_USERS else ""
+    target = f" for user '{owner}'" if owner and action in (Action.READ, Action.WRITE, Action.ACT_AS) else ""
     raise PermissionDenied(f"Permission denied: this needs {needs}{target}")
