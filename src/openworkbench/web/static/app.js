@@ -110,6 +110,8 @@ function flash(text, isError) {
   if (!live) { if (isError) alert(text); return; }
   live.textContent = text;
   live.classList.toggle("error", Boolean(isError));
+  clearTimeout(flash.timer);
+  if (!isError) flash.timer = setTimeout(() => { live.textContent = ""; }, 6000);
 }
 
 // -- the session list (home) ---------------------------------------------------------------------------------
