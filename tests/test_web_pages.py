@@ -366,7 +366,7 @@ def test_cross_site_requests_with_alices_cookie_are_refused(
 
     # The same attacks without a browser: the cookie without the header is ignored, with the right header but
     # another Origin (or a wrong header) refused; the page's own call (same origin, right header) works.
-    with page_client(srv, alice_token) as client:
+    with contextlib.closing(page_client(srv, alice_token)) as client:
         kwargs = {"json": {"kwparams": {"session_ids": alices_session["id"]}}}
         assert client.post("/api/stop_session", **kwargs).status_code == 401
         right = {"X-OWB-CSRF": client.cookies["owb_csrf"]}
@@ -399,7 +399,7 @@ def test_an_admin_sees_everyones_sessions_stops_one_and_disables_a_user(
             expect(rows.filter(has_text="bob's notebook")).to_have_count(1)
             shot(page, "admin.png")
 
-            page.get_by_label("User").select_option(bob.pw_name)
+            page.get_by_label("User", exact=True).select_option(bob.pw_name)
             page.get_by_role("button", name="Filter").click()
             expect(rows.filter(has_text="bob's notebook")).to_have_count(1)
             expect(rows.filter(has_text="alice's notebook")).to_have_count(0)

@@ -453,15 +453,20 @@ async function streamOutput(pre, state) {
       if (item.error) throw new ApiError(item.error.code, item.error.message);
       const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
       pre.append(el("span", { class: item.outputType }, item.output));
+      if (!state.dataset.seen) { // the job has started: show its status once (a store read, not one per line)
+        state.dataset.seen = "yes";
+        refreshJob(pre.dataset.job, pre.dataset.user).catch(() => {});
+      }
       if (atBottom) pre.scrollTop = pre.scrollHeight;
     }
   }
 }
 
 async function refreshJob(id, user) {
+  const asked = (refreshJob.asked = (refreshJob.asked || 0) + 1);
   const result = await api("get_session", { include_all_jobs: true, user: user });
   const job = result.jobs.find((j) => j.id === id);
-  if (!job) return;
+  if (!job || asked !== refreshJob.asked) return; // a later answer is on its way: it wins
   const badge = document.getElementById("job-status");
   badge.textContent = job.status;
   badge.className = "badge status-" + job.status.toLowerCase();
