@@ -302,6 +302,31 @@ def test_bob_sees_none_of_alices_sessions_and_cannot_stop_them(
     assert wait_state(srv, alice_token, alices_session["id"], ("running",))["activity_state"] == "running"
 
 
+def test_the_homepage_works_on_a_narrow_window_and_from_the_keyboard(
+        srv: Server, bob: pwd.struct_passwd, chromium: Browser) -> None:
+    with signed_in(chromium, srv, srv.token(bob.pw_name), width=390) as (_context, page):
+        page.goto(srv.url + "/")
+        expect(page.get_by_text("No sessions yet")).to_be_visible()
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # nothing cut off
+        # Tab from the top of the page reaches New Session; Enter opens the dialog with the focus in it.
+        for _ in range(20):
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "new-session":
+                break
+        else:
+            raise AssertionError("New Session is not reachable with Tab")
+        page.keyboard.press("Enter")
+        dialog = page.locator("dialog#session-dialog")
+        expect(dialog).to_be_visible()
+        assert page.evaluate("document.activeElement.closest('dialog') !== null")
+        for control in dialog.locator("input, select, textarea").all():  # every control has a label
+            if control.is_visible():
+                assert control.evaluate("(c) => c.labels.length > 0"), control.get_attribute("id")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
+
+
 class _Attacker(http.server.BaseHTTPRequestHandler):
     page = b""
 

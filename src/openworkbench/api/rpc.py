@@ -70,10 +70,10 @@ def credentials(request: Request) -> Credentials:
     always was: another site's form or ``fetch()`` gets the 401 of a call without credentials."""
     headers = request.headers
     authorization, rpc_cookie = headers.get("authorization"), headers.get(RPC_COOKIE_HEADER)
+    if parse_authorization(authorization) is not None or rpc_cookie or csrf.HEADER not in headers:
+        return Credentials(authorization, rpc_cookie)  # the API's own clients: no cookie is even parsed
     cookie = request.cookies.get(COOKIE_NAME)
-    # A session origin's own sign-in (``<part>.<random>``) opens that session only, never the API.
-    if (parse_authorization(authorization) is not None or rpc_cookie or csrf.HEADER not in headers
-            or not cookie or "." in cookie):
+    if not cookie or "." in cookie:  # a session origin's own sign-in (``<part>.<random>``) never opens the API
         return Credentials(authorization, rpc_cookie)
     csrf.check(request, None)  # PermissionDenied: a header that is wrong, or another site's request
     return Credentials(authorization, None, cookie)
