@@ -22,16 +22,18 @@ import re
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
-from tests.conftest import Server, free_port, sign_in_form, temporary_posix_user
-from tests.sessions_helpers import launch, session_server, wait_state
+from tests.conftest import PG_URL, Server, free_port, make_pg_database, sign_in_form, temporary_posix_user
+from tests.sessions_helpers import launch, session_config, session_server, wait_state
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, UI_TIMEOUT_MS, png_size
 
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -446,3 +448,45 @@ def test_an_admin_sees_everyones_sessions_stops_one_and_disables_a_user(
             assert srv.post("get_session", bob_token).status_code == 200
     finally:
         stop_quietly(srv, bob_token, bobs["id"])
+
+
+def transactions(database: str) -> int:
+    """Transactions PostgreSQL has counted in ``database`` (read from another database: this read is not one)."""
+    engine = sa.create_engine(str(PG_URL), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        count = conn.execute(sa.text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = :d"),
+                             {"d": database}).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+def test_live_updates_read_nothing_from_the_store_per_poll(tmp_path: Path, alice: pwd.struct_passwd) -> None:
+    """Issue 11: no database query per client per second. PostgreSQL's own transaction counter, over a window
+    of 300 polls of the page's live update (cookie and CSRF header) against an idle window of the same length."""
+    url = make_pg_database()
+    database = sa.engine.make_url(url).database or ""
+    runtime = Path("/tmp") / f"owb-rt-{secrets.token_hex(4)}"
+    srv = Server(tmp_path / "data", database_url=url, config_text=session_config(runtime)).start()
+    try:
+        token = srv.token(alice.pw_name)
+        failed = launch(srv, token, "JupyterLab", name="listed", working_directory="/nonexistent-dir")
+        wait_state(srv, token, failed["id"], ("failed",), timeout=60)
+        with contextlib.closing(page_client(srv, token)) as client:
+            headers = {"X-OWB-CSRF": client.cookies["owb_csrf"], "Sec-Fetch-Site": "same-origin"}
+
+            def window(polls: int) -> int:
+                time.sleep(1.5)  # PostgreSQL publishes a backend's counts at most once a second
+                before, began = transactions(database), time.monotonic()
+                for _ in range(polls):
+                    answer = client.get("/api/get_session", headers=headers)
+                    assert [s["id"] for s in answer.json()["result"]["sessions"]] == [failed["id"]], answer.text
+                time.sleep(max(0.0, 3.0 - (time.monotonic() - began)))
+                time.sleep(1.5)
+                return transactions(database) - before
+
+            idle, polled = window(0), window(300)
+        # The server's own background work (the session watch) runs in both windows; 300 polls add next to none.
+        assert polled - idle < 30, (idle, polled)
+    finally:
+        srv.stop()
+        shutil.rmtree(runtime, ignore_errors=True)
