@@ -134,6 +134,9 @@ def run(user: str, workdir: Path, rounds: int) -> dict[str, Any]:
             first = [first_byte(client) for _ in range(rounds)]
         homepage = [load(server.url + "/", 16, {"Cookie": cookie}) for _ in range(rounds)]
         poll = [load(server.url + "/api/get_session", 16, page_headers) for _ in range(rounds)]
+        # The same call with a token, for the cost of the cookie and the CSRF check.
+        token_poll = [load(server.url + "/api/get_session", 16, {"Authorization": f"Bearer {token}"})
+                      for _ in range(rounds)]
         quiet = [session_start_cpu(server, token, page_headers, False) for _ in range(rounds)]
         followed = [session_start_cpu(server, token, page_headers, True) for _ in range(rounds)]
         return {
@@ -142,6 +145,7 @@ def run(user: str, workdir: Path, rounds: int) -> dict[str, Any]:
             "first_byte": summarize_runs(first, ("p50_ms", "p99_ms")),
             "homepage": summarize_runs(homepage, WRK_KEYS),
             "poll": summarize_runs(poll, WRK_KEYS),
+            "poll_with_token": summarize_runs(token_poll, WRK_KEYS),
             "start_without_followers": summarize_runs(quiet, ("cpu_s", "wall_s", "cpu_pct")),
             "start_with_followers": summarize_runs(followed, ("cpu_s", "wall_s", "cpu_pct", "follower_requests",
                                                               "follower_errors")),

@@ -157,7 +157,8 @@ def pages_rows(p: dict[str, Any]) -> list[Row]:
          f"{first['median']:g} ms, p99 {p['first_byte']['p99_ms']['median']:g} ms, 1 client)",
          load(p["homepage"]), "n/a", "n/a", "", verdict(med(first) <= 20, "first byte ≤ 20 ms")),
         (f"Homepage live updates: the cached `get_session` poll with the page's cookie, 16 clients, "
-         f"{p['sessions']} sessions", load(p["poll"]), "n/a", "n/a", "", "no store read per poll"),
+         f"{p['sessions']} sessions", load(p["poll"]), "n/a", "same call with a token: " + load(p["poll_with_token"]),
+         "", "no store read per poll"),
         (f"Server CPU while a JupyterLab starts, without / with {p['followers']} open homepages polling every "
          f"{POLL_MS} ms (load average {p['load_avg']:.1f})",
          f"{span(quiet['cpu_s'], ' s', 2)} / {span(followed['cpu_s'], ' s', 2)} CPU over "
