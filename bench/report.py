@@ -149,6 +149,34 @@ def scale_rows(s: dict[str, Any]) -> list[Row]:
     ]
 
 
+def jobs_scale_rows(s: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for size, goal in (("300", "≥ 500 req/s"), ("1000", "≥ 200 req/s"), ("10000", "p50 ≤ 100 ms")):
+        r = s[f"list_{size}"]
+        met = med(r["ours"]["req_s"]) >= int(goal.split()[1]) if "req/s" in goal else \
+            med(r["ours"]["p50_ms"]) <= 100
+        bare = r["ratio_ours_bare"]
+        rows.append((f"Jobs: `get_session(include_all_jobs)`, {int(size):,} active jobs "
+                     f"({r['ours']['bytes_per_response'] / 1024:,.0f} KB), 16 clients", load(r["ours"]),
+                     f"{load(r['hub'])} (`GET /hub/api/users`, {int(size):,} users, {r['hub_connections']} "
+                     "client(s))", load(r["bare"]), f"{x(r['ratio_ours_hub'])} peer; {bare:.3f}{X} bare",
+                     verdict(met and bare >= 0.5, f"{goal}, within 2{X} bare; measured {x(bare)} bare")))
+    d, h = s["delta"], s["history"]
+    rows.append(("Jobs: `timestamp` poll, 10 changed among the user's 10,000 active, 16 clients",
+                 load(d["ours"]), "n/a (no delta in the hub's API)", load(d["bare"]),
+                 f"{d['ratio_ours_bare']:.3f}{X} bare", verdict(med(d["ours"]["req_s"]) >= 5000, "≥ 5,000 req/s")))
+    rows.append((f"Jobs: `get_historical_session`, one-day window ({s['history_jobs_in_window']:,} jobs) over "
+                 f"{s['store']['ended']:,} ended, 1 client", load(h["ours_c1"]), "n/a", load(h["bare_c1"]), "",
+                 verdict(med(h["ours_c1"]["p50_ms"]) <= 20, "p50 ≤ 20 ms")))
+    rows.append(("Jobs: `get_historical_session`, same window, 16 clients", load(h["ours"]), "n/a",
+                 load(h["bare"]), "", ""))
+    rss = s["rss_mib"]
+    rows.append((f"Jobs: resident memory, {s['store']['active']:,} active + {s['store']['ended']:,} ended jobs",
+                 f"{rss['ours']} MiB", f"{rss['hub_hub']} MiB hub + {rss.get('hub_chp', '?')} MiB CHP (10,000 users)",
+                 "", "", verdict(rss["ours"] <= 200, "≤ 200 MB")))
+    return rows
+
+
 def pages_rows(p: dict[str, Any]) -> list[Row]:
     quiet, followed = p["start_without_followers"], p["start_with_followers"]
     first = p["first_byte"]["p50_ms"]
@@ -191,7 +219,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     rows = (guarded("api", results, api_rows) + guarded("sessions", results, session_rows)
             + guarded("local_jobs", results, jobs_rows) + slurm_rows(results.get("slurm"))
-            + guarded("scale", results, scale_rows) + guarded("pages", results, pages_rows))
+            + guarded("scale", results, scale_rows) + guarded("jobs_scale", results, jobs_scale_rows)
+            + guarded("pages", results, pages_rows))
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join([*lines, "", END])
 

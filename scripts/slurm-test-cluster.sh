@@ -2,7 +2,8 @@
 # A real single-node Slurm cluster from Debian's packages, for the tests.
 #   scripts/slurm-test-cluster.sh start DIR   # prints the SLURM_CONF path once the node is idle
 #   scripts/slurm-test-cluster.sh stop DIR
-# Needs root (slurmd runs jobs as their users). No accounting: finished jobs are read from
+# Needs root (slurmd runs jobs as their users). OWB_SLURM_MIN_JOB_AGE sets MinJobAge (default 600: the tests
+# read finished jobs from scontrol; one test lowers it on a cluster of its own). No accounting: finished jobs are read from
 # `scontrol show job` and the job's own exit file.
 set -euo pipefail
 cmd=${1:?start|stop}
@@ -73,7 +74,7 @@ JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 ReturnToService=2
-MinJobAge=600
+MinJobAge=${OWB_SLURM_MIN_JOB_AGE:-600}
 KillWait=3
 InactiveLimit=0
 SlurmctldTimeout=30

@@ -28,6 +28,8 @@ BIN = Path(sys.executable).parent
 WORKBENCH = str(BIN / "workbench")
 PG_URL = os.environ.get("WORKBENCH_TEST_PG_URL")
 FINAL = ("Finished", "Failed", "Killed", "Canceled")
+# pytester: tests/test_ci_required.py runs pytest on a small suite of its own.
+pytest_plugins = ["pytester", "tests.ci_required"]
 
 
 def free_port() -> int:

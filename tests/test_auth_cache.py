@@ -8,6 +8,7 @@ Both databases: SQLite (``PRAGMA data_version``) and PostgreSQL (LISTEN/NOTIFY).
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from openworkbench.services.accounts import LAST_USED_RESOLUTION
 from openworkbench.services.session_views import SessionViews
 from openworkbench.services.signin import COOKIE_NAME
 from openworkbench.store import Store
@@ -99,12 +101,25 @@ def test_signing_out_and_deleting_a_cookie_refuse_the_next_request(srv: Server) 
 
 
 def test_last_use_is_still_recorded_while_cached(srv: Server) -> None:
+    """A token in steady use keeps its last use current: the cache lets the store record it again once the
+    recorded value is older than LAST_USED_RESOLUTION (5 s), however many hits came from memory meanwhile."""
     name = f"lu-{secrets.token_hex(4)}"
-    token = srv.accounts().generate_token("user", name, "cacheuser")
+    accounts = srv.accounts()
+    token = accounts.generate_token("user", name, "cacheuser")
+
+    def last_used() -> datetime | None:
+        return {t.name: t for t in accounts.list_tokens()}[name].last_used  # a read: the cache stays warm
+
     with httpx.Client() as client:
         warm(client, srv, token)
-    info = {t.name: t for t in srv.accounts().list_tokens()}[name]
-    assert info.last_used is not None
+        first = last_used()
+        assert first is not None
+        deadline = time.monotonic() + 60  # the resolution is 5 s; the rest is for a loaded machine
+        while (latest := last_used()) == first:
+            assert time.monotonic() < deadline, "last_used never advanced while the token was in use"
+            assert status(client, srv, token) == 200
+            time.sleep(0.2)
+    assert latest is not None and (latest - first).total_seconds() >= LAST_USED_RESOLUTION.total_seconds()
 
 
 def test_a_lost_listener_connection_never_serves_a_revoked_token(tmp_path: Path) -> None:

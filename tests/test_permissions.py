@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from sqlalchemy import update
 from openworkbench.auth.permissions import Action, Principal, allowed
 from openworkbench.store.schema import User
 from tests.conftest import Server, result_of
+from tests.sessions_helpers import session_server
 
 KINDS = ("user", "admin-readonly", "admin", "super-admin-readonly", "super-admin")
 EVERYONE = frozenset(KINDS)
@@ -47,7 +49,16 @@ MATRIX: dict[tuple[str, str], frozenset[str]] = {
     ("stop_job", "other"): WRITERS,
     ("launch_job", "own"): EVERYONE,
     ("launch_job", "other"): ACTORS,
+    ("launch_session", "own"): EVERYONE,  # `username` names the owner
+    ("launch_session", "other"): ACTORS,
+    ("resume_session", "own"): EVERYONE,
+    ("resume_session", "other"): ACTORS,
+    ("stop_session", "own"): EVERYONE,
+    ("stop_session", "other"): WRITERS,
+    ("get_historical_session", "own"): EVERYONE,
+    ("get_historical_session", "other"): READERS,  # include_all_users
 }
+SESSION_FINAL = ("suspended", "failed", "killed", "finished", "canceled")
 CASES = [
     pytest.param(kind, method, whose, kind in kinds, id=f"{kind}-{method}-{whose}")
     for (method, whose), kinds in MATRIX.items()
@@ -77,6 +88,7 @@ class World:
     other_done_job: str = ""
     other_running_job: str = ""
     started: list[tuple[str, str]] = field(default_factory=list)  # (job id, owner) of every sleeper
+    sessions: list[tuple[str, str]] = field(default_factory=list)  # (session id, owner) of every session
 
     @property
     def admin(self) -> str:
@@ -145,6 +157,35 @@ def sleeper(world: World, owner: str, token: str | None = None) -> str:
     return str(job["id"])
 
 
+def sessions_of(world: World, owner: str) -> dict[str, dict[str, Any]]:
+    sessions = ok(post(world.server, "get_session", world.admin, user=owner))["sessions"]
+    return {session["id"]: session for session in sessions}
+
+
+def wait_session(world: World, owner: str, session_id: str, states: tuple[str, ...],
+                 timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    session: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        session = sessions_of(world, owner)[session_id]
+        if session["activity_state"] in states:
+            return session
+        time.sleep(0.1)
+    raise AssertionError(f"session {session_id} never reached {states}: {session}")
+
+
+def new_session(world: World, owner: str, suspended: bool = False) -> str:
+    """A session of ``owner`` (launched by the super-admin), `starting`, or `suspended` if asked."""
+    session_id = str(ok(post(world.server, "launch_session", world.admin, workbench="JupyterLab",
+                             username=owner))["id"])
+    world.sessions.append((session_id, owner))
+    wait_session(world, owner, session_id, ("starting",))
+    if suspended:
+        ok(post(world.server, "stop_session", world.admin, session_ids=session_id, suspend_session=True))
+        wait_session(world, owner, session_id, ("suspended",))
+    return session_id
+
+
 @contextlib.contextmanager
 def posix_accounts(count: int) -> Iterator[list[pwd.struct_passwd]]:
     """``count`` fresh unprivileged POSIX users with home directories, removed afterwards."""
@@ -161,6 +202,21 @@ def posix_accounts(count: int) -> Iterator[list[pwd.struct_passwd]]:
             subprocess.run(["pkill", "-KILL", "-u", name], check=False)
             subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
             shutil.rmtree(f"/tmp/owb-home-{name}", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose JupyterLab is a stand-in that never answers: its sessions stay `starting`, cheaply, for as
+    long as the checks need (who may launch, resume or stop a session does not depend on the IDE)."""
+    stand_in = Path("/tmp") / f"owb-stand-in-ide-{secrets.token_hex(3)}.sh"
+    stand_in.write_text("#!/bin/sh\nexec sleep 600\n")
+    stand_in.chmod(0o755)
+    try:
+        with session_server(tmp_path_factory.mktemp("perm") / "data", f'[ides."JupyterLab"]\nexe = "{stand_in}"\n',
+                            start_timeout_s=3600) as srv:
+            yield srv
+    finally:
+        stand_in.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +239,11 @@ def world(server: Server, posix_user: pwd.struct_passwd) -> Iterator[World]:
         try:
             yield w
         finally:
+            for session_id, owner in w.sessions:
+                if sessions_of(w, owner)[session_id]["activity_state"] not in SESSION_FINAL:
+                    post(server, "stop_session", w.admin, session_ids=session_id, force_quit=True)
+            for session_id, owner in w.sessions:
+                wait_session(w, owner, session_id, SESSION_FINAL)
             for job_id, owner in w.started:
                 if jobs_of(w, owner)[job_id]["status"] not in FINAL:
                     post(server, "stop_job", w.admin, job_id=job_id, force_quit=True)
@@ -298,6 +359,56 @@ def check_launch_job(world: World, caller: Caller, whose: str, expected: bool) -
     assert stdout_of(world.server, world.other_token, launched["id"]) == f"{world.other_uid}\n"
 
 
+def check_launch_session(world: World, caller: Caller, whose: str, expected: bool) -> None:
+    owner = target(world, caller, whose)
+    before = set(sessions_of(world, owner))
+    response = post(world.server, "launch_session", caller.token, workbench="JupyterLab", username=owner)
+    if not expected:
+        assert owner in denied(response)
+        assert set(sessions_of(world, owner)) == before
+        return
+    session_id = ok(response)["id"]
+    world.sessions.append((session_id, owner))
+    wait_session(world, owner, session_id, ("starting",))
+    jobs = ok(post(world.server, "get_session", world.admin, user=owner, session_id=session_id,
+                   include_jobs=True))["jobs"]
+    assert jobs and {job["user"] for job in jobs} == {owner}  # the IDE's job runs as the owner
+
+
+def check_resume_session(world: World, caller: Caller, whose: str, expected: bool) -> None:
+    owner = target(world, caller, whose)
+    session_id = new_session(world, owner, suspended=True)
+    response = post(world.server, "resume_session", caller.token, session_id=session_id, username=owner)
+    if not expected:
+        assert owner in denied(response)
+        assert sessions_of(world, owner)[session_id]["activity_state"] == "suspended"
+        return
+    assert ok(response)["id"] == session_id
+    assert sessions_of(world, owner)[session_id]["activity_state"] == "resuming"
+
+
+def check_stop_session(world: World, caller: Caller, whose: str, expected: bool) -> None:
+    owner = target(world, caller, whose)
+    session_id = new_session(world, owner)
+    response = post(world.server, "stop_session", caller.token, session_ids=session_id)
+    if not expected:
+        assert owner in denied(response)
+        assert sessions_of(world, owner)[session_id]["activity_state"] == "starting"
+        return
+    assert ok(response) == {}
+    assert wait_session(world, owner, session_id, SESSION_FINAL)["activity_state"] == "finished"
+def check_get_historical_session(world: World, caller: Caller, whose: str, expected: bool) -> None:
+    response = post(world.server, "get_historical_session", caller.token, include_jobs=True,
+                    include_all_users=whose == "other")
+    if not expected:
+        assert "include_all_users" in denied(response)
+        assert world.other_done_job not in response.text
+        return
+    ids = {job["id"] for job in ok(response)["jobs"]}
+    assert caller.done_job in ids
+    assert (world.other_done_job in ids) is (whose == "other")
+
+
 CHECKS: dict[str, Callable[[World, Caller, str, bool], None]] = {
     "version": check_version,
     "get_users": check_get_users,
@@ -306,6 +417,10 @@ CHECKS: dict[str, Callable[[World, Caller, str, bool], None]] = {
     "get_job_output": check_get_job_output,
     "stop_job": check_stop_job,
     "launch_job": check_launch_job,
+    "launch_session": check_launch_session,
+    "resume_session": check_resume_session,
+    "stop_session": check_stop_session,
+    "get_historical_session": check_get_historical_session,
 }
 
 
@@ -350,7 +465,8 @@ def test_admin_token_of_a_demoted_user_acts_as_a_user_token(world: World) -> Non
     denied(post(world.server, "get_session", token, user=world.other))
     denied(post(world.server, "get_job_output", token, job_id=world.other_done_job))
     denied(post(world.server, "stop_job", token, job_id=world.other_running_job))
-    assert ok(post(world.server, "get_session", token, include_all_jobs=True)) == {"sessions": [], "jobs": []}
+    own = ok(post(world.server, "get_session", token, include_all_jobs=True))
+    assert (own["sessions"], own["jobs"]) == ([], [])
     ok(post(world.server, "get_compute_envs", token))
     assert jobs_of(world, world.other)[world.other_running_job]["status"] == "Running"
 
@@ -395,6 +511,46 @@ def test_launch_for_a_disabled_user_is_refused(world: World) -> None:
         err = response.json()["error"]
         assert err["code"] == 1 and "disabled" in err["message"] and account.pw_name in err["message"]
         assert jobs_of(world, account.pw_name) == {}
+
+
+# -- what the session methods promise besides permissions (docs/api.md) ---------------------------------------
+
+
+def test_get_session_answers_a_get(world: World) -> None:
+    session_id = new_session(world, world.other)
+    headers = {"Authorization": f"Bearer {world.other_token}"}
+    got = httpx.get(f"{world.server.url}/api/get_session", headers=headers, timeout=30)
+    assert got.status_code == 200, got.text
+    assert got.json()["result"] == ok(post(world.server, "get_session", world.other_token))
+    assert session_id in [session["id"] for session in got.json()["result"]["sessions"]]
+
+
+def test_stop_session_with_one_bad_id_stops_nothing(world: World) -> None:
+    first, second = new_session(world, world.other), new_session(world, world.other)
+    response = post(world.server, "stop_session", world.other_token, session_ids=f"{first},nope,{second}")
+    assert response.json()["error"] == {"code": 2, "message": "no session 'nope'"}
+    time.sleep(1)  # a stop would have moved them to shutting_down at once
+    states = {sid: sessions_of(world, world.other)[sid]["activity_state"] for sid in (first, second)}
+    assert states == {first: "starting", second: "starting"}
+
+
+def test_stopping_a_suspended_session_ends_it_finished(world: World) -> None:
+    session_id = new_session(world, world.other, suspended=True)
+    assert sessions_of(world, world.other)[session_id]["suspend_size"] > 0
+    assert ok(post(world.server, "stop_session", world.other_token, session_ids=session_id)) == {}
+    ended = wait_session(world, world.other, session_id, ("finished",))
+    assert not ended["suspend_size"]  # what the suspend kept is discarded
+
+
+def test_resuming_a_session_that_is_not_suspended_answers_code_4(world: World) -> None:
+    session_id = new_session(world, world.other)
+    response = post(world.server, "resume_session", world.other_token, session_id=session_id)
+    assert response.json()["error"] == {"code": 4, "message": f"session '{session_id}' is starting, not suspended"}
+    assert sessions_of(world, world.other)[session_id]["activity_state"] == "starting"
+    # Another user's session, resumed without `username`: the caller has no such session.
+    mine = world.callers["super-admin"]
+    response = post(world.server, "resume_session", mine.token, session_id=session_id)
+    assert response.json()["error"] == {"code": 2, "message": f"no session '{session_id}' of user '{mine.username}'"}
 
 
 def test_denied_stops_left_the_shared_job_running(world: World) -> None:

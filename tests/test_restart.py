@@ -44,16 +44,28 @@ def test_sigkill_of_the_server_loses_no_job(fresh_server: Server, database_url: 
     assert follow(server, token, quick["id"]) == "quick\n"
 
 
-def test_a_job_running_across_the_restart_is_followed_live(fresh_server: Server) -> None:
+def test_a_job_running_across_the_restart_is_followed_live(fresh_server: Server, tmp_path: Path) -> None:
     server = fresh_server.start()
     token = server.token("root", "super-admin")
-    # 4 s: the restart below can take 2 s on a loaded 2-core machine, and the job must outlast it.
-    job = server.rpc("launch_job", token, job={"name": "long", "command": "echo a; sleep 4; echo b; exit 9"})["job"]
+    release = tmp_path / "release"  # the job waits for it: it is still running for as long as the test wants
+    command = f"echo a; while [ ! -e {release} ]; do sleep 0.05; done; echo b; exit 9"
+    job = server.rpc("launch_job", token, job={"name": "long", "command": command})["job"]
     server.wait_job(token, job["id"], ("Running",))
     server.stop(signal.SIGKILL)
     server.start()
     assert server.job(token, job["id"])["status"] == "Running"
-    assert follow(server, token, job["id"]) == "a\nb\n"  # ends only when the job ends
+    body = {"method": "get_job_output", "kwparams": {"job_id": job["id"]}}
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(timeout=60) as client, client.stream(
+            "POST", f"{server.url}/api/get_job_output", json=body, headers=headers) as resp:
+        lines = resp.iter_lines()
+        seen = ""
+        while seen != "a\n":  # the first line arrives while the job still runs...
+            seen += json.loads(next(lines))["output"]
+        assert server.job(token, job["id"])["status"] == "Running"
+        release.touch()
+        rest = "".join(json.loads(line)["output"] for line in lines)  # ...and the stream ends with the job
+    assert seen + rest == "a\nb\n"
     assert server.wait_job(token, job["id"])["exitCode"] == 9
 
 

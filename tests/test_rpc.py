@@ -7,16 +7,22 @@ with the same error body. No response ever carries a Python traceback.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
+from openworkbench.auth.tokens import hash_token
+from openworkbench.services.signin import COOKIE_NAME, LIFETIME
+from openworkbench.store.schema import BrowserSession, utcnow
 from tests.conftest import Server, result_of
 
 # Sentinel for "send no JSON body": distinct from None, which is a JSON null.
@@ -534,6 +540,62 @@ def test_no_response_ever_contains_a_traceback(server: Server, root_token: str) 
 
 
 def test_an_empty_user_means_oneself_everywhere(server: Server, root_token: str) -> None:
-    user_token = server.token("root")
-    assert server.post("get_compute_envs", user_token, user="").status_code == 200
-    assert server.post("get_session", user_token, user="").status_code == 200
+    """``user=""`` is the caller: the caller's own data comes back, never another user's nor everyone's."""
+    job = result(call(server, "launch_job", root_token, job={"name": "mine", "command": "echo mine"}))["job"]
+    server.wait_job(root_token, job["id"])
+    other_token = server.token(f"other{secrets.token_hex(3)}")  # a plain user token: it may read only itself
+    for token, sees_job in ((root_token, True), (other_token, False)):
+        own = server.rpc("get_session", token, include_all_jobs=True)
+        empty = server.rpc("get_session", token, include_all_jobs=True, user="")
+        assert empty == own
+        assert (job["id"] in [j["id"] for j in empty["jobs"]]) is sees_job
+        assert server.rpc("get_compute_envs", token, user="") == server.rpc("get_compute_envs", token)
+    output = call(server, "get_job_output", root_token, job_id=job["id"], user="")
+    assert output.status_code == 200 and "mine" in output.text, output.text
+    # Another user's empty `user` is that user, not the job's owner: refused as for any job not theirs.
+    refused = call(server, "get_job_output", other_token, job_id=job["id"], user="").json()
+    assert "error" in refused and "mine" not in json.dumps(refused)
+
+
+# -- the browser sign-in (docs/security.md "The sign-in cookie") -----------------------------------------------
+
+
+def browser_sign_in(browser: httpx.Client, server: Server, token: str, next_url: str) -> httpx.Response:
+    """Sign in as a browser does: load the form, post it back with its hidden fields (and our ``next``)."""
+    form = browser.get(f"{server.url}/auth/sign-in", params={"next": next_url})
+    assert form.status_code == 200
+    fields = {name: html.unescape(value)
+              for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form.text)}
+    fields.update(token=token, next=next_url)  # `next` as a crafted link would post it
+    return browser.post(f"{server.url}/auth/sign-in", data=fields, headers={"Origin": server.url})
+
+
+def test_sign_in_keeps_next_on_this_site(server: Server, root_token: str) -> None:
+    cases = {"https://evil.example/x": "/", "//evil.example/x": "/", "/\\evil.example": "/",
+             "javascript:alert(1)": "/", "/s/abc/lab?x=1": "/s/abc/lab?x=1"}
+    for next_url, expected in cases.items():
+        with httpx.Client(timeout=30) as browser:
+            signed_in = browser_sign_in(browser, server, root_token, next_url)
+            assert signed_in.status_code == 303 and signed_in.headers["location"] == expected, next_url
+
+
+def test_sign_in_cookie_lasts_its_lifetime_and_only_opens_the_proxy(server: Server, root_token: str) -> None:
+    with httpx.Client(timeout=30) as browser:
+        signed_in = browser_sign_in(browser, server, root_token, "/")
+        attributes = [part.strip().lower() for part in signed_in.headers["set-cookie"].split(";")]
+        assert attributes[0].startswith(f"{COOKIE_NAME}=")
+        assert f"max-age={int(LIFETIME.total_seconds())}" in attributes and LIFETIME.days == 7
+        assert {"httponly", "path=/", "samesite=lax"} <= set(attributes)
+        cookie = browser.cookies[COOKIE_NAME]
+        assert browser.get(f"{server.url}/s/00000nope/").status_code == 404  # signed in: past the 401
+        # The API methods ignore the cookie: without the Authorization header they refuse.
+        for method in ("get_session", "version"):
+            refused = browser.post(f"{server.url}/api/{method}", json={"method": method, "kwparams": {}})
+            assert refused.status_code == 401, refused.text
+        # Its lifetime over (the stored expiry moved to the past), the cookie no longer signs in.
+        store = server.accounts().store
+        with store.engine.begin() as conn:
+            conn.execute(sa.update(BrowserSession).where(BrowserSession.cookie_hash == hash_token(cookie))
+                         .values(expires=utcnow() - timedelta(seconds=1)))
+        expired = browser.get(f"{server.url}/s/00000nope/")
+        assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]

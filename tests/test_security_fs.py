@@ -353,7 +353,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("clusters/slurm/files.py", "write_private", ".chown"): "Owner.chown: fchown of the fd just opened O_EXCL",
     ("services/container.py", "open_store", ".chmod"): "the operator's data dir",
     ("services/container.py", "open_store", ".mkdir"): "the operator's data dir",
-    ("services/session_files.py", "read_endpoint", ".read_text"): "engineer peercred's (safefs.sockets)",
+    ("services/run_as.py", "read_uid_min", ".read_text"): "/etc/login.defs, root's",
     ("services/session_files.py", "run_as", "subprocess.run"): "env=login_environment(account)",
 }
 WATCHED = {"os.chown", "os.chmod", "os.lchown", "os.walk", "os.fwalk", "shutil.rmtree", "os.makedirs", "os.mkdir",

@@ -300,8 +300,8 @@ def test_read_endpoint_checks_the_file_itself(tmp_path: Path, alice: pwd.struct_
     good = tmp_path / "good"
     good.write_text("node1 41234\n")
     os.chown(good, uid, alice.pw_gid)
-    assert read_endpoint(str(good), uid) == ("node1", 41234)
-    assert read_endpoint(str(tmp_path / "absent"), uid) is None
+    assert read_endpoint(str(good), uid, str(tmp_path)) == ("node1", 41234)
+    assert read_endpoint(str(tmp_path / "absent"), uid, str(tmp_path)) is None
 
     link = tmp_path / "link"
     link.symlink_to(good)
@@ -314,7 +314,7 @@ def test_read_endpoint_checks_the_file_itself(tmp_path: Path, alice: pwd.struct_
     foreign = tmp_path / "foreign"
     foreign.write_text("node1 41234\n")  # root's, not alice's
     cases = {link: "is a symbolic link", fifo: "is not a regular file", big: "does not hold 'host port'",
-             foreign: "is not owned by the session's user"}
+             foreign: f"not to uid {uid}"}
     for path, why in cases.items():
         outcome: list[BaseException] = []
         reader = threading.Thread(target=_capture, args=(outcome, path, uid), daemon=True)
@@ -327,7 +327,7 @@ def test_read_endpoint_checks_the_file_itself(tmp_path: Path, alice: pwd.struct_
 
 def _capture(outcome: list[BaseException], path: Path, uid: int) -> None:
     try:
-        read_endpoint(str(path), uid)
+        read_endpoint(str(path), uid, str(path.parent))
     except BaseException as exc:
         outcome.append(exc)
 

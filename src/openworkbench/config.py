@@ -74,6 +74,17 @@ class ServerSettings(_Section):
                 raise ValueError(f"'{item}' is not an IP address or CIDR network") from None
         return value
 
+    # A bearer token a Prometheus scraper may use for /metrics (besides admin-level API tokens); "": none.
+    metrics_token: str = ""
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_enough(cls, value: str) -> str:
+        if value and len(value) < 16:
+            raise ValueError("the metrics token must be empty or at least 16 characters")
+        return value
+
     def session_address(self) -> str:
         if self.address:
             return self.address.rstrip("/")
@@ -98,6 +109,19 @@ class LimitSettings(_Section):
         return self
 
 
+class ProfileSettings(_Section):
+    """A resource profile (the product's ``resourceProfiles``): a named size a job or session asks for."""
+
+    display_name: str = ""  # empty: the profile's name
+    cpus: float | None = Field(default=None, gt=0, le=2**31 - 1)  # cpuCount; None: the cluster's default
+    memory: float | None = Field(default=None, gt=0, le=2**31 - 1)  # MB; None: the cluster's default
+    queue: str = ""  # a queue (Slurm partition) of the cluster; empty: the cluster's default
+    constraints: list[str] = []  # placement constraints (Slurm features) of the cluster
+
+
+DEFAULT_PROFILE = "default"
+
+
 class ClusterSettings(_Section):
     type: Literal["Local", "Slurm"]
     queues: list[str] = []
@@ -108,11 +132,41 @@ class ClusterSettings(_Section):
     slurm_bin: str = ""  # directory holding sbatch, squeue, scontrol, scancel, sacct; empty: PATH
     output_dir: str = ""  # shared by the server host and every compute node: job scripts and output
     poll_interval_s: float = Field(default=2.0, gt=0, le=300)
+    # RLIMIT_FSIZE of every job: no file it writes grows past this (MB); 0: no limit.
+    max_file_size_mb: int = Field(default=10240, ge=0)
+    # Local only, with cgroups: pids.max of every job (processes and threads); 0: no limit.
+    max_pids: int = Field(default=4096, ge=0)
+    # Local only, with cgroups: the memory default of a job that gives none, in percent of this machine's
+    # memory (capped by limits.memory.max), unless limits.memory.default is set; 0: none.
+    default_memory_percent: float = Field(default=50, ge=0, le=100)
+    # Resource profiles, listed in this order; none configured: a single built-in "default" profile.
+    profiles: dict[str, ProfileSettings] = {}
+
+    @model_validator(mode="after")
+    def _profiles_name_what_exists(self) -> ClusterSettings:
+        for name, profile in self.profiles.items():
+            if not name or name == "custom":
+                raise ValueError(f"profiles.{name!r}: 'custom' and the empty name are reserved")
+            if profile.queue and self.queues and profile.queue not in self.queues:
+                raise ValueError(f"profiles.{name}.queue: '{profile.queue}' is not one of the queues {self.queues}")
+            unknown = sorted(set(profile.constraints) - set(self.placement_constraints))
+            if unknown and self.type == "Local":
+                raise ValueError(f"profiles.{name}.constraints: {unknown} not in placement_constraints")
+        return self
 
     @model_validator(mode="after")
     def _slurm_needs_output_dir(self) -> ClusterSettings:
         if self.type == "Slurm" and not self.output_dir:
             raise ValueError("a Slurm cluster needs output_dir, a directory shared with its compute nodes")
+        return self
+
+    @model_validator(mode="after")
+    def _local_only_keys(self) -> ClusterSettings:
+        # Slurm has no per-job process limit, and a node's memory default is Slurm's own (DefMemPerNode):
+        # a key that would change nothing is refused rather than ignored.
+        given = sorted({"max_pids", "default_memory_percent"} & self.model_fields_set)
+        if self.type == "Slurm" and given:
+            raise ValueError(f"{', '.join(given)}: Local clusters only (Slurm cannot apply it)")
         return self
 
     @field_validator("limits")
@@ -146,11 +200,28 @@ class SessionSettings(_Section):
     idle_check_interval_s: float = Field(default=30, gt=0)
     # Sessions of one user that have not ended (suspended ones do not count); 0: no cap.
     max_per_user: int = Field(default=10, ge=0)
+    # Ended sessions (not suspended ones: they can resume) leave the plain get_session list this long after
+    # they ended; get_historical_session and get_session(session_id) still return them. 0: at once.
+    expiry_hours: float = Field(default=1, ge=0)
+    # How long one RPC cookie (RS_SESSION_RPC_COOKIE, the rpc_cookie file) is valid; the server writes a new
+    # one to the file once less than half of this remains. Never beyond the session's life either way.
+    rpc_cookie_lifetime_s: float = Field(default=7 * 24 * 3600, ge=10, le=366 * 24 * 3600)
 
 
 class AuthSettings(_Section):
     # Accounts with uid 0 or a uid below UID_MIN (/etc/login.defs) that jobs and sessions may still run as.
     allowed_system_users: list[str] = []
+
+
+class JobSettings(_Section):
+    # get_job_output reads at most this many bytes of a job's files per call, then ends with an error line.
+    output_stream_max_bytes: int = Field(default=1 << 30, gt=0)
+    # A final job stays in get_session(include_all_jobs) this long after it ended (the Job Launcher's
+    # job-expiry-hours), then only get_historical_session lists it. 0: it leaves the list at once.
+    expiry_hours: float = Field(default=1, ge=0)
+    # A final job's output files are removed this long after it ended; the store keeps its row.
+    output_retention_days: float = Field(default=30, gt=0)
+    purge_interval_s: float = Field(default=3600, gt=0)  # how often the server looks for output to remove
 
 
 class IdeSettings(_Section):
@@ -186,6 +257,7 @@ class Settings(BaseSettings):
     local: LocalSettings = LocalSettings()
     sessions: SessionSettings = SessionSettings()
     auth: AuthSettings = AuthSettings()
+    jobs: JobSettings = JobSettings()
     clusters: dict[str, ClusterSettings] = {"Local": ClusterSettings(type="Local")}
     ides: dict[str, IdeSettings] = Field(default_factory=_default_ides)
 

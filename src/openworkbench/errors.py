@@ -115,6 +115,21 @@ class StoreError(WorkbenchError):
     http_status = 500
 
 
+# -- errors of the client's side (openworkbench.client, the CLI client) -------------------------
+
+
+class ServerUnreachable(WorkbenchError):
+    """The client could not reach the server: refused connection, unknown host, timeout, broken stream."""
+
+    code = 0
+    http_status = 0
+
+
+class UnexpectedResponse(WorkbenchError):
+    """The server answered something that is not the API's: no error envelope, not JSON (a proxy's HTML page)."""
+
+    code = 0
+    http_status = 0
 # -- the proxy's own refusals ---------------------------------------------------------------------
 
 
@@ -184,3 +199,5 @@ class Overloaded(WorkbenchError):
 
     code = 503
     http_status = 503
+class OutputTooLarge(NotAvailable):
+    """A job's output larger than the server streams in one ``get_job_output`` call; sent as the last line."""

@@ -104,6 +104,21 @@ class ResourceLimit(_Input):
         return value
 
 
+class JobResources(_Input):
+    """``job.resources`` (mirai's custom size): CPUs and memory in MB, i.e. cpuCount and memory limits."""
+
+    cpus: int | float | None = Field(default=None, gt=0, le=2**31 - 1)
+    memory: int | float | None = Field(default=None, gt=0, le=2**31 - 1)
+
+
+class JobContainer(_Input):
+    """``job.container``: the product's container request; Local and Slurm run none (see refuse_containers)."""
+
+    image: str | None = None
+    runAsUserId: int | None = Field(default=None, ge=0, le=2**32 - 1)
+    runAsGroupId: int | None = Field(default=None, ge=0, le=2**32 - 1)
+
+
 class JobSpec(_Input):
     """The ``job`` object of ``launch_job``."""
 
@@ -132,6 +147,11 @@ class JobSpec(_Input):
         default=[], validation_alias=AliasChoices("exposed_ports", "exposedPorts")
     )
     metadata: dict[str, Any] = {}
+    # The product's own job fields (docs/api.md, "Product fields"): resolved by clusters/profiles.py.
+    resource_profile: str | None = _alias("resource_profile", "resourceProfile")
+    resources: JobResources | None = None
+    container: JobContainer | None = None
+    group: str | None = None
 
     @field_validator("environment", mode="before")
     @classmethod

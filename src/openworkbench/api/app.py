@@ -16,9 +16,12 @@ from starlette.staticfiles import StaticFiles
 
 from openworkbench.api.forwarded import TrustedProxies
 from openworkbench.api.methods import METHODS
+from openworkbench.api.metrics_route import install as install_metrics
+from openworkbench.api.openapi import install as install_docs
 from openworkbench.api.rpc import RpcRoutes, dispatch, internal_error_response
 from openworkbench.api.session_routes import SessionRoutes
 from openworkbench.config import Settings
+from openworkbench.metrics import HttpMetrics
 from openworkbench.services.container import Services, build_services
 from openworkbench.web import pages
 from openworkbench.web.signin import router as signin_pages
@@ -65,6 +68,8 @@ def create_app(settings: Settings) -> TrustedProxies:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         monitor = Monitor(services)
         monitor.start()
+        services.job_views.refresh()  # the active job list in memory before the first poll asks for it
+        services.retention.start()
         await services.watch.adopt()
         watcher = asyncio.get_running_loop().create_task(services.watch.run())
         try:
@@ -74,10 +79,13 @@ def create_app(settings: Settings) -> TrustedProxies:
             await services.runner.close()
             await services.pool.close()
             monitor.stop()
+            services.retention.stop()
             services.close()
 
     app = FastAPI(title="Open Workbench", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.services = services
+    install_docs(app, METHODS)  # before /api/{method}: /api/openapi.json is not a method
+    install_metrics(app, services)
 
     # RpcRoutes answers GET and POST before this route is reached; it stays so that other verbs get 405.
     @app.api_route("/api/{method}", methods=["GET", "POST"])
@@ -103,6 +111,7 @@ def create_app(settings: Settings) -> TrustedProxies:
 
     # The RPC at /api/ and the proxy at /s/ sit in front of FastAPI (their hot paths skip its routing and
     # middleware); the rest (sign-in pages, other verbs' 405s) is the app.
-    routes = RpcRoutes(SessionRoutes(app, services), services, METHODS)
+    session_host = services.origins.part_of if services.origins else None
+    routes = RpcRoutes(HttpMetrics(SessionRoutes(app, services), session_host), services, METHODS)
     # Outermost: X-Forwarded-* is settled (believed or removed) before anything reads Host or the client.
     return TrustedProxies(routes, settings.server.trusted_proxies)

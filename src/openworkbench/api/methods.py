@@ -3,24 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from openworkbench import __version__
 from openworkbench.api import params as p
+from openworkbench.api.get_session import get_session, get_session_cached
 from openworkbench.api.rpc import Method
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.errors import InternalError, WorkbenchError
 from openworkbench.services.compute import compute_envs
 from openworkbench.services.container import Services
-from openworkbench.services.session_json import select_fields
-from openworkbench.services.session_views import View
 
 FEATURES = [
     "launch_job", "get_job_output", "stop_job", "get_session", "get_compute_envs", "get_users",
-    "launch_session", "resume_session", "stop_session", "session_suspend",
+    "launch_session", "resume_session", "stop_session", "session_suspend", "get_historical_session",
 ]
 
 
@@ -41,6 +42,11 @@ def version(services: Services, principal: Principal, params: p.NoParams) -> Any
     return JSONResponse({**payload, "result": payload})
 
 
+def whoami(services: Services, principal: Principal, params: p.NoParams) -> Any:
+    """Who the credentials stand for, and with which power (not in the product: the CLI's ``whoami``)."""
+    return {"username": principal.username, "kind": principal.kind}
+
+
 def get_users(services: Services, principal: Principal, params: p.NoParams) -> Any:
     require(principal, Action.LIST_USERS)
     return services.accounts.list_users()
@@ -52,7 +58,10 @@ def get_compute_envs(services: Services, principal: Principal, params: p.GetComp
 
 
 def launch_job(services: Services, principal: Principal, params: p.LaunchJob) -> Any:
-    return {"job": services.jobs.launch(principal, params.job)}
+    job = params.job
+    if principal.session_id is not None:  # called with a session's RPC cookie: the job gets one too
+        job = services.sessions.with_session_cookie(principal.session_id, job)
+    return {"job": services.jobs.launch(principal, job)}
 
 
 def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any:
@@ -62,10 +71,27 @@ def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any
 
 async def get_job_output(services: Services, principal: Principal, params: p.GetJobOutput) -> Any:
     chunks = await services.jobs.output(principal, params.job_id, params.user)
-    return StreamingResponse(_guarded(chunks), media_type="application/x-ndjson")
+    if not services.jobs.is_active(params.job_id):  # an ended job's files may have been removed: say so
+        await run_in_threadpool(services.retention.require_output, params.job_id)
+    return ClosingStream(_guarded(chunks), media_type="application/x-ndjson")
 
 
-async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+class ClosingStream(StreamingResponse):
+    """A stream whose generator is closed however the response ends, the client gone included: its files are
+    closed at once, not whenever the suspended generator is collected."""
+
+    def __init__(self, body: AsyncGenerator[bytes, None], media_type: str) -> None:
+        super().__init__(body, media_type=media_type)
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._body.aclose()
+
+
+async def _guarded(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
     """An error in mid-stream becomes one more line, as the product does."""
     try:
         async for chunk in chunks:
@@ -73,33 +99,14 @@ async def _guarded(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     except (WorkbenchError, OSError) as exc:
         err = exc if isinstance(exc, WorkbenchError) else InternalError(f"reading the job's output failed: {exc}")
         yield json.dumps({"error": {"code": err.code, "message": err.message}}).encode() + b"\n"
+    finally:
+        await chunks.aclose()
 
 
-def get_session(services: Services, principal: Principal, params: p.GetSession) -> Any:
-    username = params.user or principal.username
-    views = services.sessions.read(principal, username, params.session_id)
-    if not (params.fields or params.include_jobs or params.include_all_jobs):
-        return sessions_response(views)
-    result: dict[str, Any] = {"sessions": [select_fields(view.data, params.fields) for view in views]}
-    if params.include_all_jobs:
-        result["jobs"] = services.jobs.list_for(principal, username, None)
-    elif params.include_jobs:  # the jobs of the sessions just listed: no second query for their ids
-        result["jobs"] = services.jobs.list_for(principal, username, [view.data["id"] for view in views])
-    return result
-
-
-def get_session_cached(services: Services, principal: Principal, params: p.GetSession) -> Response | None:
-    """The plain listing, answered from memory; None sends the call down the store path."""
-    if params.fields or params.include_jobs or params.include_all_jobs:
-        return None
-    views = services.sessions.read_cached(principal, params.user, params.session_id)
-    return None if views is None else sessions_response(views)
-
-
-def sessions_response(views: list[View]) -> Response:
-    # Each session's JSON is encoded once, when it is cached: a list is a join of bytes.
-    body = b'{"result":{"sessions":[' + b",".join(view.raw for view in views) + b"]}}"
-    return Response(body, media_type="application/json")
+def get_historical_session(services: Services, principal: Principal, params: p.GetHistoricalSession) -> Any:
+    result = services.history.read(principal, params.filter_time_begin, params.filter_time_end,
+                                   params.include_jobs, params.include_all_users)
+    return Response(b'{"result":' + result + b"}", media_type="application/json")
 
 
 async def launch_session(services: Services, principal: Principal, params: p.LaunchSession) -> Any:
@@ -117,6 +124,7 @@ async def stop_session(services: Services, principal: Principal, params: p.StopS
 METHODS: dict[str, Method] = {
     "version": Method(p.NoParams, blocking=version, allow_get=True, cached=version),
     "get_users": Method(p.NoParams, blocking=get_users, allow_get=True),
+    "whoami": Method(p.NoParams, blocking=whoami, allow_get=True),
     "get_compute_envs": Method(p.GetComputeEnvs, blocking=get_compute_envs, allow_get=True),
     "launch_job": Method(p.LaunchJob, blocking=launch_job),
     "get_job_output": Method(p.GetJobOutput, handler=get_job_output),
@@ -125,4 +133,5 @@ METHODS: dict[str, Method] = {
     "launch_session": Method(p.LaunchSession, handler=launch_session),
     "resume_session": Method(p.ResumeSession, handler=resume_session),
     "stop_session": Method(p.StopSession, handler=stop_session),
+    "get_historical_session": Method(p.GetHistoricalSession, blocking=get_historical_session),
 }

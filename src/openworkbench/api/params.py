@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator
@@ -51,6 +52,8 @@ class GetSession(Params):
     fields: list[str] | None = None
     include_jobs: bool = False
     include_all_jobs: bool = False
+    timestamp: float | None = Field(default=None, allow_inf_nan=False)  # a previous answer's: only what changed
+    include_projects: bool = False  # adds "projects" (services/projects.py)
 
 
 class LaunchSession(Params):
@@ -64,6 +67,7 @@ class LaunchSession(Params):
     start_hooks: list[SessionHook] | SessionHook | None = None
     stop_hooks: list[SessionHook] | SessionHook | None = None
     environment: list[dict[str, str]] | dict[str, str] | None = None
+    project_id: str | None = Field(default=None, max_length=64)  # open in that project's directory
 
     @field_validator("environment")
     @classmethod
@@ -85,3 +89,21 @@ class StopSession(Params):
     force_quit: bool = False
     suspend_session: bool = False
     suspend: bool = False
+
+
+class GetHistoricalSession(Params):
+    filter_time_begin: datetime | None = None  # ISO-8601, on the end time; without a zone: UTC
+    filter_time_end: datetime | None = None
+    include_jobs: bool = False
+    include_all_users: bool = False
+
+    @field_validator("filter_time_begin", "filter_time_end", mode="before")
+    @classmethod
+    def _iso8601(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError("expected an ISO-8601 date and time as a string, e.g. 2026-12-01T00:00:00Z")
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO-8601 date and time, e.g. 2026-12-01T00:00:00Z") from None
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -16,13 +16,14 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from openworkbench import metrics
 from openworkbench.api.limits import check_depth, has_body, nested_too_deeply, read_body
 from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
 from openworkbench.auth.tokens import parse_authorization
 from openworkbench.errors import BadRequest, InternalError, UnknownMethod, WorkbenchError
 from openworkbench.services.container import Services
-from openworkbench.services.signin import COOKIE_NAME, RPC_COOKIE_HEADER
+from openworkbench.services.signin import COOKIE_NAME, RPC_COOKIE_HEADER, session_rpc_cookie
 from openworkbench.web import csrf
 
 log = logging.getLogger(__name__)
@@ -69,9 +70,9 @@ def credentials(request: Request) -> Credentials:
     ``owb_csrf`` cookie, and the request is same-origin). Without that header the cookie is ignored, as it
     always was: another site's form or ``fetch()`` gets the 401 of a call without credentials."""
     headers = request.headers
-    authorization, rpc_cookie = headers.get("authorization"), headers.get(RPC_COOKIE_HEADER)
+    authorization, rpc_cookie = headers.get("authorization"), _rpc_cookie(headers)
     if parse_authorization(authorization) is not None or rpc_cookie or csrf.HEADER not in headers:
-        return Credentials(authorization, rpc_cookie)  # the API's own clients: no cookie is even parsed
+        return Credentials(authorization, rpc_cookie)  # the API's own clients, and sessions' code
     cookie = request.cookies.get(COOKIE_NAME)
     if not cookie or "." in cookie:  # a session origin's own sign-in (``<part>.<random>``) never opens the API
         return Credentials(authorization, rpc_cookie)
@@ -193,10 +194,12 @@ async def dispatch(services: Services, methods: dict[str, Method], name: str, re
             if method.handler is not None:
                 result = await method.handler(services, caller, params)
     except WorkbenchError as exc:
+        metrics.count_api(name if name in methods else metrics.UNKNOWN_METHOD, type(exc))
         response = error_response(exc)
         if unread:  # refused before its body was read: close rather than let the server drain the rest
             response.headers["connection"] = "close"
         return response
+    metrics.count_api(name)
     if isinstance(result, Response):
         return result
     return JSONResponse({"result": result})
@@ -222,8 +225,13 @@ class RpcRoutes:
             response = await dispatch(self.services, self.methods, name, request, self.max_body)
         except Exception:  # a bug or a failing store: the error body of every other failure, and a log line
             log.exception("unhandled error on %s %s", request.method, request.url.path)
+            metrics.count_api(name if name in self.methods else metrics.UNKNOWN_METHOD, InternalError)
             response = internal_error_response()
         await response(scope, receive, send)
+
+
+def _rpc_cookie(headers: Any) -> str | None:
+    return session_rpc_cookie(headers.get(RPC_COOKIE_HEADER), headers.get("cookie"))
 
 
 def _rpc_name(scope: Scope) -> str | None:
@@ -231,4 +239,5 @@ def _rpc_name(scope: Scope) -> str | None:
         return None
     path: str = scope["path"]
     name = path[len("/api/"):] if path.startswith("/api/") else ""
-    return name if name and "/" not in name else None
+    # /api/openapi.json is the API's description (api/openapi.py), public: not a method call.
+    return name if name and "/" not in name and name != "openapi.json" else None

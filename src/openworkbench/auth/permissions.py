@@ -27,7 +27,7 @@ class Action(enum.Enum):
     WRITE = "write"  # stop a user's jobs or sessions
     ACT_AS = "act_as"  # launch jobs or sessions as that user
     LIST_USERS = "list_users"  # get_users: admin read, even for oneself
-    READ_ALL = "read_all"  # the pages' Admin view: every user's sessions and jobs at once (admin read)
+    READ_ALL_USERS = "read_all_users"  # get_historical_session(include_all_users), the pages' Admin view: admin read
     MANAGE_USERS = "manage_users"  # disable or enable a user (admin write)
 
 
@@ -44,6 +44,9 @@ class Principal:
     user_id: int
     username: str
     kind: str
+    # The session whose RPC cookie authenticated the call (None: a token or a sign-in): jobs it launches
+    # get that session's cookie too (services/rpc_cookies.py).
+    session_id: str | None = None
 
     @classmethod
     def from_standing(
@@ -58,7 +61,7 @@ class Principal:
 
 
 def allowed(principal: Principal, action: Action, owner: str | None = None) -> bool:
-    if action in (Action.LIST_USERS, Action.READ_ALL):
+    if action is Action.LIST_USERS or action is Action.READ_ALL_USERS:
         return principal.kind in _READ_OTHERS
     if action is Action.MANAGE_USERS:
         return principal.kind in _WRITE_OTHERS
@@ -79,7 +82,7 @@ def require(principal: Principal, action: Action, owner: str | None = None) -> N
         Action.WRITE: "an admin or super-admin token with write access",
         Action.ACT_AS: "a super-admin token with write access",
         Action.LIST_USERS: "an admin or super-admin token with read access",
-        Action.READ_ALL: "an admin or super-admin token with read access",
+        Action.READ_ALL_USERS: "an admin or super-admin token with read access (include_all_users)",
         Action.MANAGE_USERS: "an admin or super-admin token with write access",
     }[action]
     target = f" for user '{owner}'" if owner and action in (Action.READ, Action.WRITE, Action.ACT_AS) else ""

@@ -67,23 +67,25 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
 
     from openworkbench.api.app import create_app
     from openworkbench.api.http_protocol import protocol_class
+    from openworkbench.logs import announcer, log_config
 
     server: dict[str, Any] = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     # Flags override single keys of [server]; settings sources are deep-merged.
     settings = _settings(data_dir, config_file, server=server or None)
     app = create_app(settings)
     address = f"http://{settings.server.host}:{settings.server.port}"
-    click.echo(f"Open Workbench serving on {address} (data in {settings.data_dir.resolve()})", err=True)
-    click.echo(
+    say = announcer(settings.server.log_format)  # with JSON logs, these lines are JSON too
+    say(f"Open Workbench serving on {address} (data in {settings.data_dir.resolve()})")
+    say(
         "Create a token with: workbench generate-api-token user <token-name> <username>"
         + (f" --data-dir {data_dir}" if data_dir else ""),
-        err=True,
     )
     uvicorn.run(
         app,
         host=settings.server.host,
         port=settings.server.port,
         log_level="info",
+        log_config=log_config(settings.server.log_format),
         access_log=False,
         # Output followers of long jobs must not hold a shutdown hostage.
         timeout_graceful_shutdown=3,
@@ -184,3 +186,9 @@ def _print_table(headers: list[str], rows: list[list[str]]) -> None:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+# The client commands (sessions, jobs, compute-envs, whoami, version) talk to a server over HTTP.
+from openworkbench.cli.client_commands import register  # noqa: E402  (they are added to `main` above)
+
+register(main)

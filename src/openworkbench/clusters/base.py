@@ -81,13 +81,33 @@ class JobRef:
     cluster_state: dict[str, Any] = field(default_factory=dict)
 
 
+def container_image(spec: JobSpec) -> str:
+    """The image the job asks for (``container.image`` or ``container_image``); empty: none."""
+    nested = spec.container.image if spec.container is not None else None
+    if nested and spec.container_image and nested != spec.container_image:
+        raise InvalidParameter(f"job.container.image ({nested!r}) and job.container_image "
+                               f"({spec.container_image!r}) differ: give one")
+    return nested or spec.container_image or ""
+
+
 def refuse_containers(cluster: str, spec: JobSpec) -> None:
-    """Neither Local nor Slurm runs containers: say so instead of ignoring the request."""
-    if spec.container_image:
-        raise InvalidParameter(f"cluster '{cluster}' does not support containers (container_image)")
+    """Neither Local nor Slurm runs containers: say so instead of ignoring the request. An empty or null
+    image is no request (mirai sends the cluster's ``defaultImage``, which is empty here)."""
+    image = container_image(spec)
+    if image:
+        raise InvalidParameter(f"cluster '{cluster}' runs no containers: the container image must be empty or "
+                               f"null, got {image!r} (this cluster does not support containers)")
+    container = spec.container
+    if container is not None and (container.runAsUserId is not None or container.runAsGroupId is not None):
+        raise InvalidParameter(f"cluster '{cluster}' runs no containers: job.container.runAsUserId/runAsGroupId "
+                               "cannot be honoured (jobs run as their user; use job.group for the group)")
     for field_name in ("mounts", "exposed_ports"):
         if getattr(spec, field_name):
             raise InvalidParameter(f"cluster '{cluster}' does not support '{field_name}'")
+    if spec.config:
+        names = sorted({str(item.get("name", "?")) for item in spec.config})
+        raise InvalidParameter(f"cluster '{cluster}' has no job config option(s) {names} (its config list in "
+                               "get_compute_envs is empty)")
 
 
 def limit_text(value: float | None) -> str:

@@ -164,6 +164,7 @@ class LocalCluster(Cluster):
                     raise ConfigError(
                         f"config key 'clusters.{name}.limits.{kind}.default': needs cgroups, which are not available"
                     )
+            _refuse_cgroup_keys(name, settings)
         self._launcher = Launcher(local.supervisor_python, jobs_dir)
         self._spawned: set[str] = set()  # jobs whose supervisor this server process started
         # job id -> (inode, mtime_ns, size) of the state.json last read. Not mtime alone: two writes within
@@ -172,7 +173,7 @@ class LocalCluster(Cluster):
         self._lock_checked: dict[str, float] = {}
 
     def describe(self) -> dict[str, Any]:
-        return describe_local(self.name, self.settings)
+        return describe_local(self.name, self.settings, cgroups=self.cgroup_root is not None)
 
     def validate(self, spec: JobSpec) -> None:
         check_limits(self.name, self.settings, spec, cgroups=self.cgroup_root is not None)
@@ -326,6 +327,14 @@ def _lock_held(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def _refuse_cgroup_keys(name: str, settings: ClusterSettings) -> None:
+    """Built-in pids and memory defaults apply only where cgroups work; one configured on purpose must not be
+    silently dropped, as a configured memory default is not."""
+    for key in ("max_pids", "default_memory_percent"):
+        if key in settings.model_fields_set and getattr(settings, key):
+            raise ConfigError(f"config key 'clusters.{name}.{key}': needs cgroups, which are not available")
 
 
 def _cgroups_writable(root: str) -> bool:

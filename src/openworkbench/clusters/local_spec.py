@@ -18,7 +18,7 @@ def machine_limits() -> dict[str, float]:
     return {"cpuCount": float(os.cpu_count() or 1), "memory": float(pages // (1024 * 1024))}
 
 
-def effective_limits(settings: ClusterSettings) -> dict[str, tuple[float | None, float | None]]:
+def effective_limits(settings: ClusterSettings, cgroups: bool = True) -> dict[str, tuple[float | None, float | None]]:
     """limit type -> (max, default): configured values, else what the machine has."""
     machine = machine_limits()
     result: dict[str, tuple[float | None, float | None]] = {}
@@ -26,10 +26,28 @@ def effective_limits(settings: ClusterSettings) -> dict[str, tuple[float | None,
         conf = settings.limits.get(kind)
         maximum = conf.max if conf and conf.max is not None else machine.get(kind)
         result[kind] = (maximum, conf.default if conf else None)
+    result["memory"] = (result["memory"][0], default_memory(settings, cgroups))
     if "memorySwap" in settings.limits:
         conf = settings.limits["memorySwap"]
         result["memorySwap"] = (conf.max, conf.default)
     return result
+
+
+def default_memory(settings: ClusterSettings, cgroups: bool) -> float | None:
+    """The memory (MB) of a job that gives none: the configured default, else, where cgroups can enforce it,
+    ``default_memory_percent`` of this machine's memory, capped by the configured max."""
+    conf = settings.limits.get("memory")
+    if conf is not None and conf.default is not None:
+        return conf.default
+    if not cgroups or not settings.default_memory_percent:
+        return None
+    share = float(machine_limits()["memory"] * settings.default_memory_percent // 100)
+    return min(share, conf.max) if conf is not None and conf.max is not None else share
+
+
+def pids_limit(settings: ClusterSettings, cgroups: bool) -> int | None:
+    """pids.max of every job of the cluster; None where it is not enforced."""
+    return settings.max_pids if cgroups and settings.max_pids else None
 
 
 def _text(value: float | None) -> str:
@@ -38,11 +56,13 @@ def _text(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def describe_local(name: str, settings: ClusterSettings) -> dict[str, Any]:
+def describe_local(name: str, settings: ClusterSettings, cgroups: bool = True) -> dict[str, Any]:
     limits = [
         {"type": kind, "maxValue": _text(maximum), "defaultValue": _text(default)}
-        for kind, (maximum, default) in effective_limits(settings).items()
+        for kind, (maximum, default) in effective_limits(settings, cgroups).items()
     ]
+    if (pids := pids_limit(settings, cgroups)) is not None:  # the cluster's, not something a job asks for
+        limits.append({"type": "pids", "maxValue": str(pids), "defaultValue": str(pids)})
     interactive = {"supports_interactive_sessions": True, "supports_adhoc_jobs": True}
     return {
         "name": name,
@@ -127,6 +147,8 @@ def render_spec(
     """The supervisor's ``spec.json`` for this job."""
     conf = settings or ClusterSettings(type="Local")
     memory = _limit(spec, conf, "memory")
+    if spec.limit("memory") is None:
+        memory = default_memory(conf, cgroup_root is not None)
     cpu_time = _limit(spec, conf, "cpuTime")
     return {
         "argv": job_argv(spec),
@@ -143,6 +165,8 @@ def render_spec(
             "memory_mb": int(memory) if memory else None,
             "cpu_count": _limit(spec, conf, "cpuCount"),
             "cpu_time_s": int(cpu_time) if cpu_time else None,
+            "pids_max": pids_limit(conf, cgroup_root is not None),
+            "file_size_mb": conf.max_file_size_mb or None,
         },
         "cgroup_root": cgroup_root,
         "cgroup_name": f"openworkbench/{job_id}",

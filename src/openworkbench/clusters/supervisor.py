@@ -61,6 +61,7 @@ class ChildPlan:
     procs_files: list[str]
     rlimit_cpu: tuple[int, int] | None
     ignored_signals: list[int]
+    rlimit_fsize: tuple[int, int] | None = None
 
 
 def now_iso() -> str:
@@ -102,8 +103,17 @@ def final_state(wait_status: int, rusage_cpu_s: float, limits: dict[str, Any], o
         return {**killed, "statusMessage": f"Killed: exceeded its CPU time limit of {cpu_s:g} s"}
     if sig == signal.SIGKILL:
         return {**killed, "statusMessage": "Killed by SIGKILL"}
-    msg = f"Terminated by {SIGNAL_NAMES.get(sig, f'signal {sig}')}"
+    msg = file_size_message(sig, limits) or f"Terminated by {SIGNAL_NAMES.get(sig, f'signal {sig}')}"
     return {"status": "Finished", "exitCode": 128 + sig, "statusMessage": msg, "signal": sig}
+
+
+def file_size_message(sig: int, limits: dict[str, Any]) -> str | None:
+    """SIGXFSZ comes from RLIMIT_FSIZE: a write past the cluster's max_file_size_mb. Like any signal but SIGKILL,
+    it ends the job Finished (128 + 25), as on Slurm; the message says which limit."""
+    size_mb = limits.get("file_size_mb")
+    if sig != signal.SIGXFSZ or not size_mb:
+        return None
+    return f"Terminated by SIGXFSZ: a file it wrote reached the file size limit of {size_mb:g} MB"
 
 
 def exec_failure_message(argv0: str, cwd: str, report: str) -> str:
@@ -146,6 +156,16 @@ def cpu_rlimit(limits: dict[str, Any]) -> tuple[int, int] | None:
     return min(soft, cap), min(soft + 5, cap)
 
 
+def fsize_rlimit(limits: dict[str, Any]) -> tuple[int, int] | None:
+    size_mb = limits.get("file_size_mb")
+    if not size_mb:
+        return None
+    cur_hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    size = int(size_mb) * 1024 * 1024
+    limit = size if cur_hard == resource.RLIM_INFINITY else min(size, cur_hard)  # unprivileged can't raise it
+    return limit, limit  # hard too: the job may not raise it
+
+
 def prepare(job: Job, spec: dict[str, Any]) -> ChildPlan:
     """Validate the spec and set up cgroups; raise ValueError for specs we cannot honour."""
     if not spec.get("argv"):
@@ -159,7 +179,8 @@ def prepare(job: Job, spec: dict[str, Any]) -> ChildPlan:
     groups, rlimit = list(spec.get("groups") or [spec["gid"]]), cpu_rlimit(spec.get("limits") or {})
     switch_user = euid == 0 and spec["uid"] != 0  # unprivileged: spec uid is already our own
     return ChildPlan(
-        argv, env, spec["cwd"], spec["uid"], spec["gid"], groups, switch_user, procs_files, rlimit, ignored_signals()
+        argv, env, spec["cwd"], spec["uid"], spec["gid"], groups, switch_user, procs_files, rlimit, ignored_signals(),
+        rlimit_fsize=fsize_rlimit(spec.get("limits") or {}),
     )
 
 
@@ -222,6 +243,8 @@ def child_main(plan: ChildPlan, fds: tuple[int, int, int], err_fd: int) -> NoRet
         stage = "setrlimit"
         if plan.rlimit_cpu is not None:
             resource.setrlimit(resource.RLIMIT_CPU, plan.rlimit_cpu)
+        if plan.rlimit_fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, plan.rlimit_fsize)
         stage = "dup2"
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
@@ -289,6 +312,8 @@ def finish(job: Job, spec: dict[str, Any]) -> dict[str, Any]:
     oom = cgroups.memory_oom_killed(mem_dir) if mem_dir else False  # read before cleanup removes the cgroup
     state = base_state(job)
     state.update(final_state(status, cpu_s, spec.get("limits") or {}, oom))
+    if note := cgroups.pids_note(job.cgroups, spec.get("limits") or {}):  # read before cleanup removes the cgroup
+        state["statusMessage"] = "; ".join(filter(None, [state["statusMessage"], note]))
     state.update({"endTime": now_iso(), "maxRssKb": rusage.ru_maxrss, "cpuTimeS": round(cpu_s, 3)})
     return state
 

@@ -64,6 +64,18 @@ def configure_controller(path: str, controller: str, limits: dict[str, Any], not
     elif controller == "cpu":
         write_cg(path, "cpu.cfs_period_us", CPU_PERIOD_US)
         write_cg(path, "cpu.cfs_quota_us", max(1000, int(limits["cpu_count"] * CPU_PERIOD_US)))
+    elif controller == "pids" and limits.get("pids_max"):
+        write_cg(path, "pids.max", int(limits["pids_max"]))  # a fork bomb gets EAGAIN past it
+
+
+def pids_note(groups: dict[str, str], limits: dict[str, Any]) -> str:
+    """Say so when the job's pids.max refused forks (pids.events ``max``): its EAGAINs would be a riddle."""
+    if "pids" not in groups or not limits.get("pids_max"):
+        return ""
+    refused = read_counter(os.path.join(groups["pids"], "pids.events"), "max") or 0
+    if not refused:
+        return ""
+    return f"{refused} process creation(s) refused: the job reached its limit of {limits['pids_max']} processes"
 
 
 def setup_cgroups(spec: dict[str, Any], groups: dict[str, str], notes: list[str]) -> None:

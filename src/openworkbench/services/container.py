@@ -13,7 +13,10 @@ from openworkbench.errors import ConfigError
 from openworkbench.proxy import UpstreamPool
 from openworkbench.services import session_files
 from openworkbench.services.accounts import Accounts
+from openworkbench.services.history import History
+from openworkbench.services.job_views import JobViews
 from openworkbench.services.jobs import JobService
+from openworkbench.services.retention import Retention
 from openworkbench.services.run_as import RunAsPolicy
 from openworkbench.services.session_origins import SessionOrigins
 from openworkbench.services.session_runner import SessionRunner
@@ -36,6 +39,9 @@ class Services:
     watch: SessionWatch
     sessions: SessionService
     signin: SignIn
+    job_views: JobViews
+    history: History
+    retention: Retention
     origins: SessionOrigins | None = None  # server.session_domain set: each session on its own host
 
     def close(self) -> None:
@@ -75,11 +81,16 @@ def build_services(settings: Settings) -> Services:
     accounts = Accounts(store, PrincipalCache(open_epoch(settings.database_url)))
     clusters = build_clusters(settings)
     run_as = RunAsPolicy.load(settings.auth.allowed_system_users)
-    jobs = JobService(store, accounts, clusters, settings.default_cluster, run_as)
+    jobs = JobService(store, accounts, clusters, settings.default_cluster, run_as,
+                      settings.jobs.output_stream_max_bytes)
     pool = UpstreamPool()
     runner = SessionRunner(settings, store, jobs, pool)
     origins = SessionOrigins(settings.server.session_domain) if settings.server.session_domain else None
     sessions = SessionService(settings, store, jobs, runner, public_url=origins.url if origins else None)
     watch = SessionWatch(runner)
+    job_views = JobViews(store, settings.jobs.expiry_hours)
+    store.watch_commits(job_views.written)
+    history = History(store)
+    store.watch_commits(history.written)
     return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, SignIn(accounts),
-                    origins)
+                    job_views, history, Retention(store, settings.jobs), origins)

@@ -17,7 +17,7 @@ def job_json(job: Job, owner: str) -> dict[str, Any]:
         "user": owner,
         "status": job.status,
         "statusMessage": job.status_message,
-        "statusCode": "",
+        "statusCode": _status_code(job),
         "exitCode": job.exit_code,
         "pid": job.pid,
         "host": job.host,
@@ -38,13 +38,29 @@ def job_json(job: Job, owner: str) -> dict[str, Any]:
         "config": spec.get("config", []),
         "mounts": spec.get("mounts", []),
         "exposedPorts": spec.get("exposed_ports", []),
-        "container": {"image": spec["container_image"]} if spec.get("container_image") else None,
+        "container": _container(spec),
         "metadata": spec.get("metadata", {}),
-        "resourceProfile": "custom",
+        "resourceProfile": spec.get("resource_profile") or "custom",
+        "group": spec.get("group") or "",
         "sessionId": job.session_id,
         "submissionTime": isoformat(job.submission_time),
         "lastUpdateTime": isoformat(job.last_update_time),
+        **({"runningTimestamp": isoformat(job.running_time)} if job.running_time else {}),
+        **({"terminatedTime": isoformat(job.end_time)} if job.end_time else {}),
     }
+
+
+def _container(spec: dict[str, Any]) -> dict[str, Any] | None:
+    given = dict(spec.get("container") or {})
+    image = given.get("image") or spec.get("container_image")
+    if image:
+        given["image"] = image
+    return {k: v for k, v in given.items() if v is not None} or None
+
+
+def _status_code(job: Job) -> str:
+    """The exit code as the product's string statusCode, once known."""
+    return "" if job.exit_code is None else str(job.exit_code)
 
 
 def _redacted(environment: list[dict[str, str]], secret_names: list[str]) -> list[dict[str, str]]:

@@ -7,18 +7,22 @@ the Local backend starts it if its supervisor never ran.
 
 from __future__ import annotations
 
+import dataclasses
+import grp
 import logging
 import os
 import pwd
 import secrets
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
 from starlette.concurrency import run_in_threadpool
 
+from openworkbench import metrics
 from openworkbench.auth.permissions import Action, Principal, require
+from openworkbench.clusters import profiles
 from openworkbench.clusters.base import (
     ACTIVE_STATUSES,
     FINAL_STATUSES,
@@ -50,11 +54,32 @@ def posix_account(username: str) -> Account:
     return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, tuple(groups), entry.pw_dir, entry.pw_shell)
 
 
+def with_group(account: Account, group: str | None) -> Account:
+    """The account with ``group`` (one of the user's groups) as the job's primary group."""
+    if not group:
+        return account
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except (KeyError, ValueError):
+        raise InvalidParameter(f"job.group: no group '{group}' on this server") from None
+    if gid not in account.groups and gid != account.gid:
+        raise InvalidParameter(f"job.group: user '{account.username}' is not a member of group '{group}'")
+    return dataclasses.replace(account, gid=gid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
 class JobService:
     def __init__(self, store: Store, accounts: Accounts, clusters: dict[str, Cluster], default_cluster: str,
-                 run_as: RunAsPolicy | None = None) -> None:
+                 run_as: RunAsPolicy | None = None, output_budget: int = output.DEFAULT_BUDGET) -> None:
         self.store = store
         self.run_as = run_as or RunAsPolicy()
+        self.output_budget = output_budget  # bytes one get_job_output call reads at most
         self.accounts = accounts
         self.clusters = clusters
         self.default_cluster = default_cluster
@@ -67,13 +92,13 @@ class JobService:
         owner = spec.user or principal.username
         require(principal, Action.ACT_AS, owner)
         self.run_as.check(owner)
-        cluster = self._cluster(spec.cluster or self.default_cluster)
-        cluster.validate(spec)
-        account = posix_account(owner)
+        cluster, spec = self.checked(spec)
+        account = with_group(posix_account(owner), spec.group)
         job_id = secrets.token_hex(8)
-        spec = spec.model_copy(update={"user": owner, "cluster": cluster.name})
+        spec = spec.model_copy(update={"user": owner, "cluster": cluster.name, "group": _group_name(account.gid)})
         job = _new_job(job_id, 0, cluster.name, spec, session_id)
         self._record(job, owner)
+        self.store.wrote([job])  # Core writes: the job views learn of them from us
         try:
             state = cluster.submit(job_id, spec, account)
         except Exception as exc:  # whatever went wrong, the recorded job ends Failed, never stays Pending
@@ -88,11 +113,19 @@ class JobService:
         _update_row(job, state)
         with self.store.transaction() as conn:
             conn.execute(UPDATE_JOB, {"b_id": job_id, **{f"b_{name}": getattr(job, name) for name in UPDATED_COLUMNS}})
+        self.store.wrote([job])
         if job.status not in FINAL_STATUSES:
             with self._lock:
                 self._active[job_id] = JobRef(job_id, job.status, spec, account, state.cluster_state or {})
                 self._clusters_of[job_id] = cluster.name
         return job_json(job, owner)
+
+    def checked(self, spec: JobSpec) -> tuple[Cluster, JobSpec]:
+        """The job's cluster, and the spec with its resource profile applied, once the cluster accepts it."""
+        cluster = self._cluster(spec.cluster or self.default_cluster)
+        spec = profiles.resolve(cluster.name, cluster.settings, spec)
+        cluster.validate(spec)
+        return cluster, spec
 
     def _record(self, job: Job, owner: str) -> None:
         """Store the new job (``Pending``) with its owner's id, found in the same transaction.
@@ -150,12 +183,12 @@ class JobService:
     def is_active(self, job_id: str) -> bool:
         return job_id in self._active
 
-    async def output(self, principal: Principal, job_id: str, user: str | None) -> AsyncIterator[bytes]:
+    async def output(self, principal: Principal, job_id: str, user: str | None) -> AsyncGenerator[bytes, None]:
         job = await run_in_threadpool(self.get, principal, job_id)  # a store read: not on the event loop
         if user and user != job["user"]:
             raise NotFound(f"no job '{job_id}' of user '{user}'")
         files = [("stdout", job["stdoutFile"]), ("stderr", job["stderrFile"])]
-        return output.follow(job_id, files, lambda: self.is_active(job_id))
+        return output.follow(job_id, files, lambda: self.is_active(job_id), self.output_budget)
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self, principal: Principal, job_id: str, force: bool) -> None:
@@ -278,8 +311,9 @@ def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id:
 
 
 JOB_COLUMNS = tuple(Job.__table__.columns.keys())
+# What _update_row may change.
 UPDATED_COLUMNS = ("status", "status_message", "exit_code", "pid", "host", "stdout_file", "stderr_file",
-                   "cluster_state", "last_update_time")  # what _update_row may change
+                   "cluster_state", "last_update_time", "end_time", "running_time")
 # Built once: SQLAlchemy then finds their compiled form in its cache without building a statement per call.
 _JOBS, _USERS = cast(Table, Job.__table__), cast(Table, User.__table__)
 OWNER = select(_USERS.c.id, _USERS.c.disabled).where(_USERS.c.username == bindparam("owner"))
@@ -295,6 +329,8 @@ def _values(job: Job, columns: tuple[str, ...]) -> dict[str, Any]:
 def _update_row(job: Job, state: JobState) -> None:
     if job.status in FINAL_STATUSES:
         return  # a final status is final: late reports never change it
+    if job.status == "Pending" and state.status == "Running":
+        metrics.job_started(job.cluster, job.submission_time)
     job.status = state.status
     job.status_message = state.status_message
     if state.status == "Canceled" and job.stop_requested:
@@ -304,3 +340,7 @@ def _update_row(job: Job, state: JobState) -> None:
         if value is not None:
             setattr(job, attr, value)
     job.last_update_time = utcnow()
+    if job.status == "Running" and job.running_time is None:
+        job.running_time = job.last_update_time
+    if job.status in FINAL_STATUSES:
+        job.end_time = job.last_update_time

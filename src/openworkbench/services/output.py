@@ -1,4 +1,12 @@
-"""Following a job's output files: NDJSON chunks, live while the job runs, bounded memory."""
+"""Following a job's output files: NDJSON chunks, live while the job runs, bounded in memory, time and bytes.
+
+The files are the job user's, so they are opened as anything a user controls is (``O_NOFOLLOW``,
+``O_NONBLOCK``, regular files only: a FIFO or a symlink at the path is an error, never a wait). They are
+read in a worker thread, at most ``BATCH`` bytes per hop, so a 200 GB sparse file costs that thread and
+never the event loop: other requests run between hops. A stream reads at most its budget
+(``jobs.output_stream_max_bytes``), then ends with one error line. When the client goes, Starlette cancels
+the stream and the generator's ``finally`` closes the files.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,27 @@ import asyncio
 import codecs
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-CHUNK = 64 * 1024
+import anyio.to_thread
+from anyio import CapacityLimiter
+
+from openworkbench.errors import InvalidState, OutputTooLarge, PathMissing, UnsafePath
+from openworkbench.safefs import paths
+
+CHUNK = 64 * 1024  # the most one NDJSON line carries
+BATCH = 16 * CHUNK  # the most one thread hop reads
 POLL_SECONDS = 0.02  # a follower sees a new line within this (plus one read)
+DEFAULT_BUDGET = 1 << 30
+READER_THREADS = 8  # of the 40 worker threads: streams never take those of the store-bound calls (get_session)
+_readers: list[CapacityLimiter] = []  # made on first use: a limiter belongs to the running event loop
+
+
+def _limiter() -> CapacityLimiter:
+    if not _readers:
+        _readers.append(CapacityLimiter(READER_THREADS))
+    return _readers[0]
 
 
 @dataclass
@@ -18,22 +42,45 @@ class _Stream:
     kind: str  # "stdout" | "stderr"
     path: str
     fd: int | None = None
+    offset: int = 0
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
-    def read_chunks(self, final: bool = False) -> Iterator[str]:
-        """What has been written since the last call, decoded, one chunk of at most CHUNK bytes at a time."""
-        if self.fd is None:
-            try:
-                self.fd = os.open(self.path, os.O_RDONLY)
-            except OSError:
-                return  # not created yet: the job has not started
-        while data := os.read(self.fd, CHUNK):
+    def open(self) -> bool:
+        """Open the file if it exists yet; refuse anything but a regular file, without ever blocking. Its
+        directory is the server's (the Local job dir, or the 0711 one in a Slurm output_dir): trusted."""
+        try:
+            self.fd = paths.open_file(self.path, os.path.dirname(self.path))
+        except PathMissing:
+            return False  # not created yet: the job has not started
+        except UnsafePath as exc:
+            raise InvalidState(f"the job's {self.kind} file is not streamed: {exc.message}") from None
+        return True
+
+    def read(self, job_id: str, limit: int) -> tuple[list[bytes], int]:
+        """NDJSON lines of at most ``limit`` new bytes, and how many bytes were read."""
+        if self.fd is None and not self.open():
+            return [], 0
+        assert self.fd is not None
+        lines: list[bytes] = []
+        total = 0
+        while total < limit:
+            want = min(CHUNK, limit - total)
+            data = os.read(self.fd, want)
+            total += len(data)
             if text := self.decoder.decode(data):
-                yield text
-            if len(data) < CHUNK:
-                break
-        if final and (rest := self.decoder.decode(b"", final=True)):
-            yield rest
+                lines.append(line(job_id, self.kind, text))
+            if len(data) < want:
+                break  # caught up with the writer
+        self.offset += total
+        return lines, total
+
+    def unread(self) -> bool:
+        """Whether the file holds bytes not read yet."""
+        return self.fd is not None and os.fstat(self.fd).st_size > self.offset
+
+    def flush(self, job_id: str) -> list[bytes]:
+        rest = self.decoder.decode(b"", final=True)
+        return [line(job_id, self.kind, rest)] if rest else []
 
     def close(self) -> None:
         if self.fd is not None:
@@ -45,21 +92,45 @@ def line(job_id: str, kind: str, text: str) -> bytes:
     return json.dumps({"jobId": job_id, "outputType": kind, "output": text}).encode() + b"\n"
 
 
-async def follow(job_id: str, files: list[tuple[str, str]], active: Callable[[], bool]) -> AsyncIterator[bytes]:
-    """Yield NDJSON lines of the job's output until it has ended and every byte was sent."""
+def _read_pass(streams: list[_Stream], job_id: str, limit: int) -> tuple[list[bytes], int, bool]:
+    """One thread hop: up to ``limit`` bytes, stdout first; and whether any file has more to read now."""
+    lines: list[bytes] = []
+    total = 0
+    for stream in streams:
+        got, count = stream.read(job_id, limit - total)
+        lines += got
+        total += count
+    return lines, total, any(stream.unread() for stream in streams)
+
+
+async def follow(job_id: str, files: list[tuple[str, str]], active: Callable[[], bool],
+                 budget: int = DEFAULT_BUDGET) -> AsyncGenerator[bytes, None]:
+    """Yield NDJSON lines of the job's output until it has ended and every byte was sent, or the budget is
+    spent (then OutputTooLarge, which the caller turns into the stream's last line)."""
     streams = [_Stream(kind, path) for kind, path in files if path]
+    left = budget
     try:
         while True:
-            # Ask before reading: when the job is over, this pass reads all it ever wrote.
+            # Ask before reading: when the job is over, the passes from here on read all it ever wrote.
             still_running = active()
-            sent = False
-            for stream in streams:
-                for text in stream.read_chunks(final=not still_running):
-                    sent = True
-                    yield line(job_id, stream.kind, text)
+            # Not cancellable mid-read (anyio waits for the thread), so ``finally`` never closes an fd in use.
+            lines, count, more = await anyio.to_thread.run_sync(_read_pass, streams, job_id, min(BATCH, left),
+                                                                limiter=_limiter())
+            left -= count
+            for item in lines:
+                yield item
+            if more and left <= 0:
+                raise OutputTooLarge(
+                    f"the job's output is larger than this server streams in one get_job_output call "
+                    f"(jobs.output_stream_max_bytes = {budget} bytes); the first {budget} bytes were sent")
+            if more:
+                continue
             if not still_running:
+                for stream in streams:
+                    for item in stream.flush(job_id):
+                        yield item
                 break
-            if not sent:
+            if not lines:
                 await asyncio.sleep(POLL_SECONDS)
     finally:
         for stream in streams:

@@ -1,7 +1,7 @@
 """The Admin page's view of every user's sessions and jobs, filtered, newest first.
 
 The API answers one user at a time (``get_session user=``); an admin looking after a server wants them all at
-once, so this reads the store directly, behind the same permission module (``Action.READ_ALL``).
+once, so this reads the store directly, behind the same permission module (``Action.READ_ALL_USERS``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Filters:
 
 
 def all_sessions(store: Store, principal: Principal, filters: Filters) -> list[dict[str, Any]]:
-    require(principal, Action.READ_ALL)
+    require(principal, Action.READ_ALL_USERS)
     query = select(Session, User.username).join(User)
     if filters.user:
         query = query.where(User.username == filters.user)
@@ -43,7 +43,7 @@ def all_sessions(store: Store, principal: Principal, filters: Filters) -> list[d
 
 def all_jobs(store: Store, principal: Principal, filters: Filters) -> list[dict[str, Any]]:
     """Jobs launched as jobs (a session's own IDE job is shown as its session)."""
-    require(principal, Action.READ_ALL)
+    require(principal, Action.READ_ALL_USERS)
     query = select(Job, User.username).join(User).where(Job.session_id.is_(None))
     if filters.user:
         query = query.where(User.username == filters.user)

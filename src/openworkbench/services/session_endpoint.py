@@ -32,10 +32,11 @@ def _uid_of(owner: str) -> int:
     return expected_peer_uid(posix_account(owner).uid)
 
 
-def checked_endpoint(cluster: Cluster | None, path: str, uid: int | None, job_host: str) -> tuple[str, int] | None:
+def checked_endpoint(cluster: Cluster | None, path: str, uid: int | None, job_host: str,
+                     shared_dir: str) -> tuple[str, int] | None:
     """(host, port) once reported; None before; ``UpstreamRefused`` (with the reason) for a report that
     cannot be trusted. Blocking (the file, maybe Slurm's node list): run it in a thread."""
-    found = files.read_endpoint(path, -1 if uid is None else uid)
+    found = files.read_endpoint(path, -1 if uid is None else uid, shared_dir)
     if found is None:
         return None
     if not isinstance(cluster, SlurmCluster):  # only Slurm runs sessions on nodes

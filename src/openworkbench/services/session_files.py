@@ -8,15 +8,13 @@ cannot make root create directories elsewhere.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shlex
-import stat
 import subprocess
 
 from openworkbench.clusters.base import Account, login_environment
-from openworkbench.errors import ConfigError, FileSystemError, LaunchFailed, UpstreamRefused
+from openworkbench.errors import ConfigError, FileSystemError, LaunchFailed, PathMissing, UpstreamRefused
 from openworkbench.ides import PORT_PLACEHOLDER
 from openworkbench.safefs import paths
 
@@ -93,27 +91,21 @@ def prepare_endpoint(shared_dir: str, account: Account, session_id: str) -> str:
 ENDPOINT_MAX_BYTES = 512  # "host port\n": a host name is at most 253 bytes
 
 
-def read_endpoint(path: str, uid: int) -> tuple[str, int] | None:
+def read_endpoint(path: str, uid: int, beneath: str) -> tuple[str, int] | None:
     """(host, port) once the job has written "host port"; None before.
 
-    The file lies in a directory its user owns, and root reads it: it must be a regular file of ``uid``
-    (a symlink is not followed, a FIFO never blocks the reading thread) and short. Anything else raises
-    ``UpstreamRefused`` naming the problem; the caller fails the session with that message.
+    The file lies in a directory its user owns (below ``beneath``, the cluster's shared directory), and root
+    reads it: it must be a regular file of ``uid`` (no symlink is followed on the way, a FIFO never blocks the
+    reading thread) and short. Anything else raises ``UpstreamRefused`` naming the problem; the caller fails
+    the session with that message.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = paths.open_file(path, beneath, uid=uid)
+    except PathMissing:
         return None
-    except OSError as exc:
-        why = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
-        raise UpstreamRefused(f"the IDE's endpoint file {path} {why}: refused", path, uid) from None
+    except FileSystemError as exc:
+        raise UpstreamRefused(f"the IDE's endpoint file is refused: {exc.message}", path, uid) from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UpstreamRefused(f"the IDE's endpoint file {path} is not a regular file: refused", path, uid)
-        if info.st_uid != uid:
-            raise UpstreamRefused(f"the IDE's endpoint file {path} is not owned by the session's user: refused",
-                                  path, uid, info.st_uid)
         data = os.read(fd, ENDPOINT_MAX_BYTES + 1)
     finally:
         os.close(fd)

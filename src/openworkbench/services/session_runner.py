@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from openworkbench import metrics
 from openworkbench.auth.permissions import Principal
-from openworkbench.auth.tokens import rpc_cookie
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
 from openworkbench.errors import UpstreamRefused, WorkbenchError
@@ -31,6 +31,7 @@ from openworkbench.models import JobSpec
 from openworkbench.proxy import ProxyTarget, Upstream, UpstreamPool
 from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
+from openworkbench.services.rpc_cookies import COOKIE_VARIABLE, SessionCookies
 from openworkbench.services.session_endpoint import checked_endpoint, peer_uid
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
@@ -68,6 +69,7 @@ class SessionRunner:
         self._routes: dict[str, Route] = {}
         self.last_used: dict[str, datetime] = {}
         self._stopping: set[str] = set()
+        self.cookies = SessionCookies(settings)
 
     def ide(self, workbench: str) -> Ide:
         if workbench not in self._ides:
@@ -122,6 +124,8 @@ class SessionRunner:
         with self.store.session() as db:
             row = db.get(Session, session_id)
             assert row is not None
+            if fields.get("state") == "running" and row.state != "running":
+                metrics.session_running(row.workbench, row.cluster, row.state, row.created, row.last_state_updated)
             if "state" in fields and fields["state"] != row.state:
                 row.last_state_updated = utcnow()
             for key, value in fields.items():
@@ -183,6 +187,7 @@ class SessionRunner:
         ctx = self.context(row, owner)
         try:
             await run_in_threadpool(self._prepare_files, row, ide, ctx, account)
+            cookie = await run_in_threadpool(self.cookies.write, account, ctx, row.secret)
         except WorkbenchError as exc:
             raise SessionFailed(exc.message) from None
         if (opened := ctx.open_path()) is not None:  # asked as the user: root's answer would be an oracle
@@ -194,7 +199,9 @@ class SessionRunner:
             row = await self.update(session_id, endpoint=None)  # the last run's port is gone
             ctx = dataclasses.replace(ctx, endpoint=None)
             argv = files.network_wrapper(argv, endpoint_file)
-        spec = self._ide_job(row, argv, ide.environment(ctx))
+        # The session's own code can call the API as its user (the product's names and files).
+        env = {**ide.environment(ctx), **self.cookies.environment(cookie, self.cookies.runtime_dir(ctx))}
+        spec = self._ide_job(row, argv, env)
         try:
             # One thread call launches and records the job: a stop arriving meanwhile will find it.
             job_id = await run_in_threadpool(self._launch_ide, principal, spec, session_id, resuming)
@@ -224,16 +231,14 @@ class SessionRunner:
 
     def _ide_job(self, row: Session, argv: list[str], env: dict[str, str]) -> JobSpec:
         launch = row.request.get("launch_parameters") or {}
-        # The session's own code can call the API as its user (the product's names).
-        env = {**env, "RS_SESSION_RPC_COOKIE": rpc_cookie(row.id, row.secret),
-               "RS_SERVER_ADDRESS": self.settings.server.session_address()}
         environment = [{"name": k, "value": v} for k, v in env.items()] + list(row.request.get("environment", []))
         return JobSpec.model_validate({
             "name": f"{row.workbench}: {row.name}", "exe": argv[0], "args": argv[1:], "cluster": row.cluster,
             "working_directory": row.working_dir, "environment": environment,
             "resource_limits": launch.get("resource_limits", []), "queues": launch.get("queues", []),
             "placement_constraints": launch.get("placement_constraints", []), "tags": ["session"],
-            "metadata": {"redact": [*self.ide(row.workbench).secret_environment, "RS_SESSION_RPC_COOKIE"]},
+            "resource_profile": launch.get("resource_profile") or None,
+            "metadata": {"redact": [*self.ide(row.workbench).secret_environment, COOKIE_VARIABLE]},
         })
 
     async def until_ready(self, row: Session, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str,
@@ -280,10 +285,11 @@ class SessionRunner:
                              job: dict[str, Any]) -> LaunchContext:
         """Where the job says its IDE listens, once it has said so; a report that cannot be trusted (not a
         regular file of the user's, a host that is not the job's node) fails the session at once."""
-        path = files.endpoint_path(self.settings.clusters[row.cluster].output_dir, row.id)
+        shared_dir = self.settings.clusters[row.cluster].output_dir
+        path = files.endpoint_path(shared_dir, row.id)
         try:
             found = await run_in_threadpool(checked_endpoint, self.jobs.clusters.get(row.cluster), path, ctx.uid,
-                                            job.get("host") or "")
+                                            job.get("host") or "", shared_dir)
         except UpstreamRefused as exc:
             log.warning("session %s: endpoint refused: %s", row.id, exc.message)
             await self._kill(principal, str(job["id"]))
@@ -293,6 +299,12 @@ class SessionRunner:
         endpoint = f"{found[0]}:{found[1]}"
         await self.update(row.id, endpoint=endpoint)
         return dataclasses.replace(ctx, endpoint=endpoint)
+
+    async def renew_cookie(self, row: Session, owner: str) -> None:
+        """A running session's ``rpc_cookie`` file gets a fresh cookie once half of the last one's life is gone."""
+        if self.cookies.due(row.id):
+            account = await run_in_threadpool(posix_account, owner)
+            await run_in_threadpool(self.cookies.write, account, self.context(row, owner), row.secret)
 
     async def _run_hooks(self, row: Session, principal: Principal, kind: str) -> None:
         for exe in row.request.get(kind, []):
@@ -368,7 +380,8 @@ class SessionRunner:
         await self.pool.forget(self.upstream(ide, ctx))
         runtime_dir = self.settings.sessions.runtime_dir
         await run_in_threadpool(files.remove_socket, row.socket_path, runtime_dir)
-        for path in ide.transient_dirs(ctx):
+        self.cookies.forget(row.id)
+        for path in [*ide.transient_dirs(ctx), *([] if ctx.network else [self.cookies.runtime_dir(ctx)])]:
             await run_in_threadpool(files.remove_tree, path, runtime_dir)
 
     async def _end_job(self, principal: Principal, job_id: str, ide: Ide, ctx: LaunchContext,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,13 @@ class SessionViews:
         self._usernames: dict[int, str] = {}  # user id -> username, learnt from filled rows
         self._generation = 0
         self._lock = threading.Lock()
+        # Server time of each session's last write, for get_session's ``timestamp`` deltas; a session not
+        # written since the server started counts as changed when it started.
+        self._changed: dict[str, float] = {}
+        self._started = time.time()
+
+    def changed_at(self, session_id: str) -> float:
+        return self._changed.get(session_id, self._started)
 
     def generation(self) -> int:
         """Read before a store read whose rows will be handed to ``fill``."""
@@ -82,12 +90,15 @@ class SessionViews:
         touched = [obj for obj in objects if obj is Session or isinstance(obj, Session)]
         if not touched:
             return
+        now = time.time()
         with self._lock:
             self._generation += 1
             for obj in touched:
                 if not isinstance(obj, Session):  # the class: a bulk UPDATE or DELETE of unknown rows
                     self._views, self._lists, self._listed = {}, {}, set()
+                    self._changed, self._started = {}, now
                     return
+                self._changed[obj.id] = now
                 self._views.pop(obj.id, None)
                 if obj.id not in self._listed:  # new: it joins its owner's list
                     owner = self._usernames.get(obj.user_id)

@@ -67,6 +67,7 @@ class SessionWatch:
             ide = self.runner.ide(row.workbench)
             await self.runner.clean_up(row, ide, self.runner.context(row, owner))
             return
+        await self.runner.renew_cookie(row, owner)
         used = self.runner.last_used.pop(row.id, None)
         if used is not None:
             await self.runner.update(row.id, last_used=used)

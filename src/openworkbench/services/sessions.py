@@ -22,10 +22,12 @@ from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.config import Settings
 from openworkbench.errors import InvalidParameter, InvalidState, NotAvailable, NotFound, QuotaExceeded
 from openworkbench.ides import IDES, available
-from openworkbench.models import JobSpec
+from openworkbench.models import EnvironmentVariable, JobSpec
 from openworkbench.proxy import ProxyTarget
 from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
+from openworkbench.services.projects import NO_PROJECT, list_projects, project_path
+from openworkbench.services.rpc_cookies import COOKIE_VARIABLE
 from openworkbench.services.session_json import FINAL_STATES
 from openworkbench.services.session_runner import LIVE_STATES, Route, SessionRunner
 from openworkbench.services.session_views import SessionViews, View, parse_ids
@@ -92,10 +94,7 @@ class SessionService:
             "stop_hooks": _hooks(params.stop_hooks),
             "environment": _environment(params.environment),
         }
-        working_dir = params.working_directory or "~"
-        if working_dir == "~" or working_dir.startswith("~/"):
-            working_dir = account.home + working_dir[1:]
-        working_dir = os.path.normpath(os.path.join(account.home, working_dir))  # relative: to the home
+        working_dir = self._working_dir(params, account.home, owner)
         with self._quota, self.store.session() as db:
             self._check_quota(db, owner, None)
             db.add(Session(
@@ -108,6 +107,41 @@ class SessionService:
                 suspend_manifest={}, executing=False,
             ))
         return session_id
+
+    def _working_dir(self, params: p.LaunchSession, home: str, owner: str) -> str:
+        """The session's directory: ``working_directory``, else the directory of project ``project_id``."""
+        working_dir = params.working_directory or "~"
+        if working_dir == "~" or working_dir.startswith("~/"):
+            working_dir = home + working_dir[1:]
+        working_dir = os.path.normpath(os.path.join(home, working_dir))  # relative: to the home
+        wanted = params.project_id or ""
+        if wanted in NO_PROJECT or wanted in {ide.project_id for ide in IDES.values()}:
+            return working_dir
+        path = project_path(self.store, owner, wanted)
+        if params.working_directory and working_dir != path:
+            raise InvalidParameter(f"project_id '{wanted}' is the directory {path}, but working_directory "
+                                   f"is {working_dir}: give one of them")
+        return path
+
+    def projects(self, principal: Principal, user: str | None) -> list[dict[str, Any]]:
+        username = user or principal.username
+        require(principal, Action.READ, username)
+        return list_projects(self.store, username)
+
+    def with_session_cookie(self, session_id: str, spec: JobSpec) -> JobSpec:
+        """A job launched with a session's RPC cookie gets that session's variables and a fresh cookie of it,
+        so it can call the API the same way (and launch jobs that do); its own variables win."""
+        with self.store.session() as db:
+            row, owner = self._row(db, session_id)
+        ctx = self.runner.context(row, owner)
+        cookie, _ = self.runner.cookies.mint(row.id, row.secret)
+        given = {item.name for item in spec.environment}
+        inherited = [EnvironmentVariable(name=k, value=v)
+                     for k, v in self.runner.cookies.environment(cookie, self.runner.cookies.runtime_dir(ctx)).items()
+                     if k not in given]
+        metadata = dict(spec.metadata)
+        metadata["redact"] = [*metadata.get("redact", []), COOKIE_VARIABLE]  # shown as ******** like a session's
+        return spec.model_copy(update={"environment": inherited + list(spec.environment), "metadata": metadata})
 
     def _check_quota(self, db: Any, owner: str, resuming: str | None) -> None:
         """Refuse a session beyond ``sessions.max_per_user`` sessions of ``owner`` that have not ended."""
@@ -133,17 +167,18 @@ class SessionService:
         return IDES[workbench]
 
     def _validate_launch(self, cluster_name: str, launch: dict[str, Any]) -> None:
-        cluster = self.jobs.clusters.get(cluster_name)
-        if cluster is None:
+        if cluster_name not in self.jobs.clusters:
             known = ", ".join(self.jobs.clusters)
             raise InvalidParameter(f"unknown cluster '{cluster_name}'; this server has: {known}")
         probe = JobSpec.model_validate({
-            "name": "session", "exe": "/bin/true", "queues": launch.get("queues", []),
+            "name": "session", "exe": "/bin/true", "cluster": cluster_name, "queues": launch.get("queues", []),
             "resource_limits": launch.get("resource_limits", []),
             "placement_constraints": launch.get("placement_constraints", []),
-            "container_image": launch.get("container_image") or None,
+            # The product runs default_image when container_image is empty: either is a container request.
+            "container_image": launch.get("container_image") or launch.get("default_image") or None,
+            "resource_profile": launch.get("resource_profile") or None,
         })
-        cluster.validate(probe)
+        self.jobs.checked(probe)
 
     def _new_id(self) -> str:
         with self.store.session() as db:

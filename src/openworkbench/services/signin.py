@@ -6,13 +6,13 @@ revoking the token (or disabling the user) ends the browser's access at once.
 
 from __future__ import annotations
 
-import hmac
+import dataclasses
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
 
 from openworkbench.auth.permissions import Principal
-from openworkbench.auth.tokens import hash_token, new_token, parse_authorization, rpc_cookie
+from openworkbench.auth.tokens import hash_token, new_token, parse_authorization, parse_rpc_cookie, rpc_cookie_matches
 from openworkbench.errors import Unauthenticated
 from openworkbench.proxy import SIGN_IN_COOKIE
 from openworkbench.services.accounts import Accounts, principal_of
@@ -27,6 +27,18 @@ COOKIE_KEY = "cookie:"  # cookies and tokens share one cache; their hashes canno
 COOKIE_FRESH_S = 60.0  # a cached sign-in is looked up again at least this often
 # A session's own code calls the API with this header instead of a token (the product's RS_SESSION_RPC_COOKIE).
 RPC_COOKIE_HEADER = "x-rs-session-server-rpc-cookie"
+
+
+def session_rpc_cookie(header: str | None, cookie_header: str | None) -> str | None:
+    """The RPC cookie of a request: its header, else a ``Cookie`` holding it (mirai sends the bare cookie as
+    the whole ``Cookie`` header; a ``name=<cookie>`` pair is found as well). Nothing else of ``Cookie``."""
+    if header:
+        return header
+    for part in (cookie_header or "").split(";"):
+        candidate = part.split("=", 1)[-1].strip()
+        if parse_rpc_cookie(candidate) is not None:
+            return candidate
+    return None
 
 
 class SignIn:
@@ -81,19 +93,26 @@ class SignIn:
             return self.accounts.authenticate(authorization)
         if not session_cookie:
             return self.authenticate(None, page_cookie)  # the token's kind capped by standing, as for the API
-        session_id, _, _ = session_cookie.partition(".")
+        parsed = parse_rpc_cookie(session_cookie)
+        if parsed is None:
+            raise Unauthenticated("Invalid session RPC cookie")
+        session_id, expires = parsed
         query = select(Session.secret, Session.state, User).join(User).where(Session.id == session_id)
         with self.store.session() as db:
             row = db.execute(query).first()
-        if row is None or not hmac.compare_digest(rpc_cookie(session_id, row.secret), session_cookie):
+        if row is None or not rpc_cookie_matches(session_cookie, row.secret):
             raise Unauthenticated("Invalid session RPC cookie")
         if row.state in FINAL_STATES:
             raise Unauthenticated(f"The session of this RPC cookie has ended ({row.state})")
+        if expires <= utcnow():
+            raise Unauthenticated("The session RPC cookie has expired: read a new one from "
+                                  "$PWB_SESSION_RUNTIME_DIR/rpc_cookie")
         user = row[2]
         if user.disabled:
             raise Unauthenticated(f"User '{user.username}' is disabled")
         # The session's code acts as its user, with a user token's power whatever the user's standing.
-        return Principal.from_standing(user.id, user.username, "user", user.is_admin, user.is_super_admin)
+        principal = Principal.from_standing(user.id, user.username, "user", user.is_admin, user.is_super_admin)
+        return dataclasses.replace(principal, session_id=session_id)
 
     def authenticate(self, authorization: str | None, cookie: str | None) -> Principal:
         """The caller of a browser or API request: the Authorization header first, then the cookie."""

@@ -59,6 +59,11 @@ class Store:
         """Have ``watcher`` told, after every successful commit, what it wrote (for in-memory caches)."""
         self._watchers.append(watcher)
 
+    def wrote(self, objects: list[Any]) -> None:
+        """Tell the watchers what a committed ``transaction()`` wrote (they do not see Core writes)."""
+        for watcher in self._watchers:
+            watcher(objects)
+
     def _committed(self, session: Session) -> None:
         written = session.info.pop(WRITTEN, None)
         if written:

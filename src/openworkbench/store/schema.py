@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKey, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -82,6 +93,15 @@ class Job(Base):
     stop_requested: Mapped[str | None] = mapped_column(String(16), default=None)
     submission_time: Mapped[datetime] = mapped_column(default=utcnow)
     last_update_time: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the job reached its final status (None while it is not final): what the active list, the history
+    # and the output retention go by (migration 0005).
+    end_time: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # When the server removed the job's output files (jobs.output_retention_days); the row itself stays.
+    output_purged: Mapped[datetime | None] = mapped_column(default=None)
+    # When it was first seen Running (the product's runningTimestamp; terminatedTime is end_time).
+    running_time: Mapped[datetime | None] = mapped_column(default=None)
+
+    __table_args__ = (Index("ix_jobs_user_id_end_time", "user_id", "end_time"),)
 
 
 class Session(Base):
@@ -112,7 +132,7 @@ class Session(Base):
     suspend_size: Mapped[int | None] = mapped_column(Integer, default=None)
     executing: Mapped[bool] = mapped_column(Boolean, default=False)
     created: Mapped[datetime] = mapped_column(default=utcnow)
-    last_state_updated: Mapped[datetime] = mapped_column(default=utcnow)
+    last_state_updated: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     last_used: Mapped[datetime] = mapped_column(default=utcnow)
 
 

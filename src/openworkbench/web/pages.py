@@ -70,7 +70,7 @@ def render(request: Request, template: str, principal: Principal, status: int = 
     token = csrf.token(request)
     response = TEMPLATES.TemplateResponse(request, template, {
         "user": principal.username, "kind": principal.kind, "csrf": token,
-        "is_admin": allowed(principal, Action.READ_ALL), "path": request.url.path, **context,
+        "is_admin": allowed(principal, Action.READ_ALL_USERS), "path": request.url.path, **context,
     }, status_code=status, headers=NO_STORE)
     csrf.remember(response, request, token)
     return response
@@ -186,7 +186,7 @@ def router(services: Services) -> APIRouter:
         principal = await signed_in(services, request)
         if principal is None:
             return to_sign_in(request)
-        if not allowed(principal, Action.READ_ALL):
+        if not allowed(principal, Action.READ_ALL_USERS):
             return render(request, "missing.html", principal, status=403, what="the Admin view",
                           why="It is for administrators.")
         return await admin_view(request, principal, overview.Filters(user.strip(), state.strip(), ide.strip()))

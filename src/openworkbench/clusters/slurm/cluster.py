@@ -93,7 +93,8 @@ class SlurmCluster(Cluster):
         owner = files.Owner.of(account)
         try:
             files.make_job_dir(self.output_dir, paths.dir, owner)
-            files.write_private(paths.script, render_script(job_id, spec, account, paths).encode(), owner)
+            files.write_private(paths.script, render_script(job_id, spec, account, paths,
+                                                              self.settings.max_file_size_mb).encode(), owner)
             files.write_private(paths.env, env_file(spec, account), owner)
             if spec.stdin:
                 files.write_private(paths.stdin, spec.stdin.encode(), owner)

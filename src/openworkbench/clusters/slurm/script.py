@@ -139,7 +139,15 @@ def env_file(spec: JobSpec, account: Account) -> bytes:
     return b"".join(f"{name}={value}".encode() + b"\0" for name, value in env.items())
 
 
-def render_script(job_id: str, spec: JobSpec, account: Account, paths: JobPaths) -> str:
+def file_size_limit(max_file_size_mb: int) -> list[str]:
+    """RLIMIT_FSIZE for the program (bash's ``ulimit -f`` counts KiB), soft and hard; none for 0. A node whose
+    hard limit is lower already keeps it: ``ulimit`` cannot raise it, and lower is what is wanted."""
+    if not max_file_size_mb:
+        return []
+    return [f"ulimit -f {max_file_size_mb * 1024} 2>/dev/null  # clusters.<name>.max_file_size_mb: SIGXFSZ past it"]
+
+
+def render_script(job_id: str, spec: JobSpec, account: Account, paths: JobPaths, max_file_size_mb: int = 0) -> str:
     """The batch script: a bash wrapper that runs the job's program and records its exit status."""
     q = shlex.quote
     argv = job_argv(spec)
@@ -163,6 +171,7 @@ def render_script(job_id: str, spec: JobSpec, account: Account, paths: JobPaths)
                      f" __owb_fail {q(cannot)}\": $(__owb_why {q(argv[0])})\"")
     else:
         lines.append(f"type -P -- {q(argv[0])} >/dev/null || __owb_fail {q(cannot + ': No such file or directory')}")
+    lines += file_size_limit(max_file_size_mb)
     lines += [
         "set -m  # the program gets its own process group and default signal handling",
         f"exec {' '.join(q(a) for a in argv)} < {q(stdin)} &",

@@ -51,6 +51,9 @@ def ended(code: int | None, sig: int | None, note: str = "") -> JobState:
 
     if sig == signal.SIGKILL:
         return JobState("Killed", message("Killed by SIGKILL"), exit_code=137)
+    if sig == signal.SIGXFSZ:  # from the wrapper's ulimit -f (clusters.<name>.max_file_size_mb)
+        return JobState("Finished", message("Terminated by SIGXFSZ: a file it wrote reached the file size limit"),
+                        exit_code=128 + sig)
     if sig:
         return JobState("Finished", message(f"Terminated by {_signal_name(sig)}"), exit_code=128 + sig)
     return JobState("Finished", note, exit_code=code if code is not None else 0)

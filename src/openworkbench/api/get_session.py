@@ -1,0 +1,103 @@
+"""``get_session``: the user's sessions, their active jobs, and ``timestamp`` deltas, answered as joined bytes.
+
+Every answer carries ``timestamp``, the server's clock (float seconds) taken before anything was read. A
+request that passes it back gets only the sessions and jobs written after it, with the ids of those that
+left the list since (``removed_session_ids``, ``removed_job_ids``): a poller's cost follows what changed.
+Ended sessions leave the plain list ``sessions.expiry_hours`` after they ended; jobs, see ``job_views``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi.responses import Response
+
+from openworkbench.api import params as p
+from openworkbench.auth.permissions import Principal
+from openworkbench.services.container import Services
+from openworkbench.services.job_views import JobAnswer
+from openworkbench.services.session_json import FINAL_STATES, select_fields
+from openworkbench.services.session_views import View, encode
+
+ENDED = FINAL_STATES - {"suspended"}  # a suspended session can resume: it stays listed
+
+
+def get_session(services: Services, principal: Principal, params: p.GetSession) -> Response:
+    now = time.time()
+    username = params.user or principal.username
+    views = services.sessions.read(principal, username, params.session_id)
+    jobs = None
+    if params.include_jobs or params.include_all_jobs:
+        services.job_views.refresh()
+        jobs = _jobs(services, username, _shown(services, views, params, now), params, now, memory_only=False)
+        assert jobs is not None  # memory_only=False always answers
+        if jobs.left is None and params.timestamp is not None:  # departures older than memory
+            jobs = JobAnswer(jobs.raw, services.job_views.departed_in_store(username, params.timestamp, now))
+    projects = encode(services.sessions.projects(principal, username)) if params.include_projects else None
+    return _response(services, views, jobs, params, now, projects)
+
+
+def get_session_cached(services: Services, principal: Principal, params: p.GetSession) -> Response | None:
+    """``get_session`` from memory alone, on the event loop; None sends the call down the store path."""
+    now = time.time()
+    if params.include_projects:  # the store's view of the user's projects
+        return None
+    views = services.sessions.read_cached(principal, params.user, params.session_id)
+    if views is None:
+        return None
+    jobs = None
+    if params.include_jobs or params.include_all_jobs:
+        username = params.user or principal.username
+        jobs = _jobs(services, username, _shown(services, views, params, now), params, now, memory_only=True)
+        if jobs is None or jobs.left is None:
+            return None
+    return _response(services, views, jobs, params, now)
+
+
+def _jobs(services: Services, username: str, shown: list[View], params: p.GetSession, now: float,
+          memory_only: bool) -> JobAnswer | None:
+    session_ids = None if params.include_all_jobs else [view.data["id"] for view in shown]
+    return services.job_views.answer(username, session_ids, params.timestamp, now, memory_only)
+
+
+def _shown(services: Services, views: list[View], params: p.GetSession, now: float) -> list[View]:
+    """The listed sessions: asked by id, all of them; else those not rotated out."""
+    if params.session_id:
+        return views
+    expiry = services.settings.sessions.expiry_hours * 3600
+    return [view for view in views if _left_at(view, expiry) >= now]
+
+
+def _left_at(view: View, expiry: float) -> float:
+    """When an ended session leaves the plain list (never, for the others)."""
+    if view.data["activity_state"] not in ENDED:
+        return float("inf")
+    return float(view.data["last_state_updated"]) / 1000 + expiry
+
+
+def _response(services: Services, views: list[View], jobs: JobAnswer | None, params: p.GetSession,
+              now: float, projects: bytes | None = None) -> Response:
+    shown, since = _shown(services, views, params, now), params.timestamp
+    removed: list[str] = []
+    if since is not None:
+        changed_at = services.sessions.views.changed_at
+        shown = [view for view in shown if changed_at(view.data["id"]) > since]
+        if not params.session_id:
+            expiry = services.settings.sessions.expiry_hours * 3600
+            removed = [view.data["id"] for view in views if since < _left_at(view, expiry) < now]
+    if params.fields:
+        sessions = [encode(select_fields(view.data, params.fields)) for view in shown]
+    else:
+        sessions = [view.raw for view in shown]  # each session's JSON was encoded once, when it was cached
+    parts = [b'{"result":{"sessions":[', b",".join(sessions), b"]"]
+    if jobs is not None:
+        parts += [b',"jobs":', jobs.raw]
+    if projects is not None:
+        parts += [b',"projects":', projects]
+    parts += [b',"timestamp":', encode(now)]
+    if since is not None:
+        parts += [b',"removed_session_ids":', encode(removed)]
+        if jobs is not None:
+            parts += [b',"removed_job_ids":', encode(jobs.left or [])]
+    parts.append(b"}}")
+    return Response(b"".join(parts), media_type="application/json")

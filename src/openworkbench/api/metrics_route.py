@@ -1,0 +1,43 @@
+"""``GET /metrics``: the Prometheus exposition, for an admin-level token or the configured metrics token."""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from openworkbench import metrics
+from openworkbench.api.rpc import error_response
+from openworkbench.auth.permissions import Action, allowed
+from openworkbench.auth.tokens import parse_authorization
+from openworkbench.errors import PermissionDenied, Unauthenticated, WorkbenchError
+from openworkbench.services.container import Services
+
+
+def check_scraper(services: Services, authorization: str | None) -> None:
+    """Let in the metrics token or an admin-level API token; raise the refusal otherwise."""
+    expected = services.settings.server.metrics_token
+    token = parse_authorization(authorization)
+    if expected and token is not None and hmac.compare_digest(token.encode(), expected.encode()):
+        return
+    principal = services.accounts.authenticate(authorization)
+    if not allowed(principal, Action.LIST_USERS):
+        raise PermissionDenied("Permission denied: /metrics needs an admin-level token or server.metrics_token")
+
+
+def install(app: FastAPI, services: Services) -> None:
+    metrics.STORE.store = services.store
+
+    @app.get("/metrics", include_in_schema=False)
+    async def scrape(request: Request) -> Response:
+        try:
+            await run_in_threadpool(check_scraper, services, request.headers.get("authorization"))
+        except WorkbenchError as exc:
+            if isinstance(exc, Unauthenticated):
+                metrics.count_auth_failure("metrics")
+            return error_response(exc)
+        body = await run_in_threadpool(generate_latest, metrics.REGISTRY)  # counts read from the store
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
