@@ -20,6 +20,7 @@ from starlette.templating import Jinja2Templates
 
 from openworkbench.api.limits import read_body
 from openworkbench.auth.permissions import Action, Principal, allowed
+from openworkbench.config import LIMIT_TYPES
 from openworkbench.errors import NotFound, PayloadTooLarge, PermissionDenied, Unauthenticated, WorkbenchError
 from openworkbench.ides import IDES, available
 from openworkbench.services import overview
@@ -35,7 +36,8 @@ TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 FORM_MAX_BYTES = 16 * 1024  # a token's name, a username and a CSRF token: anything larger is not our form
 JOBS_SHOWN = 100  # the newest of the user's jobs on the homepage
 NO_STORE = {"Cache-Control": "no-store"}  # pages hold a user's data (and once, a new token)
-LIMIT_LABELS = {"cpuCount": "CPUs", "memory": "Memory (MB)", "cpuTime": "CPU time (s)", "memorySwap": "Swap (MB)"}
+LIMIT_LABELS = {"cpuCount": "CPUs", "memory": "Memory (MB)", "cpuTime": "CPU time (s)", "memorySwap": "Swap (MB)",
+                "pids": "Processes"}
 ICONS = {"RStudio": "rstudio", "JupyterLab": "jupyterlab", "Jupyter Notebook": "jupyter-notebook", "VS Code": "vscode"}
 SESSION_STATES = ("launching", "pending", "starting", "running", "suspending", "suspended", "resuming",
                   "stopping", "finished", "failed", "killed", "canceled")
@@ -132,7 +134,7 @@ def router(services: Services) -> APIRouter:
                       sessions_json=json_block(b"[" + b",".join(view.raw for view in views) + b"]"),
                       envs_json=json_block({"ides": ide_choices(services), "clusters": envs["clusters"],
                                             "default_cluster": services.settings.default_cluster,
-                                            "limit_labels": LIMIT_LABELS}))
+                                            "limit_labels": LIMIT_LABELS, "limit_types": list(LIMIT_TYPES)}))
 
     @routes.get("/jobs/{job_id}", response_class=HTMLResponse)
     async def job_page(request: Request, job_id: str) -> Response:

@@ -262,11 +262,15 @@ function fillClusterFields() {
   const legend = box.querySelector("legend");
   const fields = ((cluster && cluster.resourceLimits) || []).map((limit) => {
     const id = "f-limit-" + limit.type;
-    const label = (envs.limit_labels[limit.type] || limit.type) + (limit.maxValue ? " (at most " + limit.maxValue + ")" : "");
+    // A limit the cluster sets for every job (pids) is shown, not asked for: launch_session takes only limit_types.
+    const fixed = !envs.limit_types.includes(limit.type);
+    const label = (envs.limit_labels[limit.type] || limit.type) + (fixed ? " (set by the cluster)"
+      : limit.maxValue ? " (at most " + limit.maxValue + ")" : "");
     return el("div", { class: "field" },
       el("label", { for: id }, label),
       el("input", { id: id, type: "number", min: "0", step: "any", max: limit.maxValue || null, value: limit.defaultValue || "",
-                    "data-limit": limit.type, "data-max": limit.maxValue || "", "aria-describedby": "e-limit-" + limit.type,
+                    "data-limit": limit.type, "data-max": limit.maxValue || "", "data-default": limit.defaultValue || "",
+                    "aria-describedby": "e-limit-" + limit.type, disabled: fixed,
                     inputmode: "decimal" }),
       el("p", { class: "field-error", id: "e-limit-" + limit.type }));
   });
@@ -304,7 +308,7 @@ function sessionRequest() {
   if (name.length > 255) errors["e-name"] = "At most 255 characters.";
   else if (CONTROL.test(name)) errors["e-name"] = "No control characters, please.";
   const limits = [];
-  for (const input of document.querySelectorAll("#f-limits input[data-limit]")) {
+  for (const input of document.querySelectorAll("#f-limits input[data-limit]:not([disabled])")) {
     const text = input.value.trim();
     if (!text) continue;
     const value = Number(text);
@@ -312,7 +316,8 @@ function sessionRequest() {
     const id = "e-limit-" + input.dataset.limit;
     if (!Number.isFinite(value) || value <= 0) errors[id] = "Enter a number greater than 0.";
     else if (max !== null && value > max) errors[id] = "At most " + input.dataset.max + " on this cluster.";
-    else limits.push({ type: input.dataset.limit, value: text });
+    else if (text !== input.dataset.default) limits.push({ type: input.dataset.limit, value: text });
+    // (a limit left at the cluster's default is not sent: the cluster applies its default anyway)
   }
   const workdir = document.getElementById("f-workdir").value.trim();
   if (CONTROL.test(workdir)) errors["e-workdir"] = "No control characters, please.";
@@ -326,9 +331,12 @@ function sessionRequest() {
 // The server's refusal goes next to the field it is about, as the dialog's own checks do.
 function serverErrorField(message, prefix) {
   const text = message.toLowerCase();
-  for (const input of document.querySelectorAll("#f-limits input[data-limit]")) {
-    if (text.includes(input.dataset.limit.toLowerCase())) return "e-limit-" + input.dataset.limit;
+  let first = null; // the limit named first: "resource limit memory must be ..., expected one of [...]"
+  for (const input of document.querySelectorAll("#f-limits input[data-limit]:not([disabled])")) {
+    const at = text.indexOf(input.dataset.limit.toLowerCase());
+    if (at >= 0 && (first === null || at < first.at)) first = { at: at, id: "e-limit-" + input.dataset.limit };
   }
+  if (first) return first.id;
   const rules = [["queue", "queue"], ["working", "workdir"], ["directory", "workdir"], ["command", "command"],
                  ["name", "name"], ["cluster", "cluster"], ["workbench", "ide"]];
   for (const [word, field] of rules) {
