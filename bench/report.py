@@ -177,6 +177,27 @@ def jobs_scale_rows(s: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def pages_rows(p: dict[str, Any]) -> list[Row]:
+    quiet, followed = p["start_without_followers"], p["start_with_followers"]
+    first = p["first_byte"]["p50_ms"]
+    return [
+        (f"Homepage `/`, 16 clients, {p['sessions']} sessions of the user (first byte p50 "
+         f"{first['median']:g} ms, p99 {p['first_byte']['p99_ms']['median']:g} ms, 1 client)",
+         load(p["homepage"]), "n/a", "n/a", "", verdict(med(first) <= 20, "first byte ≤ 20 ms")),
+        (f"Homepage live updates: the cached `get_session` poll with the page's cookie, 16 clients, "
+         f"{p['sessions']} sessions", load(p["poll"]), "n/a", "same call with a token: " + load(p["poll_with_token"]),
+         "", "no store read per poll"),
+        (f"Server CPU while a JupyterLab starts, without / with {p['followers']} open homepages polling every "
+         f"{POLL_MS} ms (load average {p['load_avg']:.1f})",
+         f"{span(quiet['cpu_s'], ' s', 2)} / {span(followed['cpu_s'], ' s', 2)} CPU over "
+         f"{quiet['wall_s']['median']:g} / {followed['wall_s']['median']:g} s",
+         "n/a", "n/a", "", "followers add CPU, not store reads"),
+    ]
+
+
+POLL_MS = 500  # static/app.js
+
+
 def guarded(name: str, results: dict[str, Any], build: Callable[[dict[str, Any]], list[Row]]) -> list[Row]:
     part = results.get(name)
     if not part or "error" in part:
@@ -198,7 +219,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     rows = (guarded("api", results, api_rows) + guarded("sessions", results, session_rows)
             + guarded("local_jobs", results, jobs_rows) + slurm_rows(results.get("slurm"))
-            + guarded("scale", results, scale_rows) + guarded("jobs_scale", results, jobs_scale_rows))
+            + guarded("scale", results, scale_rows) + guarded("jobs_scale", results, jobs_scale_rows)
+            + guarded("pages", results, pages_rows))
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join([*lines, "", END])
 

@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api, jobs_scale, local_jobs, report, scale, sessions
+from bench import api, jobs_scale, local_jobs, pages, report, scale, sessions
 from bench.common import JUPYTER_BIN, RESULTS, ROOT, ROUNDS, posix_user, write_result
 from bench.hub import Hub
 
-MEASURES = ("sessions", "api", "scale", "local_jobs", "slurm", "jobs_scale")
+MEASURES = ("sessions", "api", "scale", "local_jobs", "slurm", "jobs_scale", "pages")
 
 
 def versions() -> dict[str, str]:
@@ -96,6 +96,7 @@ def main() -> None:
         step("local_jobs", lambda: local_jobs.run(1000, 100, ROUNDS))
         step("slurm", lambda: slurm(user.pw_name))
         step("jobs_scale", lambda: jobs_scale.run(user, workdir, ROUNDS))  # a hub of its own, sized per row
+        step("pages", lambda: pages.run(user.pw_name, workdir, ROUNDS))
     results["total_s"] = round(time.monotonic() - began, 1)
     if set(args.only) == set(MEASURES):
         write_result("all", results)

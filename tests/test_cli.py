@@ -11,6 +11,7 @@ import re
 import secrets
 import sqlite3
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,9 +315,10 @@ def bad_config_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, subpr
         procs[case] = (args, subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                               env=clean_env(), cwd=tmp))
     runs = {}
+    deadline = time.monotonic() + 120  # eight Python start-ups at once on a loaded 2-core machine
     for case, (args, proc) in procs.items():
         try:
-            out, err = proc.communicate(timeout=30)
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:  # it started serving instead of refusing the config
             proc.kill()
             out, err = proc.communicate()

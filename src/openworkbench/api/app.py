@@ -22,6 +22,7 @@ from openworkbench.api.session_routes import SessionRoutes
 from openworkbench.config import Settings
 from openworkbench.metrics import HttpMetrics
 from openworkbench.services.container import Services, build_services
+from openworkbench.web import pages
 from openworkbench.web.headers import SecurityHeaders
 from openworkbench.web.signin import router as signin_pages
 from openworkbench.web.templating import STATIC_PATH, static_files
@@ -93,6 +94,7 @@ def create_app(settings: Settings) -> TrustedProxies:
         return await dispatch(services, METHODS, method, request, settings.server.max_body_bytes)
 
     app.include_router(signin_pages(services))
+    app.include_router(pages.router(services))
     app.mount(STATIC_PATH, static_files(), name="static")
     # The server's own pages only: the RPC and the proxy answer in front of this app (below).
     app.add_middleware(SecurityHeaders)

@@ -20,9 +20,11 @@ from openworkbench import metrics
 from openworkbench.api.limits import check_depth, has_body, nested_too_deeply, read_body
 from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
+from openworkbench.auth.tokens import parse_authorization
 from openworkbench.errors import BadRequest, InternalError, UnknownMethod, WorkbenchError
 from openworkbench.services.container import Services
-from openworkbench.services.signin import RPC_COOKIE_HEADER, session_rpc_cookie
+from openworkbench.services.signin import COOKIE_NAME, RPC_COOKIE_HEADER, session_rpc_cookie
+from openworkbench.web import csrf
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,40 @@ class Method:
     blocking: Blocking | None = None
     allow_get: bool = False
     cached: Blocking | None = None
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who may be calling: the Authorization header, a session's RPC cookie, or our own page's sign-in cookie."""
+
+    authorization: str | None
+    rpc_cookie: str | None = None
+    page_cookie: str | None = None  # set only when the request passed the CSRF check (``credentials``)
+
+    def cached(self, services: Services) -> Principal | None:
+        """The caller from memory alone, or None: ask ``caller`` (a session's RPC cookie always asks)."""
+        if self.rpc_cookie and parse_authorization(self.authorization) is None:
+            return None
+        return services.signin.cached(self.authorization, self.page_cookie)
+
+    def caller(self, services: Services) -> Principal:
+        return services.signin.rpc_caller(self.authorization, self.rpc_cookie, self.page_cookie)
+
+
+def credentials(request: Request) -> Credentials:
+    """The request's credentials. The sign-in cookie counts only for a call of one of our pages: one that
+    sends ``X-OWB-CSRF`` (which only our page can know) and passes ``csrf.check`` (that header equals the
+    ``owb_csrf`` cookie, and the request is same-origin). Without that header the cookie is ignored, as it
+    always was: another site's form or ``fetch()`` gets the 401 of a call without credentials."""
+    headers = request.headers
+    authorization, rpc_cookie = headers.get("authorization"), _rpc_cookie(headers)
+    if parse_authorization(authorization) is not None or rpc_cookie or csrf.HEADER not in headers:
+        return Credentials(authorization, rpc_cookie)  # the API's own clients, and sessions' code
+    cookie = request.cookies.get(COOKIE_NAME)
+    if not cookie or "." in cookie:  # a session origin's own sign-in (``<part>.<random>``) never opens the API
+        return Credentials(authorization, rpc_cookie)
+    csrf.check(request, None)  # PermissionDenied: a header that is wrong, or another site's request
+    return Credentials(authorization, None, cookie)
 
 
 def error_response(exc: WorkbenchError) -> JSONResponse:
@@ -103,12 +139,12 @@ def parse_kwparams(http_method: str, raw: bytes, name: str, method: Method) -> d
 
 
 def prepare(services: Services, methods: dict[str, Method], name: str, http_method: str, raw: bytes,
-            authorization: str | None, rpc_cookie: str | None = None) -> tuple[Method, Principal, Params, Any]:
+            creds: Credentials) -> tuple[Method, Principal, Params, Any]:
     """Everything up to the handler, in the order clients see errors: credentials, method, parameters.
 
     A blocking handler runs here too, so a call costs one thread hop, not one per step.
     """
-    principal = services.signin.rpc_caller(authorization, rpc_cookie)
+    principal = creds.caller(services)
     method = methods.get(name)
     if method is None:
         raise UnknownMethod(f"unknown method '{name}'")
@@ -121,12 +157,12 @@ def prepare(services: Services, methods: dict[str, Method], name: str, http_meth
 
 
 def from_memory(services: Services, methods: dict[str, Method], name: str, http_method: str, raw: bytes,
-                authorization: str | None) -> Any:
+                creds: Credentials) -> Any:
     """``prepare`` and the handler without the store or a thread, when memory can answer; else None."""
     method = methods.get(name)
     if method is None or method.cached is None:
         return None
-    principal = services.accounts.cached(authorization)
+    principal = creds.cached(services)
     if principal is None:
         return None
     try:
@@ -138,24 +174,22 @@ def from_memory(services: Services, methods: dict[str, Method], name: str, http_
 
 async def dispatch(services: Services, methods: dict[str, Method], name: str, request: Request,
                    max_body: int) -> Response:
-    headers = request.headers
-    unread = request.method != "GET" and has_body(headers)
+    unread = request.method != "GET" and has_body(request.headers)
     try:
-        authorization = headers.get("authorization")
+        creds = credentials(request)
         if unread:
             # Credentials first, then the body: a caller the server does not know never makes it hold one.
             # (Asked again below, once the body is in: a revocation may land while it arrives.)
-            if services.accounts.cached(authorization) is None:
-                await run_in_threadpool(services.signin.rpc_caller, authorization, _rpc_cookie(headers))
+            if creds.cached(services) is None:
+                await run_in_threadpool(creds.caller, services)
             raw = await read_body(request, max_body)
             unread = False
         else:
             raw = b""
-        result = from_memory(services, methods, name, request.method, raw, authorization)
+        result = from_memory(services, methods, name, request.method, raw, creds)
         if result is None:
             method, caller, params, result = await run_in_threadpool(
-                prepare, services, methods, name, request.method, raw, authorization,
-                _rpc_cookie(headers),
+                prepare, services, methods, name, request.method, raw, creds,
             )
             if method.handler is not None:
                 result = await method.handler(services, caller, params)

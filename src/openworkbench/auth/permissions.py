@@ -27,7 +27,8 @@ class Action(enum.Enum):
     WRITE = "write"  # stop a user's jobs or sessions
     ACT_AS = "act_as"  # launch jobs or sessions as that user
     LIST_USERS = "list_users"  # get_users: admin read, even for oneself
-    READ_ALL_USERS = "read_all_users"  # get_historical_session(include_all_users): admin read
+    READ_ALL_USERS = "read_all_users"  # get_historical_session(include_all_users), the pages' Admin view: admin read
+    MANAGE_USERS = "manage_users"  # disable or enable a user (admin write)
 
 
 _READ_OTHERS = {"admin", "admin-readonly", "super-admin", "super-admin-readonly"}
@@ -62,6 +63,8 @@ class Principal:
 def allowed(principal: Principal, action: Action, owner: str | None = None) -> bool:
     if action is Action.LIST_USERS or action is Action.READ_ALL_USERS:
         return principal.kind in _READ_OTHERS
+    if action is Action.MANAGE_USERS:
+        return principal.kind in _WRITE_OTHERS
     if owner is None or owner == principal.username:
         return True
     if action is Action.READ:
@@ -80,6 +83,7 @@ def require(principal: Principal, action: Action, owner: str | None = None) -> N
         Action.ACT_AS: "a super-admin token with write access",
         Action.LIST_USERS: "an admin or super-admin token with read access",
         Action.READ_ALL_USERS: "an admin or super-admin token with read access (include_all_users)",
+        Action.MANAGE_USERS: "an admin or super-admin token with write access",
     }[action]
-    target = f" for user '{owner}'" if owner and action not in (Action.LIST_USERS, Action.READ_ALL_USERS) else ""
+    target = f" for user '{owner}'" if owner and action in (Action.READ, Action.WRITE, Action.ACT_AS) else ""
     raise PermissionDenied(f"Permission denied: this needs {needs}{target}")

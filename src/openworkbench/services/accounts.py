@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from openworkbench.auth.cache import PrincipalCache
-from openworkbench.auth.permissions import Principal
+from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.auth.tokens import TOKEN_KINDS, hash_token, new_token, parse_authorization
 from openworkbench.errors import InvalidParameter, NotFound, Unauthenticated
 from openworkbench.store import Store
@@ -73,6 +73,17 @@ class Accounts:
                 raise NotFound(f"no user '{username}'")
             user.disabled = True
 
+    def set_disabled(self, principal: Principal, username: str, disabled: bool) -> None:
+        """The Admin page's disable / enable: an admin with write access, never on themselves."""
+        require(principal, Action.MANAGE_USERS)
+        if username == principal.username:
+            raise InvalidParameter("you cannot disable or enable yourself")
+        with self.store.session() as db:
+            user = db.scalar(select(User).where(User.username == username))
+            if user is None:
+                raise NotFound(f"no user '{username}'")
+            user.disabled = disabled  # the auth epoch's trigger ends their cached sign-ins at once
+
     def user_id(self, username: str) -> int | None:
         with self.store.session() as db:
             return db.scalar(select(User.id).where(User.username == username))
@@ -133,6 +144,32 @@ class Accounts:
                 TokenInfo(t.name, t.kind, username, t.created, t.last_used)
                 for t, username in db.execute(query)
             ]
+
+    # -- a signed-in user's own tokens (the API tokens page) ------------------------------------
+    def own_tokens(self, principal: Principal) -> list[TokenInfo]:
+        query = (select(ApiToken, User.username).join(User).where(User.id == principal.user_id)
+                 .order_by(ApiToken.created))
+        with self.store.session() as db:
+            return [TokenInfo(t.name, t.kind, username, t.created, t.last_used) for t, username in db.execute(query)]
+
+    def create_own_token(self, principal: Principal, label: str) -> tuple[str, str]:
+        """A new ``user`` token of the caller (admin kinds stay CLI-only): its stored name and the token.
+
+        Token names are unique server-wide: the stored name is ``<username>:<label>`` (usernames have no
+        colon), so one user's label never collides with, nor reveals, another user's."""
+        label = label.strip()
+        if not label or len(label) > 100 or not label.isprintable():
+            raise InvalidParameter("the token name must be 1 to 100 printable characters")
+        name = f"{principal.username}:{label}"
+        return name, self.generate_token("user", name, principal.username)
+
+    def revoke_own_token(self, principal: Principal, name: str) -> None:
+        """Revoke one of the caller's own ``user`` tokens; anyone else's is "not found", never told apart."""
+        with self.store.session() as db:
+            token = db.scalar(select(ApiToken).where(ApiToken.name == name, ApiToken.user_id == principal.user_id))
+            if token is None or token.kind != "user":
+                raise NotFound(f"you have no user token named '{name}'")
+            db.delete(token)
 
     def cached(self, authorization: str | None) -> Principal | None:
         """``authenticate`` from memory and one read of the auth epoch (safe on the event loop); None: ask

@@ -100,10 +100,14 @@ class SignIn:
         cache = self.accounts.cache
         return cache.get(COOKIE_KEY + hash_token(cookie)) if cache else None
 
-    def rpc_caller(self, authorization: str | None, session_cookie: str | None) -> Principal:
-        """The caller of an RPC: the Authorization header first, then a session's RPC cookie."""
-        if parse_authorization(authorization) is not None or not session_cookie:
+    def rpc_caller(self, authorization: str | None, session_cookie: str | None,
+                   page_cookie: str | None = None) -> Principal:
+        """The caller of an RPC: the Authorization header first, then a session's RPC cookie, then the sign-in
+        cookie of one of our pages (``page_cookie``: only once api/rpc.py's CSRF check has passed)."""
+        if parse_authorization(authorization) is not None or not (session_cookie or page_cookie):
             return self.accounts.authenticate(authorization)
+        if not session_cookie:
+            return self.authenticate(None, page_cookie)  # the token's kind capped by standing, as for the API
         parsed = parse_rpc_cookie(session_cookie)
         if parsed is None:
             raise Unauthenticated("Invalid session RPC cookie")
