@@ -29,7 +29,8 @@ BATCH = 500  # ids per query: well below any database's limit of bound parameter
 # What job_json reads: not cluster_state, whose JSON would be decoded for nothing.
 _ROWS = select(*(_JOBS.c[name] for name in (
     "id", "name", "cluster", "status", "status_message", "exit_code", "pid", "host", "spec", "stdout_file",
-    "stderr_file", "session_id", "submission_time", "last_update_time")), _USERS.c.username).join(_USERS)
+    "stderr_file", "session_id", "submission_time", "last_update_time", "running_time", "end_time")),
+    _USERS.c.username).join(_USERS)
 
 
 class History:

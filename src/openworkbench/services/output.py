@@ -92,15 +92,22 @@ def line(job_id: str, kind: str, text: str) -> bytes:
     return json.dumps({"jobId": job_id, "outputType": kind, "output": text}).encode() + b"\n"
 
 
-def _read_pass(streams: list[_Stream], job_id: str, limit: int) -> tuple[list[bytes], int, bool]:
-    """One thread hop: up to ``limit`` bytes, stdout first; and whether any file has more to read now."""
+Pass = tuple[list[bytes], int, bool, Exception | None]
+
+
+def _read_pass(streams: list[_Stream], job_id: str, limit: int) -> Pass:
+    """One thread hop: up to ``limit`` bytes, stdout first; whether any file has more to read now; and the
+    error that stopped the pass, if one did (what was read before it is still sent, before the error)."""
     lines: list[bytes] = []
     total = 0
-    for stream in streams:
-        got, count = stream.read(job_id, limit - total)
-        lines += got
-        total += count
-    return lines, total, any(stream.unread() for stream in streams)
+    try:
+        for stream in streams:
+            got, count = stream.read(job_id, limit - total)
+            lines += got
+            total += count
+        return lines, total, any(stream.unread() for stream in streams), None
+    except (InvalidState, OSError) as exc:
+        return lines, total, False, exc
 
 
 async def follow(job_id: str, files: list[tuple[str, str]], active: Callable[[], bool],
@@ -114,11 +121,13 @@ async def follow(job_id: str, files: list[tuple[str, str]], active: Callable[[],
             # Ask before reading: when the job is over, the passes from here on read all it ever wrote.
             still_running = active()
             # Not cancellable mid-read (anyio waits for the thread), so ``finally`` never closes an fd in use.
-            lines, count, more = await anyio.to_thread.run_sync(_read_pass, streams, job_id, min(BATCH, left),
-                                                                limiter=_limiter())
+            lines, count, more, error = await anyio.to_thread.run_sync(
+                _read_pass, streams, job_id, min(BATCH, left), limiter=_limiter())
             left -= count
             for item in lines:
                 yield item
+            if error is not None:
+                raise error
             if more and left <= 0:
                 raise OutputTooLarge(
                     f"the job's output is larger than this server streams in one get_job_output call "

@@ -19,7 +19,8 @@ from typing import cast
 from sqlalchemy import Table, select, update
 
 from openworkbench.config import JobSettings
-from openworkbench.errors import InvalidState
+from openworkbench.errors import FileSystemError, InvalidState, PathMissing
+from openworkbench.safefs import paths
 from openworkbench.store import Store
 from openworkbench.store.schema import Job, utcnow
 
@@ -87,25 +88,18 @@ class Retention:
 
 
 def _remove(path: str) -> bool:
-    """Unlink ``path`` if its directory is the server's; True when the file is gone."""
-    directory, name = os.path.split(path)
+    """Unlink ``path`` if its directory is the server's; True when the file is gone. The job's directory is
+    opened without following a link (safefs), below its parent (the server's jobs directory)."""
+    directory = os.path.dirname(path)
     try:
-        fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except FileNotFoundError:
+        with paths.opened_dir(directory, os.path.dirname(directory)) as fd:
+            if os.fstat(fd).st_uid != os.geteuid():
+                log.warning("not removing old output %s: its directory is not the server's", path)
+                return False
+        paths.remove_file(path, directory)
+    except PathMissing:
         return True
-    except OSError as exc:
-        log.warning("cannot remove old output %s: %s", path, exc)
+    except FileSystemError as exc:
+        log.warning("cannot remove old output %s: %s", path, exc.message)
         return False
-    try:
-        if os.fstat(fd).st_uid != os.geteuid():
-            log.warning("not removing old output %s: its directory is not the server's", path)
-            return False
-        os.unlink(name, dir_fd=fd)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("cannot remove old output %s: %s", path, exc)
-        return False
-    finally:
-        os.close(fd)
     return True
