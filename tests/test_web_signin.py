@@ -141,6 +141,9 @@ def sign_in_on_page(page: Page, username: str, password: str) -> int:
     return posted.value.status
 
 
+SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "screenshots" / "signin.png"
+
+
 # -- PAM in a real browser ---------------------------------------------------------------------------------------
 
 def test_pam_sign_in_in_chromium(stack: Stack, browser: BrowserContext, tmp_path: Path) -> None:
@@ -150,7 +153,8 @@ def test_pam_sign_in_in_chromium(stack: Stack, browser: BrowserContext, tmp_path
     assert urlsplit(page.url).path == "/auth/sign-in"
     expect(page.get_by_label("Username")).to_be_focused()
     expect(page.locator("#token")).to_be_hidden()  # the token form waits behind "Sign in with an API token"
-    page.screenshot(path=tmp_path / "sign-in.png")
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOT)  # the README shows it
 
     assert sign_in_on_page(page, stack.user, "not " + stack.password) == 401
     expect(page.get_by_role("alert")).to_have_text(REFUSED)
