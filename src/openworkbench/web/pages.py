@@ -157,15 +157,22 @@ def router(services: Services) -> APIRouter:
                    "last_used": t.last_used} for t in tokens]
         return render(request, "tokens.html", principal, status=status, tokens=listed, **context)
 
-    @routes.post("/tokens")
-    async def token_action(request: Request) -> Response:
+    async def posted(request: Request) -> tuple[Principal, dict[str, str]] | Response:
+        """A page form's caller and fields, or the refusal: not signed in, cross-site, too large."""
         principal = await signed_in(services, request)
         if principal is None:
             return refusal(Unauthenticated("Not signed in, or the sign-in has expired"))
         try:
-            form = await read_form(request)
+            return principal, await read_form(request)
         except (PermissionDenied, PayloadTooLarge) as exc:
             return refusal(exc)
+
+    @routes.post("/tokens")
+    async def token_action(request: Request) -> Response:
+        found = await posted(request)
+        if isinstance(found, Response):
+            return found
+        principal, form = found
         try:
             if form.get("action") == "revoke":
                 name = form.get("name", "")
@@ -201,13 +208,10 @@ def router(services: Services) -> APIRouter:
 
     @routes.post("/admin/users")
     async def user_action(request: Request) -> Response:
-        principal = await signed_in(services, request)
-        if principal is None:
-            return refusal(Unauthenticated("Not signed in, or the sign-in has expired"))
-        try:
-            form = await read_form(request)
-        except (PermissionDenied, PayloadTooLarge) as exc:
-            return refusal(exc)
+        found = await posted(request)
+        if isinstance(found, Response):
+            return found
+        principal, form = found
         username, action = form.get("username", ""), form.get("action", "")
         try:
             if action not in ("disable", "enable"):
