@@ -24,7 +24,7 @@ import httpx
 
 from bench.common import ROOT, WRK_KEYS, Server, free_port, interleave, summarize_runs, wrk
 from bench.hub import Hub
-from bench.seed import seed
+from bench.seed import LISTED_CONFIG, seed
 
 SIZES = (10, 1000)
 USER = "benchapi"
@@ -75,7 +75,7 @@ def fill_hub(hub: Hub, size: int) -> str:
 def measure_size(size: int, hub: Hub, workdir: Path, rounds: int) -> dict[str, Any]:
     data = workdir / f"api-{size}" / "data"
     ids = seed(data, {USER: (size, size)})[USER]
-    server = Server(data).start()
+    server = Server(data, config_text=LISTED_CONFIG).start()
     bare: Bare | None = None
     try:
         token = server.token(USER)

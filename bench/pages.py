@@ -21,7 +21,7 @@ import aiohttp
 import httpx
 
 from bench.common import WRK_KEYS, posix_user, summarize_runs, write_result, wrk
-from bench.seed import seed
+from bench.seed import KEEP_LISTED, seed
 from tests.conftest import Server, sign_in_form
 from tests.sessions_helpers import launch, session_config, wait_state
 
@@ -120,7 +120,7 @@ def run(user: str, workdir: Path, rounds: int) -> dict[str, Any]:
     data = workdir / "pages" / "data"
     seed(data, {user: (SESSIONS, 0)})
     runtime = Path("/tmp") / f"owb-rt-bench-{secrets.token_hex(3)}"
-    server = Server(data, config_text=session_config(runtime, start_timeout_s=180)).start()
+    server = Server(data, config_text=session_config(runtime, KEEP_LISTED, start_timeout_s=180)).start()
     try:
         token = server.token(user)
         with httpx.Client(base_url=server.url, timeout=30) as client:

@@ -15,7 +15,7 @@ from typing import Any
 
 from bench.common import WRK_KEYS, Server, interleave, rss_mib, start_timed, summarize_runs, summary, wrk
 from bench.hub import Hub
-from bench.seed import seed
+from bench.seed import LISTED_CONFIG, seed
 
 USERS, SESSIONS, JOBS = 100, 10, 100
 
@@ -33,7 +33,8 @@ def run(hub: Hub, workdir: Path, rounds: int) -> dict[str, Any]:
     names = [f"scaleuser{n:03d}" for n in range(USERS)]
     ids = seed(workdir / "scale-big" / "data", dict.fromkeys(names, (SESSIONS, JOBS)))[names[0]]
     small_ids = seed(workdir / "scale-small" / "data", {names[0]: (SESSIONS, JOBS)})[names[0]]
-    big, small = Server(workdir / "scale-big" / "data"), Server(workdir / "scale-small" / "data")
+    big = Server(workdir / "scale-big" / "data", config_text=LISTED_CONFIG)
+    small = Server(workdir / "scale-small" / "data", config_text=LISTED_CONFIG)
     try:
         starts = interleave(rounds, {
             "ours_scale": lambda: {"s": restart(big)},
