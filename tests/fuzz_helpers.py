@@ -52,12 +52,22 @@ def row_counts(server: Server) -> dict[str, int]:
 class Resources:
     fds: int
     threads: int
+    open: tuple[str, ...] = ()  # what the fds are (a failure message shows which ones leaked)
+
+
+def _target(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed between listing and reading
+        return "?"
 
 
 def resources(server: Server) -> Resources:
     assert server.proc is not None
     pid = server.proc.pid
-    return Resources(len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task")))
+    fds = os.listdir(f"/proc/{pid}/fd")
+    targets = tuple(sorted(_target(f"/proc/{pid}/fd/{fd}") for fd in fds))
+    return Resources(len(fds), len(os.listdir(f"/proc/{pid}/task")), targets)
 
 
 def settled_resources(server: Server, baseline: Resources, timeout: float = 30) -> Resources:

@@ -106,4 +106,7 @@ class GetHistoricalSession(Params):
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO-8601 date and time, e.g. 2026-12-01T00:00:00Z") from None
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        try:
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError:  # an offset that takes it past year 9999 or before year 1 in UTC
+            raise ValueError(f"{value!r} is out of range once converted to UTC") from None
