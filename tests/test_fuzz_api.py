@@ -83,6 +83,7 @@ def _fuzz(server: Server, operation: Any, mode: GenerationMode, tokens: list[str
     run()
 
 
+@pytest.mark.timeout(600)  # ~1 min alone; more on a busy machine
 def test_every_operation_survives_generated_calls(srv: tuple[Server, dict[str, str | None]]) -> None:
     server, tokens = srv
     start = resources(server)
@@ -97,4 +98,8 @@ def test_every_operation_survives_generated_calls(srv: tuple[Server, dict[str, s
     assert reached == {(op.path, op.method.upper()) for op in operations}, sorted(TALLY.items())
     assert tracebacks(server) == [], tracebacks(server)
     end = settled_resources(server, start)
+    refused = sum(count for (_, _, _, no), count in TALLY.items() if no)
+    print(f"fuzz_api: {sum(TALLY.values())} calls ({refused} refused) on {len(operations)} operations; "
+          f"fds {start.fds}->{end.fds} (store {start.store_fds}->{end.store_fds}), "
+          f"threads {start.threads}->{end.threads}")
     assert end.fds <= start.fds and end.threads <= start.threads, (start, end)

@@ -114,6 +114,8 @@ def test_slow_half_closed_and_vanishing_clients_leak_nothing(srv: Fixture) -> No
     before = settled_resources(server, resources(server), timeout=5)
     _round(server, token)
     after = settled_resources(server, before)
+    print(f"fuzz_stream: 20 hostile clients a round; fds {before.fds}->{after.fds} "
+          f"(store {before.store_fds}->{after.store_fds}), threads {before.threads}->{after.threads}")
     leaked = sorted((Counter(after.open) - Counter(before.open)).elements())
     assert after.fds <= before.fds and after.threads <= before.threads, (before.fds, after.fds, after.threads, leaked)
     warm = _launch(server, token, command="seq 1 1000")
