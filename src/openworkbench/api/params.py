@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, field_validator
 from openworkbench.models import Checked, EnvironmentVariable, JobSpec, LaunchParameters, SessionHook
 
 NAME_MAX = 255  # the store's column for job, session and user names
+TIMESTAMP_MAX = 253402214400.0  # 9999-12-31T00:00:00Z: seconds since the epoch that datetime still holds
 
 
 class Params(Checked):
@@ -52,7 +53,9 @@ class GetSession(Params):
     fields: list[str] | None = None
     include_jobs: bool = False
     include_all_jobs: bool = False
-    timestamp: float | None = Field(default=None, allow_inf_nan=False)  # a previous answer's: only what changed
+    # A previous answer's (the server's clock): only what changed. Bounded to what a datetime holds, which the
+    # delta's store query converts it to.
+    timestamp: float | None = Field(default=None, allow_inf_nan=False, ge=0, le=TIMESTAMP_MAX)
     include_projects: bool = False  # adds "projects" (services/projects.py)
 
 
@@ -106,4 +109,7 @@ class GetHistoricalSession(Params):
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO-8601 date and time, e.g. 2026-12-01T00:00:00Z") from None
-        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        try:
+            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except OverflowError:  # an offset that takes it past year 9999 or before year 1 in UTC
+            raise ValueError(f"{value!r} is out of range once converted to UTC") from None
