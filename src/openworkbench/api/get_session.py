@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from fastapi.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from openworkbench.api import params as p
 from openworkbench.auth.permissions import Principal
@@ -20,6 +21,33 @@ from openworkbench.services.session_json import FINAL_STATES, select_fields
 from openworkbench.services.session_views import View, encode
 
 ENDED = FINAL_STATES - {"suspended"}  # a suspended session can resume: it stays listed
+LARGE = 64 * 1024  # a part this big is sent as it is, never copied into the answer
+
+
+class PartsResponse(Response):
+    """An answer sent as its parts: the cached job list (7 MB at 10,000 jobs) goes out as the very bytes
+    object kept in memory. Joining it into one body cost a fresh 7 MB allocation per request (half the
+    server's time at 10,000 jobs) and left the heap holding those transients (RSS)."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.chunks: list[bytes] = []
+        small: list[bytes] = []
+        for part in parts:
+            if len(part) < LARGE:
+                small.append(part)
+                continue
+            self.chunks += [b"".join(small), part]
+            small = []
+        self.chunks.append(b"".join(small))
+        self.chunks = [chunk for chunk in self.chunks if chunk]
+        super().__init__(None, media_type="application/json",
+                         headers={"content-length": str(sum(map(len, self.chunks)))})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        last = len(self.chunks) - 1
+        for n, chunk in enumerate(self.chunks):
+            await send({"type": "http.response.body", "body": chunk, "more_body": n < last})
 
 
 def get_session(services: Services, principal: Principal, params: p.GetSession) -> Response:
@@ -100,4 +128,4 @@ def _response(services: Services, views: list[View], jobs: JobAnswer | None, par
         if jobs is not None:
             parts += [b',"removed_job_ids":', encode(jobs.left or [])]
     parts.append(b"}}")
-    return Response(b"".join(parts), media_type="application/json")
+    return PartsResponse(parts)
