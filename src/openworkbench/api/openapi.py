@@ -13,7 +13,6 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
@@ -23,6 +22,16 @@ from openworkbench import __version__, models
 from openworkbench.api.rpc import Method
 
 OPENAPI_PATH, DOCS_PATH, ASSETS_PATH = "/api/openapi.json", "/docs", "/docs/assets"
+# FastAPI's Swagger UI page, with its start-up script as a file (web/static/swagger-init.js): the CSP of our
+# pages (web/headers.py) allows no inline script.
+DOCS_PAGE = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Open Workbench API</title>
+<link rel="stylesheet" href="{ASSETS_PATH}/swagger-ui.css"><link rel="icon" href="{ASSETS_PATH}/favicon.png">
+</head><body><div id="swagger-ui"></div>
+<script src="{ASSETS_PATH}/swagger-ui-bundle.js"></script><script src="/static/swagger-init.js"></script>
+</body></html>
+"""
 REF = "#/components/schemas/{model}"
 
 SUMMARIES = {
@@ -177,7 +186,4 @@ def install(app: FastAPI, methods: dict[str, Method]) -> None:
 
     @app.get(DOCS_PATH, include_in_schema=False)
     async def docs_page() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=OPENAPI_PATH, title="Open Workbench API", swagger_js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
-            swagger_css_url=f"{ASSETS_PATH}/swagger-ui.css", swagger_favicon_url=f"{ASSETS_PATH}/favicon.png",
-        )
+        return HTMLResponse(DOCS_PAGE)
