@@ -9,17 +9,22 @@ shut down, activity) must not talk, as root, to whatever the user put at the soc
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
-from openworkbench.errors import InternalError
+from openworkbench.errors import InternalError, UpstreamRefused
 from openworkbench.ides.base import Ide, LaunchContext
 from openworkbench.proxy.upstream import Upstream
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class IdeRequestError(InternalError):
@@ -104,3 +109,28 @@ class IdeClient:
     def websocket(self, path: str) -> Any:
         """``async with client.websocket(path) as ws``: a WebSocket to the IDE (kernels, terminals)."""
         return self.session.ws_connect(self.url(path))
+
+
+async def using(ide: Ide, ctx: LaunchContext, call: Callable[[IdeClient], Awaitable[T]]) -> T:
+    async with IdeClient(ide, ctx) as client:
+        return await call(client)
+
+
+async def answers(ide: Ide, ctx: LaunchContext) -> bool:
+    """Does the IDE answer its ready path? Raises ``UpstreamRefused`` if what listens is not the IDE."""
+    try:
+        async with IdeClient(ide, ctx) as client:
+            return await client.status(ide.ready_path) == 200
+    except UpstreamRefused:
+        raise
+    except Exception:  # not listening yet, connection refused, half-started: all mean "not ready"
+        return False
+
+
+async def quietly(work: Any, default: Any) -> Any:
+    """An IDE that does not answer a courtesy call (save, shutdown, activity) must not stop the flow."""
+    try:
+        return await asyncio.wait_for(work, timeout=10)
+    except Exception as exc:
+        log.info("IDE call failed: %s", exc)
+        return default

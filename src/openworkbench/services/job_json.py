@@ -66,3 +66,10 @@ def _status_code(job: Job) -> str:
 def _redacted(environment: list[dict[str, str]], secret_names: list[str]) -> list[dict[str, str]]:
     """A session's secret stays with the proxy: its value is never shown, even to the owner."""
     return [{**item, "value": "********"} if item.get("name") in secret_names else item for item in environment]
+
+
+def outcome(job: dict[str, Any]) -> str:
+    """A job's end in words, for a session's status_detail and the log: 'Failed with exit code 1: ...'."""
+    status, code, message = job.get("status", "?"), job.get("exitCode"), job.get("statusMessage") or ""
+    text = str(status) + (f" with exit code {code}" if code is not None else "")
+    return text + (f": {message}" if message else "")

@@ -12,10 +12,10 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -25,11 +25,12 @@ from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
 from openworkbench.errors import UpstreamRefused, WorkbenchError
-from openworkbench.ides import Ide, IdeClient, LaunchContext, ide_for
-from openworkbench.ides.client import upstream_of
+from openworkbench.ides import Ide, LaunchContext, ide_for
+from openworkbench.ides.client import answers, quietly, upstream_of, using
 from openworkbench.models import JobSpec
 from openworkbench.proxy import ProxyTarget, Upstream, UpstreamPool
 from openworkbench.services import session_files as files
+from openworkbench.services.job_json import outcome
 from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.rpc_cookies import COOKIE_VARIABLE, SessionCookies
 from openworkbench.services.session_endpoint import checked_endpoint, peer_uid
@@ -37,7 +38,6 @@ from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 POLL = 0.1
 LIVE_STATES = ("launching", "pending", "starting", "running", "resuming", "suspending", "shutting_down")
 
@@ -399,33 +399,3 @@ class SessionRunner:
             await quietly(run_in_threadpool(self.jobs.stop, principal, job_id, kill), None)
             job = await self._wait_job(principal, job_id, grace if not kill else 10)
         return job
-
-async def using(ide: Ide, ctx: LaunchContext, call: Callable[[IdeClient], Awaitable[T]]) -> T:
-    async with IdeClient(ide, ctx) as client:
-        return await call(client)
-
-
-async def answers(ide: Ide, ctx: LaunchContext) -> bool:
-    """Does the IDE answer its ready path? Raises ``UpstreamRefused`` if what listens is not the IDE."""
-    try:
-        async with IdeClient(ide, ctx) as client:
-            return await client.status(ide.ready_path) == 200
-    except UpstreamRefused:
-        raise
-    except Exception:  # not listening yet, connection refused, half-started: all mean "not ready"
-        return False
-
-
-async def quietly(work: Any, default: Any) -> Any:
-    """An IDE that does not answer a courtesy call (save, shutdown, activity) must not stop the flow."""
-    try:
-        return await asyncio.wait_for(work, timeout=10)
-    except Exception as exc:
-        log.info("IDE call failed: %s", exc)
-        return default
-
-
-def outcome(job: dict[str, Any]) -> str:
-    status, code, message = job.get("status", "?"), job.get("exitCode"), job.get("statusMessage") or ""
-    text = str(status) + (f" with exit code {code}" if code is not None else "")
-    return text + (f": {message}" if message else "")

@@ -13,7 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
 from openworkbench.errors import StoreError
-from openworkbench.services.session_runner import LIVE_STATES, SessionRunner, outcome, quietly, using
+from openworkbench.ides.client import quietly, using
+from openworkbench.services.job_json import outcome
+from openworkbench.services.session_runner import LIVE_STATES, SessionRunner
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
