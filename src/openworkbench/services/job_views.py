@@ -168,7 +168,10 @@ class JobViews:
             found.add(row.id)
             stale = self._stale.get(row.id)
             if stale is not None and stale[0] > seq:
-                continue  # written again while we read: it stays stale, the next read reloads it
+                # Written again while we read: this version is listed (a job must never drop out of the list
+                # for one answer), and it stays stale, so the next read reloads it.
+                self._put(replace(row, changed=stale[1]))
+                continue
             self._stale.pop(row.id, None)
             self._put(replace(row, changed=now if whole or stale is None else stale[1]))
         for job_id in asked - found:  # no longer in the store
