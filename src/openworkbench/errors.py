@@ -201,3 +201,22 @@ class Overloaded(WorkbenchError):
     http_status = 503
 class OutputTooLarge(NotAvailable):
     """A job's output larger than the server streams in one ``get_job_output`` call; sent as the last line."""
+
+
+# -- job events (services/job_events.py): raised to the server's own waiters, never sent to a client ----------
+
+
+class JobWaitTimeout(InternalError):
+    """A wait for a job to reach some states outlasted its limit; ``last`` is the job's newest known change."""
+
+    def __init__(self, message: str, last: object) -> None:
+        super().__init__(message)
+        self.last = last
+
+
+class WaitInterrupted(InternalError):
+    """A wait on job events that its caller cut short (a stop requested while a session starts)."""
+
+
+class EventsLost(InternalError):
+    """A subscriber fell more than its queue behind: changes were dropped; it must read the store again."""

@@ -7,7 +7,6 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from openworkbench import __version__
@@ -70,9 +69,8 @@ def stop_job(services: Services, principal: Principal, params: p.StopJob) -> Any
 
 
 async def get_job_output(services: Services, principal: Principal, params: p.GetJobOutput) -> Any:
-    chunks = await services.jobs.output(principal, params.job_id, params.user)
-    if not services.jobs.is_active(params.job_id):  # an ended job's files may have been removed: say so
-        await run_in_threadpool(services.retention.require_output, params.job_id)
+    # An ended job's files may have been removed: then it says so instead.
+    chunks = await services.jobs.output(principal, params.job_id, params.user, services.retention.require_output)
     return ClosingStream(_guarded(chunks), media_type="application/x-ndjson")
 
 

@@ -14,7 +14,7 @@ import os
 import pwd
 import secrets
 import threading
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
@@ -35,6 +35,7 @@ from openworkbench.errors import InvalidParameter, InvalidState, LaunchFailed, N
 from openworkbench.models import JobSpec
 from openworkbench.services import output
 from openworkbench.services.accounts import Accounts
+from openworkbench.services.job_events import JobChange, JobEvents
 from openworkbench.services.job_json import job_json
 from openworkbench.services.run_as import RunAsPolicy
 from openworkbench.store import Store
@@ -86,6 +87,7 @@ class JobService:
         self._active: dict[str, JobRef] = {}
         self._clusters_of: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.events = JobEvents(self.change_of)
 
     # -- launching ---------------------------------------------------------------------------
     def launch(self, principal: Principal, spec: JobSpec, session_id: str | None = None) -> dict[str, Any]:
@@ -99,6 +101,7 @@ class JobService:
         job = _new_job(job_id, 0, cluster.name, spec, session_id)
         self._record(job, owner)
         self.store.wrote([job])  # Core writes: the job views learn of them from us
+        self.events.publish([_change(job, owner)])
         try:
             state = cluster.submit(job_id, spec, account)
         except Exception as exc:  # whatever went wrong, the recorded job ends Failed, never stays Pending
@@ -114,10 +117,11 @@ class JobService:
         with self.store.transaction() as conn:
             conn.execute(UPDATE_JOB, {"b_id": job_id, **{f"b_{name}": getattr(job, name) for name in UPDATED_COLUMNS}})
         self.store.wrote([job])
-        if job.status not in FINAL_STATUSES:
-            with self._lock:
+        with self._lock:  # followed and published together: the monitor's changes of it come after this one
+            if job.status not in FINAL_STATUSES:
                 self._active[job_id] = JobRef(job_id, job.status, spec, account, state.cluster_state or {})
                 self._clusters_of[job_id] = cluster.name
+            self.events.publish([_change(job, owner)])
         return job_json(job, owner)
 
     def checked(self, spec: JobSpec) -> tuple[Cluster, JobSpec]:
@@ -170,6 +174,14 @@ class JobService:
             require(principal, Action.READ, owner)
             return job_json(job, owner)
 
+    def change_of(self, job_id: str) -> JobChange:
+        """The job's stored state as a change (what the events' waiters read after subscribing)."""
+        with self.store.session() as db:
+            row = db.execute(select(Job, User.username).join(User).where(Job.id == job_id)).first()
+            if row is None:
+                raise NotFound(f"no job '{job_id}'")
+            return _change(*row)
+
     def list_for(self, principal: Principal, username: str, session_ids: list[str] | None) -> list[dict[str, Any]]:
         """Jobs of ``username``: all of them, or those of the given sessions."""
         require(principal, Action.READ, username)
@@ -180,15 +192,23 @@ class JobService:
             rows = db.execute(query.order_by(Job.submission_time)).all()
             return [job_json(job, owner) for job, owner in rows]
 
-    def is_active(self, job_id: str) -> bool:
-        return job_id in self._active
-
-    async def output(self, principal: Principal, job_id: str, user: str | None) -> AsyncGenerator[bytes, None]:
-        job = await run_in_threadpool(self.get, principal, job_id)  # a store read: not on the event loop
-        if user and user != job["user"]:
-            raise NotFound(f"no job '{job_id}' of user '{user}'")
+    async def output(self, principal: Principal, job_id: str, user: str | None,
+                     if_ended: Callable[[str], None] | None = None) -> AsyncGenerator[bytes, None]:
+        """The job's output as NDJSON lines, live until it ends; ``if_ended(job_id)`` is asked first (in a
+        worker thread) when it already has: it may refuse (its files were removed)."""
+        followed = self.events.follow(job_id)  # subscribed before the read: an end between is not missed
+        try:
+            job = await run_in_threadpool(self.get, principal, job_id)  # a store read: not on the event loop
+            if user and user != job["user"]:
+                raise NotFound(f"no job '{job_id}' of user '{user}'")
+            state = await followed.start(JobChange.of_json(job))
+            if if_ended is not None and state.final:
+                await run_in_threadpool(if_ended, job_id)
+        except BaseException:
+            followed.close()
+            raise
         files = [("stdout", job["stdoutFile"]), ("stderr", job["stderrFile"])]
-        return output.follow(job_id, files, lambda: self.is_active(job_id), self.output_budget)
+        return output.follow(job_id, files, followed, self.output_budget)
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self, principal: Principal, job_id: str, force: bool) -> None:
@@ -257,13 +277,14 @@ class JobService:
     def _apply(self, job_id: str, state: JobState, owner: str | None = None) -> dict[str, Any] | None:
         """Store what the cluster reported; with ``owner``, also return the job as the API shows it."""
         with self.store.session() as db:
-            job = db.get(Job, job_id)
-            if job is None:
+            row = db.execute(select(Job, User.username).join(User).where(Job.id == job_id)).first()
+            if row is None:
                 return None
-            _update_row(job, state)
+            job, username = row
+            changes = [_change(job, username)] if _update_row(job, state) else []
             status = job.status
             rendered = job_json(job, owner) if owner is not None else None
-        self._follow({job_id: (status, state)})
+        self._follow({job_id: (status, state)}, changes)
         return rendered
 
     def _apply_all(self, updates: dict[str, JobState]) -> None:
@@ -272,15 +293,20 @@ class JobService:
         for start in range(0, len(ids), APPLY_BATCH):
             batch = ids[start : start + APPLY_BATCH]
             stored: dict[str, tuple[str, JobState]] = {}
+            changes: list[JobChange] = []
             with self.store.session() as db:
-                for job in db.scalars(select(Job).where(Job.id.in_(batch))):
-                    _update_row(job, updates[job.id])
+                for job, owner in db.execute(select(Job, User.username).join(User).where(Job.id.in_(batch))):
+                    if _update_row(job, updates[job.id]):
+                        changes.append(_change(job, owner))
                     stored[job.id] = (job.status, updates[job.id])
-            self._follow(stored)
+            self._follow(stored, changes)
 
-    def _follow(self, stored: dict[str, tuple[str, JobState]]) -> None:
-        """Bring the followed jobs up to date with their stored status: final ones are no longer followed."""
+    def _follow(self, stored: dict[str, tuple[str, JobState]], changes: list[JobChange]) -> None:
+        """Bring the followed jobs up to date with their stored status: final ones are no longer followed. The
+        committed changes are published here, under the lock: a change that lost a race to a job's end (a
+        poll's Running stored before, published after, a stop's Killed) is dropped, so ends come last."""
         with self._lock:
+            self.events.publish([change for change in changes if change.final or change.job_id in self._active])
             for job_id, (status, state) in stored.items():
                 ref = self._active.get(job_id)
                 if status in FINAL_STATUSES:
@@ -326,9 +352,15 @@ def _values(job: Job, columns: tuple[str, ...]) -> dict[str, Any]:
     return {name: getattr(job, name) for name in columns}
 
 
-def _update_row(job: Job, state: JobState) -> None:
+def _change(job: Job, owner: str) -> JobChange:
+    return JobChange(job.id, owner, job.cluster, job.session_id, job.status, job.status_message, job.exit_code,
+                     job.host, job.last_update_time)
+
+
+def _update_row(job: Job, state: JobState) -> bool:
+    """Write what the cluster reported into the row; False when the row is final and stays as it was."""
     if job.status in FINAL_STATUSES:
-        return  # a final status is final: late reports never change it
+        return False  # a final status is final: late reports never change it
     if job.status == "Pending" and state.status == "Running":
         metrics.job_started(job.cluster, job.submission_time)
     job.status = state.status
@@ -344,3 +376,4 @@ def _update_row(job: Job, state: JobState) -> None:
         job.running_time = job.last_update_time
     if job.status in FINAL_STATUSES:
         job.end_time = job.last_update_time
+    return True

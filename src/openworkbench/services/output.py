@@ -3,18 +3,21 @@
 The files are the job user's, so they are opened as anything a user controls is (``O_NOFOLLOW``,
 ``O_NONBLOCK``, regular files only: a FIFO or a symlink at the path is an error, never a wait). They are
 read in a worker thread, at most ``BATCH`` bytes per hop, so a 200 GB sparse file costs that thread and
-never the event loop: other requests run between hops. A stream reads at most its budget
-(``jobs.output_stream_max_bytes``), then ends with one error line. When the client goes, Starlette cancels
-the stream and the generator's ``finally`` closes the files.
+never the event loop: other requests run between hops. That the job ended comes from its job events (a
+``FollowedJob``), not from asking anyone: a wait for new bytes ends early when the job does. The files
+themselves are still read every ``POLL_SECONDS`` while idle: the writer is a user's process, on Slurm on
+another node over a shared file system, which tells nobody (no inotify across NFS) when it appends. A stream
+reads at most its budget (``jobs.output_stream_max_bytes``), then ends with one error line. When the client
+goes, Starlette cancels the stream and the generator's ``finally`` closes the files.
 """
 
 from __future__ import annotations
 
-import asyncio
 import codecs
+import contextlib
 import json
 import os
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 import anyio.to_thread
@@ -22,6 +25,7 @@ from anyio import CapacityLimiter
 
 from openworkbench.errors import InvalidState, OutputTooLarge, PathMissing, UnsafePath
 from openworkbench.safefs import paths
+from openworkbench.services.job_events import FollowedJob
 
 CHUNK = 64 * 1024  # the most one NDJSON line carries
 BATCH = 16 * CHUNK  # the most one thread hop reads
@@ -110,16 +114,16 @@ def _read_pass(streams: list[_Stream], job_id: str, limit: int) -> Pass:
         return lines, total, False, exc
 
 
-async def follow(job_id: str, files: list[tuple[str, str]], active: Callable[[], bool],
+async def follow(job_id: str, files: list[tuple[str, str]], job: FollowedJob,
                  budget: int = DEFAULT_BUDGET) -> AsyncGenerator[bytes, None]:
     """Yield NDJSON lines of the job's output until it has ended and every byte was sent, or the budget is
-    spent (then OutputTooLarge, which the caller turns into the stream's last line)."""
+    spent (then OutputTooLarge, which the caller turns into the stream's last line). ``job`` is closed here."""
     streams = [_Stream(kind, path) for kind, path in files if path]
     left = budget
     try:
         while True:
             # Ask before reading: when the job is over, the passes from here on read all it ever wrote.
-            still_running = active()
+            still_running = not (await job.refresh()).final  # in memory: the events queued since
             # Not cancellable mid-read (anyio waits for the thread), so ``finally`` never closes an fd in use.
             lines, count, more, error = await anyio.to_thread.run_sync(
                 _read_pass, streams, job_id, min(BATCH, left), limiter=_limiter())
@@ -140,7 +144,9 @@ async def follow(job_id: str, files: list[tuple[str, str]], active: Callable[[],
                         yield item
                 break
             if not lines:
-                await asyncio.sleep(POLL_SECONDS)
+                with contextlib.suppress(TimeoutError):  # new bytes are looked for then; an end cuts it short
+                    await job.change(timeout=POLL_SECONDS)
     finally:
+        job.close()
         for stream in streams:
             stream.close()

@@ -8,11 +8,12 @@ runs the stop hooks. ``watch`` follows running sessions: a dead IDE, idleness, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,12 +25,13 @@ from openworkbench import metrics
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
-from openworkbench.errors import UpstreamRefused, WorkbenchError
+from openworkbench.errors import JobWaitTimeout, UpstreamRefused, WaitInterrupted, WorkbenchError
 from openworkbench.ides import Ide, LaunchContext, ide_for
 from openworkbench.ides.client import answers, quietly, upstream_of, using
 from openworkbench.models import JobSpec
 from openworkbench.proxy import ProxyTarget, Upstream, UpstreamPool
 from openworkbench.services import session_files as files
+from openworkbench.services.job_events import JobChange
 from openworkbench.services.job_json import outcome
 from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.rpc_cookies import COOKIE_VARIABLE, SessionCookies
@@ -48,6 +50,14 @@ class Route:
     owner: str
     state: str
     target: ProxyTarget
+
+
+@contextlib.contextmanager
+def _finally(action: Callable[[str], None], session_id: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        action(session_id)
 
 
 class SessionFailed(Exception):
@@ -69,6 +79,7 @@ class SessionRunner:
         self._routes: dict[str, Route] = {}
         self.last_used: dict[str, datetime] = {}
         self._stopping: set[str] = set()
+        self._stop_signals: dict[str, asyncio.Event] = {}  # set by request_stop: a start's event waits give way
         self.cookies = SessionCookies(settings)
 
     def ide(self, workbench: str) -> Ide:
@@ -84,6 +95,7 @@ class SessionRunner:
     def request_stop(self, session_id: str, force: bool, suspend: bool) -> None:
         """Stop after whatever runs for the session now has given way (a start checks often)."""
         self._stopping.add(session_id)
+        self._stop_signal(session_id).set()
         previous = self.tasks.get(session_id)
         self.spawn(session_id, self._stop_after(previous, session_id, force, suspend))
 
@@ -92,7 +104,16 @@ class SessionRunner:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         self._stopping.discard(session_id)
+        self._stop_signals.pop(session_id, None)
         await self.stop(session_id, force, suspend)
+
+    def _stop_signal(self, session_id: str) -> asyncio.Event:
+        return self._stop_signals.setdefault(session_id, asyncio.Event())
+
+    def _drop_signal(self, session_id: str) -> None:
+        """A wait is over: its signal goes, unless a stop set it (``_stop_after`` drops that one)."""
+        if (signal := self._stop_signals.get(session_id)) is not None and not signal.is_set():
+            del self._stop_signals[session_id]
 
     def _check_stop(self, session_id: str) -> None:
         if session_id in self._stopping:
@@ -243,19 +264,25 @@ class SessionRunner:
 
     async def until_ready(self, row: Session, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str,
                            resuming: bool) -> None:
+        """Follow the IDE's job by its events (read once, then in memory) until the IDE answers its probes."""
         started: float | None = None
         timeout = self.settings.sessions.start_timeout_s
-        while True:
-            self._check_stop(row.id)
-            job = await run_in_threadpool(self.jobs.get, principal, job_id)
-            if job["status"] in FINAL_STATUSES:
-                raise SessionFailed(f"the IDE process ended before it was ready: {outcome(job)}")
-            if job["status"] == "Pending" and job["statusMessage"] != row.status_detail:
-                # A long queue is normal on HPC: no timeout while pending, but say why it waits.
-                row = await self.update(row.id, status_detail=job["statusMessage"])
-            if job["status"] == "Running" and ctx.network and not ctx.endpoint:
-                ctx = await self._read_endpoint(row, ctx, principal, job)
-            if job["status"] == "Running":
+        with self.jobs.events.follow(job_id) as followed, _finally(self._drop_signal, row.id):
+            job = await followed.start()
+            while True:
+                self._check_stop(row.id)
+                job = await followed.refresh()
+                if job.final:
+                    raise SessionFailed(f"the IDE process ended before it was ready: {outcome(job.summary())}")
+                if job.status == "Pending" and job.status_message != row.status_detail:
+                    # A long queue is normal on HPC: no timeout while pending, but say why it waits.
+                    row = await self.update(row.id, status_detail=job.status_message)
+                if job.status != "Running":  # no probe before it runs: the next change, or a stop, wakes us
+                    with contextlib.suppress(WaitInterrupted):
+                        await followed.change(interrupt=self._stop_signal(row.id))
+                    continue
+                if ctx.network and not ctx.endpoint:
+                    ctx = await self._read_endpoint(row, ctx, principal, job.summary())
                 if started is None:
                     started = time.monotonic()
                     if not resuming:
@@ -266,7 +293,7 @@ class SessionRunner:
                 if time.monotonic() - started > timeout:
                     await self._kill(principal, job_id)
                     raise SessionFailed(f"start timeout: the IDE did not answer within {timeout:g} s")
-            await asyncio.sleep(POLL)
+                await asyncio.sleep(POLL)  # the IDE's own readiness: probed, nothing tells us
 
     async def _answers(self, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str) -> bool:
         """Is the IDE ready? What sits at its socket not being the IDE ends the start at once."""
@@ -338,15 +365,20 @@ class SessionRunner:
 
     async def _wait_job(self, principal: Principal, job_id: str, limit: float | None = None,
                         interruptible: bool = False) -> dict[str, Any]:
-        """The job once it ended or ``limit`` s passed; ``interruptible``: a stop request cuts the wait short."""
-        deadline = None if limit is None else time.monotonic() + limit
-        while True:
-            job = await run_in_threadpool(self.jobs.get, principal, job_id)
-            if job["status"] in FINAL_STATUSES or (deadline is not None and time.monotonic() > deadline):
-                return job
-            if interruptible:
-                self._check_stop(job.get("sessionId") or "")
-            await asyncio.sleep(POLL)
+        """The job once it ended or ``limit`` s passed; ``interruptible``: a stop request cuts the wait short.
+        Waits on the job's events: one store read, then nothing until the job changes."""
+        with self.jobs.events.follow(job_id) as followed:
+            job = await followed.start()
+            stop = self._stop_signal(job.session_id) if interruptible and job.session_id else None
+            try:
+                job = await followed.until(FINAL_STATUSES, limit, stop)
+            except JobWaitTimeout as exc:
+                job = exc.last if isinstance(exc.last, JobChange) else job
+            except WaitInterrupted:
+                self._check_stop(job.session_id or "")
+            finally:
+                self._drop_signal(job.session_id or "")
+            return job.summary()
 
     # -- stop --------------------------------------------------------------------------------
     async def stop(self, session_id: str, force: bool, suspend: bool) -> None:

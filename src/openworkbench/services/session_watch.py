@@ -6,19 +6,27 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
-from openworkbench.errors import StoreError
+from openworkbench.errors import EventsLost, StoreError
 from openworkbench.ides.client import quietly, using
+from openworkbench.services.job_events import JobChange
 from openworkbench.services.job_json import outcome
 from openworkbench.services.session_runner import LIVE_STATES, SessionRunner
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
+
+
+def _session_job_end(change: JobChange) -> bool:
+    return change.final and change.session_id is not None
+
+
 # Failures that say nothing about a session's own row, and may pass; anything else while following one
 # session (an unknown workbench, a mangled field) is that row's fault, and ends it failed.
 PASSING_ERRORS = (StoreError, OSError)
@@ -32,49 +40,112 @@ class SessionWatch:
         self.settings = runner.settings
         self.store = runner.store
         self.jobs = runner.jobs
+        self._recheck: set[str] = set()  # sessions whose IDE job ended while a start or stop was in charge
 
     # -- following running sessions ------------------------------------------------------
     async def run(self) -> None:
-        """Forever: notice IDEs that died, record activity, and act on idleness."""
+        """Forever: notice IDEs that died (by their job's events), record activity, and act on idleness."""
+        ends = asyncio.get_running_loop().create_task(self._follow_ends())
         interval = self.settings.sessions.idle_check_interval_s
         last_idle_check = 0.0
-        while True:
-            await asyncio.sleep(0.5)
-            try:
-                check_idle = time.monotonic() - last_idle_check >= interval
-                if check_idle:
-                    last_idle_check = time.monotonic()
-                await self._watch_once(check_idle)
-            except Exception:
-                log.exception("session watch failed")
+        try:
+            while True:
+                await asyncio.sleep(0.5)
+                try:
+                    check_idle = time.monotonic() - last_idle_check >= interval
+                    if check_idle:
+                        last_idle_check = time.monotonic()
+                    await self._watch_once(check_idle)
+                except Exception:
+                    log.exception("session watch failed")
+        finally:
+            ends.cancel()
 
     async def _watch_once(self, check_idle: bool) -> None:
         rows = await run_in_threadpool(self._running)
+        running = {row.id for row, _, _ in rows}
         for row, owner, principal in rows:
-            if self.runner.tasks.get(row.id) and not self.runner.tasks[row.id].done():
+            if self._in_charge(row.id):
                 continue  # a start or stop is in charge of this one
             try:
+                if row.id in self._recheck and await self._check_job(row, owner, principal):
+                    continue
                 await self._watch_one(row, owner, principal, check_idle)
             except PASSING_ERRORS:  # the store or the file system failing: try again next round
                 log.exception("watching session %s failed", row.id)
             except Exception as exc:  # the session's row chokes us: it must not keep the others unwatched
                 await self._fail_bad_row(row.id, exc)
+        # An end seen while a start or stop was in charge is looked at once it is done (above, if it left the
+        # session running); one that left it anything else needs nothing more.
+        self._recheck = {sid for sid in self._recheck if self._in_charge(sid) or sid in running}
 
     async def _watch_one(self, row: Session, owner: str, principal: Principal, check_idle: bool) -> None:
-        job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
-        if job is None or job["status"] in FINAL_STATUSES:
-            ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
-            why = f"the IDE process ended: {outcome(job)}" if job else "the session has no IDE job"
-            await self.runner.update(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
-            ide = self.runner.ide(row.workbench)
-            await self.runner.clean_up(row, ide, self.runner.context(row, owner))
-            return
+        """What a running session needs now and then; that its IDE ended, the job's events say (``_job_ended``)."""
         await self.runner.renew_cookie(row, owner)
         used = self.runner.last_used.pop(row.id, None)
         if used is not None:
             await self.runner.update(row.id, last_used=used)
         if check_idle:
             await self._check_idle(row, owner, used or row.last_used)
+
+    # -- IDE jobs that end -----------------------------------------------------------------
+    async def _follow_ends(self) -> None:
+        """Sessions whose IDE job ended, from the job events. Subscribed first, then every running session's
+        job is read once (and again after lost events), so no end before or between is missed."""
+        with self.jobs.events.subscribe(match=_session_job_end) as sub:
+            await self._check_all()
+            while True:
+                try:
+                    change = await sub.next()
+                except EventsLost:
+                    log.warning("session watch: job events lost; reading every running session's job")
+                    await self._check_all()
+                    continue
+                try:
+                    await self._job_ended(change)
+                except Exception:  # the store failing, say: the watch's next round reads its job
+                    log.exception("session watch: following the end of job %s failed", change.job_id)
+                    self._recheck.add(change.session_id or "")
+
+    async def _check_all(self) -> None:
+        for row, owner, principal in await run_in_threadpool(self._running):
+            if self._in_charge(row.id):
+                self._recheck.add(row.id)
+                continue
+            try:
+                await self._check_job(row, owner, principal)
+            except Exception:
+                log.exception("session watch: reading the job of session %s failed", row.id)
+                self._recheck.add(row.id)
+
+    async def _job_ended(self, change: JobChange) -> None:
+        row, owner, _ = await self.runner.load(change.session_id or "")
+        if row.job_id != change.job_id:
+            return  # a hook's job, or the last run's
+        if self._in_charge(row.id):
+            self._recheck.add(row.id)  # a start about to say "running", say: looked at once it is done
+        elif row.state == "running":
+            await self._ended(row, owner, change.summary())
+
+    async def _check_job(self, row: Session, owner: str, principal: Principal) -> bool:
+        """Read a running session's job once; end the session if it ended. Whether it did."""
+        self._recheck.discard(row.id)
+        job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
+        if job is not None and job["status"] not in FINAL_STATUSES:
+            return False
+        await self._ended(row, owner, job)
+        return True
+
+    async def _ended(self, row: Session, owner: str, job: dict[str, Any] | None) -> None:
+        ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
+        why = f"the IDE process ended: {outcome(job)}" if job else "the session has no IDE job"
+        await self.runner.update(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
+        ide = self.runner.ide(row.workbench)
+        await self.runner.clean_up(row, ide, self.runner.context(row, owner))
+
+    def _in_charge(self, session_id: str) -> bool:
+        task = self.runner.tasks.get(session_id)
+        return task is not None and not task.done()
 
     def _running(self) -> list[tuple[Session, str, Principal]]:
         query = select(Session, User).join(User).where(Session.state == "running")
