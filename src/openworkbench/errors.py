@@ -201,3 +201,12 @@ class Overloaded(WorkbenchError):
     http_status = 503
 class OutputTooLarge(NotAvailable):
     """A job's output larger than the server streams in one ``get_job_output`` call; sent as the last line."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached (stopped, restarting, refusing connections): the request did nothing and
+    may be tried again. Translated at the store boundary from the driver's connection errors; the server logs
+    the outage once, and recovers by itself when the database answers again."""
+
+    code = 503
+    http_status = 503

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
-from openworkbench.errors import StoreError
+from openworkbench.errors import StoreError, StoreUnavailable
 from openworkbench.ides.client import quietly, using
 from openworkbench.services.job_json import outcome
 from openworkbench.services.session_runner import LIVE_STATES, SessionRunner
@@ -45,6 +45,8 @@ class SessionWatch:
                 if check_idle:
                     last_idle_check = time.monotonic()
                 await self._watch_once(check_idle)
+            except StoreUnavailable:  # the store logs the outage once; the next round tries again
+                pass
             except Exception:
                 log.exception("session watch failed")
 
@@ -55,6 +57,8 @@ class SessionWatch:
                 continue  # a start or stop is in charge of this one
             try:
                 await self._watch_one(row, owner, principal, check_idle)
+            except StoreUnavailable:
+                raise  # the others would fail too: this round ends, quietly
             except PASSING_ERRORS:  # the store or the file system failing: try again next round
                 log.exception("watching session %s failed", row.id)
             except Exception as exc:  # the session's row chokes us: it must not keep the others unwatched
