@@ -3,12 +3,17 @@ it is back, however many requests and background loops meet the outage meanwhile
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import psycopg
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+
+from openworkbench.errors import StoreUnavailable
 
 log = logging.getLogger("openworkbench.store")
 
@@ -16,6 +21,8 @@ MESSAGE = "the store is unavailable (the database cannot be reached); try again 
 # SQLSTATE classes that say the server, not the statement, failed: 08 connection exception, 53 insufficient
 # resources (too many connections), 57P admin shutdown / crash shutdown / cannot connect now / database dropped.
 _AWAY_STATES = ("08", "53", "57P")
+RETRY_S = 1.0
+T = TypeVar("T")
 
 
 def is_unavailable(exc: SQLAlchemyError) -> bool:
@@ -61,6 +68,16 @@ class Availability:
             since, self._down_since = self._down_since, None
         if since is not None:
             log.warning("the database %s is back after %.1f s unavailable", self.name, time.monotonic() - since)
+
+
+async def once_available(work: Callable[[], Awaitable[T]]) -> T:
+    """``work()`` retried every RETRY_S s while the database is away: for what must be recorded (a session's
+    failure) and has nobody to answer 503 to."""
+    while True:
+        try:
+            return await work()
+        except StoreUnavailable:
+            await asyncio.sleep(RETRY_S)
 
 
 def _first_line(exc: BaseException) -> str:
