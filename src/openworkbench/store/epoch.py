@@ -109,7 +109,8 @@ class PostgresEpoch:
         """Log the first failure of a run of them: a database that is away fails every check for as long."""
         if not self._failing:
             self._failing = True
-            log.warning("%s: %s (logged once until a check succeeds again)", what, str(exc).strip())
+            text = str(exc).strip().splitlines()
+            log.warning("%s: %s (logged once until a check succeeds again)", what, text[0] if text else type(exc))
 
     def _borrow(self) -> psycopg.Connection[tuple[Any, ...]] | None:
         with self._lock:
