@@ -17,9 +17,10 @@ from openworkbench.api.forwarded import TrustedProxies
 from openworkbench.api.methods import METHODS
 from openworkbench.api.metrics_route import install as install_metrics
 from openworkbench.api.openapi import install as install_docs
-from openworkbench.api.rpc import RpcRoutes, dispatch, internal_error_response
+from openworkbench.api.rpc import RpcRoutes, dispatch, error_response, internal_error_response
 from openworkbench.api.session_routes import SessionRoutes
 from openworkbench.config import Settings
+from openworkbench.errors import StoreUnavailable
 from openworkbench.metrics import HttpMetrics
 from openworkbench.services.container import Services, build_services
 from openworkbench.web import pages
@@ -106,6 +107,10 @@ def create_app(settings: Settings) -> TrustedProxies:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"error": {"code": 400, "message": "invalid request"}}, 400)
+
+    @app.exception_handler(StoreUnavailable)  # a page's store read while the database is away: 503, no traceback
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return error_response(exc)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -29,7 +29,14 @@ from starlette.websockets import WebSocket
 from openworkbench.api.limits import has_body
 from openworkbench.api.rpc import internal_error_response
 from openworkbench.auth.permissions import Principal
-from openworkbench.errors import InvalidState, NotFound, PermissionDenied, Unauthenticated, WorkbenchError
+from openworkbench.errors import (
+    InvalidState,
+    NotFound,
+    PermissionDenied,
+    StoreUnavailable,
+    Unauthenticated,
+    WorkbenchError,
+)
 from openworkbench.proxy import ProxyTarget, forward_http, forward_websocket
 from openworkbench.proxy.relay_http import raw_path_and_query
 from openworkbench.services.container import Services
@@ -42,12 +49,12 @@ log = logging.getLogger(__name__)
 PREFIX = "/s/"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # The proxy answers in HTTP terms: a missing session is 404 here, not an RPC error code.
-HTTP_STATUS = {Unauthenticated: 401, PermissionDenied: 403, NotFound: 404, InvalidState: 503}
+HTTP_STATUS = {Unauthenticated: 401, PermissionDenied: 403, NotFound: 404, InvalidState: 503, StoreUnavailable: 503}
 # An open WebSocket (a kernel, a terminal) is checked again this often: revoking a token, disabling a
 # user or stopping the session ends it, not only new requests.
 REVALIDATE_SECONDS = 1.0
 NO_STORE = {"Cache-Control": "no-store"}  # a ticket must not be kept in a cache
-WS_CLOSE = {Unauthenticated: 4401, PermissionDenied: 4403, NotFound: 4404, InvalidState: 1013}
+WS_CLOSE = {Unauthenticated: 4401, PermissionDenied: 4403, NotFound: 4404, InvalidState: 1013, StoreUnavailable: 1013}
 
 
 async def resolve(services: Services, part: str, authorization: str | None, cookie: str | None,
@@ -251,5 +258,7 @@ async def _until_refused(services: Services, part: str, authorization: str | Non
         await asyncio.sleep(REVALIDATE_SECONDS)
         try:
             await resolve(services, part, authorization, cookie, touch=False)
+        except StoreUnavailable:
+            continue  # the database away is no refusal: an open kernel or terminal outlives the outage
         except WorkbenchError as exc:
             return exc

@@ -15,6 +15,7 @@ import pwd
 import secrets
 import threading
 from collections.abc import AsyncGenerator, Callable
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, select
@@ -31,10 +32,18 @@ from openworkbench.clusters.base import (
     JobRef,
     JobState,
 )
-from openworkbench.errors import InvalidParameter, InvalidState, LaunchFailed, NotFound, WorkbenchError
+from openworkbench.errors import (
+    InvalidParameter,
+    InvalidState,
+    LaunchFailed,
+    NotFound,
+    StoreUnavailable,
+    WorkbenchError,
+)
 from openworkbench.models import JobSpec
 from openworkbench.services import output
 from openworkbench.services.accounts import Accounts
+from openworkbench.services.job_backlog import NEVER_STARTED, Backlog, Seen
 from openworkbench.services.job_events import JobChange, JobEvents
 from openworkbench.services.job_json import job_json
 from openworkbench.services.run_as import RunAsPolicy
@@ -88,6 +97,7 @@ class JobService:
         self._clusters_of: dict[str, str] = {}
         self._lock = threading.Lock()
         self.events = JobEvents(self.change_of)
+        self.backlog = Backlog()  # states seen while the database was away, written when it is back
 
     # -- launching ---------------------------------------------------------------------------
     def launch(self, principal: Principal, spec: JobSpec, session_id: str | None = None) -> dict[str, Any]:
@@ -99,7 +109,11 @@ class JobService:
         job_id = secrets.token_hex(8)
         spec = spec.model_copy(update={"user": owner, "cluster": cluster.name, "group": _group_name(account.gid)})
         job = _new_job(job_id, 0, cluster.name, spec, session_id)
-        self._record(job, owner)
+        try:
+            self._record(job, owner)
+        except StoreUnavailable:  # nothing started; a row whose commit's answer was lost ends Failed later
+            self.backlog.hold_now(job_id, NEVER_STARTED)
+            raise
         self.store.wrote([job])  # Core writes: the job views learn of them from us
         self.events.publish([_change(job, owner)])
         try:
@@ -109,13 +123,16 @@ class JobService:
                                                                                f"job: {type(exc).__name__}: {exc}")
             if not isinstance(exc, WorkbenchError):
                 log.exception("job %s: submit to cluster %s failed", job_id, cluster.name)
-            self._apply(job_id, JobState(status="Failed", status_message=failure.message))
+            self._apply_or_hold(job_id, JobState(status="Failed", status_message=failure.message))
             raise failure from None
         # Until the job is followed, below, nothing but this request writes its row: the row in hand is the
         # stored one. So the update needs no read first, and the reply needs no read-back.
         _update_row(job, state)
-        with self.store.transaction() as conn:
-            conn.execute(UPDATE_JOB, {"b_id": job_id, **{f"b_{name}": getattr(job, name) for name in UPDATED_COLUMNS}})
+        try:
+            with self.store.transaction() as conn:
+                conn.execute(UPDATE_JOB, {"b_id": job_id, **{f"b_{col}": getattr(job, col) for col in UPDATED_COLUMNS}})
+        except StoreUnavailable:  # the job runs and its Pending row is stored: the monitor writes the rest later
+            self.backlog.hold_now(job_id, state)
         self.store.wrote([job])
         with self._lock:  # followed and published together: the monitor's changes of it come after this one
             if job.status not in FINAL_STATUSES:
@@ -271,8 +288,25 @@ class JobService:
                     log.exception("polling cluster %s failed", name)
                     continue
             changed.update(updates)
-        self._apply_all(changed)
+        self._store_seen(self.backlog.take(changed))
         return len(changed)
+
+    def _store_seen(self, seen: dict[str, Seen]) -> None:
+        """Write states a poll saw (and those held from polls that could not write); hold them again while the
+        database is away: the store logs the outage, and the next poll tries again."""
+        if not seen:
+            return
+        try:
+            self._apply_all({job_id: item.state for job_id, item in seen.items()},
+                            {job_id: item.at for job_id, item in seen.items()})
+        except StoreUnavailable:
+            self.backlog.hold(seen)  # batches written before the failure are written again: final stays final
+
+    def _apply_or_hold(self, job_id: str, state: JobState) -> None:
+        try:
+            self._apply(job_id, state)
+        except StoreUnavailable:
+            self.backlog.hold_now(job_id, state)
 
     def _apply(self, job_id: str, state: JobState, owner: str | None = None) -> dict[str, Any] | None:
         """Store what the cluster reported; with ``owner``, also return the job as the API shows it."""
@@ -287,8 +321,9 @@ class JobService:
         self._follow({job_id: (status, state)}, changes)
         return rendered
 
-    def _apply_all(self, updates: dict[str, JobState]) -> None:
-        """Store a poll's changes in one transaction per batch: a poll may find hundreds of jobs ended."""
+    def _apply_all(self, updates: dict[str, JobState], seen_at: dict[str, datetime] | None = None) -> None:
+        """Store a poll's changes in one transaction per batch: a poll may find hundreds of jobs ended.
+        ``seen_at``: when each state was seen, if not now (held while the database was away)."""
         ids = list(updates)
         for start in range(0, len(ids), APPLY_BATCH):
             batch = ids[start : start + APPLY_BATCH]
@@ -296,7 +331,7 @@ class JobService:
             changes: list[JobChange] = []
             with self.store.session() as db:
                 for job, owner in db.execute(select(Job, User.username).join(User).where(Job.id.in_(batch))):
-                    if _update_row(job, updates[job.id]):
+                    if _update_row(job, updates[job.id], seen_at.get(job.id) if seen_at else None):
                         changes.append(_change(job, owner))
                     stored[job.id] = (job.status, updates[job.id])
             self._follow(stored, changes)
@@ -357,7 +392,7 @@ def _change(job: Job, owner: str) -> JobChange:
                      job.host, job.last_update_time)
 
 
-def _update_row(job: Job, state: JobState) -> bool:
+def _update_row(job: Job, state: JobState, seen_at: datetime | None = None) -> bool:
     """Write what the cluster reported into the row; False when the row is final and stays as it was."""
     if job.status in FINAL_STATUSES:
         return False  # a final status is final: late reports never change it
@@ -373,7 +408,7 @@ def _update_row(job: Job, state: JobState) -> bool:
             setattr(job, attr, value)
     job.last_update_time = utcnow()
     if job.status == "Running" and job.running_time is None:
-        job.running_time = job.last_update_time
+        job.running_time = seen_at or job.last_update_time
     if job.status in FINAL_STATUSES:
-        job.end_time = job.last_update_time
+        job.end_time = seen_at or job.last_update_time
     return True

@@ -19,7 +19,7 @@ from typing import cast
 from sqlalchemy import Table, select, update
 
 from openworkbench.config import JobSettings
-from openworkbench.errors import FileSystemError, InvalidState, PathMissing
+from openworkbench.errors import FileSystemError, InvalidState, PathMissing, StoreUnavailable
 from openworkbench.safefs import paths
 from openworkbench.store import Store
 from openworkbench.store.schema import Job, utcnow
@@ -76,6 +76,8 @@ class Retention:
                 if count := self.purge_once():
                     log.info("removed the output of %d job(s) older than %g days", count,
                              self.settings.output_retention_days)
+            except StoreUnavailable:  # logged once by the store; the next interval tries again
+                pass
             except Exception:  # one failed pass must not end retention
                 log.exception("purging old job output failed")
             if self._stop.wait(self.settings.purge_interval_s):

@@ -25,7 +25,7 @@ from openworkbench import metrics
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
-from openworkbench.errors import JobWaitTimeout, UpstreamRefused, WaitInterrupted, WorkbenchError
+from openworkbench.errors import JobWaitTimeout, StoreUnavailable, UpstreamRefused, WaitInterrupted, WorkbenchError
 from openworkbench.ides import Ide, LaunchContext, ide_for
 from openworkbench.ides.client import answers, quietly, upstream_of, using
 from openworkbench.models import JobSpec
@@ -37,6 +37,7 @@ from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.rpc_cookies import COOKIE_VARIABLE, SessionCookies
 from openworkbench.services.session_endpoint import checked_endpoint, peer_uid
 from openworkbench.store import Store
+from openworkbench.store.availability import once_available
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,9 @@ class SessionRunner:
             await work
         except (asyncio.CancelledError, StopRequested):
             return
-        except SessionFailed as exc:
-            row = await self.update(session_id, state="failed", status_detail=str(exc))
+        except (SessionFailed, StoreUnavailable) as exc:  # the failure is recorded once the store can take it
+            why = str(exc) if isinstance(exc, SessionFailed) else f"the start was cut short: {exc.message}"
+            row = await once_available(lambda: self.update(session_id, state="failed", status_detail=why))
             ide = self.ide(row.workbench)
             await self.clean_up(row, ide, self.context(row, self._routes[row.url].owner))
         except Exception as exc:  # a bug must not leave a session in a transitional state forever

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
-from openworkbench.errors import EventsLost, StoreError
+from openworkbench.errors import EventsLost, StoreError, StoreUnavailable
 from openworkbench.ides.client import quietly, using
 from openworkbench.services.job_events import JobChange
 from openworkbench.services.job_json import outcome
@@ -41,6 +41,7 @@ class SessionWatch:
         self.store = runner.store
         self.jobs = runner.jobs
         self._recheck: set[str] = set()  # sessions whose IDE job ended while a start or stop was in charge
+        self._recheck_all = False  # reading every session's job failed (the store away): the next round does it
 
     # -- following running sessions ------------------------------------------------------
     async def run(self) -> None:
@@ -56,6 +57,8 @@ class SessionWatch:
                     if check_idle:
                         last_idle_check = time.monotonic()
                     await self._watch_once(check_idle)
+                except StoreUnavailable:  # the store logs the outage once; the next round tries again
+                    pass
                 except Exception:
                     log.exception("session watch failed")
         finally:
@@ -64,6 +67,9 @@ class SessionWatch:
     async def _watch_once(self, check_idle: bool) -> None:
         rows = await run_in_threadpool(self._running)
         running = {row.id for row, _, _ in rows}
+        if self._recheck_all:
+            self._recheck |= running
+            self._recheck_all = False
         for row, owner, principal in rows:
             if self._in_charge(row.id):
                 continue  # a start or stop is in charge of this one
@@ -71,6 +77,8 @@ class SessionWatch:
                 if row.id in self._recheck and await self._check_job(row, owner, principal):
                     continue
                 await self._watch_one(row, owner, principal, check_idle)
+            except StoreUnavailable:
+                raise  # the others would fail too: this round ends, quietly
             except PASSING_ERRORS:  # the store or the file system failing: try again next round
                 log.exception("watching session %s failed", row.id)
             except Exception as exc:  # the session's row chokes us: it must not keep the others unwatched
@@ -108,7 +116,13 @@ class SessionWatch:
                     self._recheck.add(change.session_id or "")
 
     async def _check_all(self) -> None:
-        for row, owner, principal in await run_in_threadpool(self._running):
+        try:
+            rows = await run_in_threadpool(self._running)
+        except Exception:  # the store away, say: the watch's next round that can read rechecks every one
+            log.warning("session watch: cannot list the running sessions now; rechecking each later")
+            self._recheck_all = True
+            return
+        for row, owner, principal in rows:
             if self._in_charge(row.id):
                 self._recheck.add(row.id)
                 continue

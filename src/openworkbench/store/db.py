@@ -10,14 +10,18 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DataError, SQLAlchemyError
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
-from openworkbench.errors import BadRequest, StoreError
+from openworkbench.errors import BadRequest, StoreError, StoreUnavailable
+from openworkbench.store.availability import MESSAGE, Availability, is_unavailable
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 WRITTEN = "openworkbench.written"  # Session.info key: what the open transaction has written
+# Seconds a new PostgreSQL connection may take: a database host that is away without refusing (a network
+# partition) must not hold a request for the system's TCP timeout (minutes). A URL's own connect_timeout wins.
+CONNECT_TIMEOUT_S = 5
 
 # Called after each commit with what it wrote: ORM objects, or a mapped class for a bulk UPDATE/DELETE.
 CommitWatcher = Callable[[list[Any]], None]
@@ -42,8 +46,12 @@ class Store:
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite and parsed.database:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.availability = Availability(parsed.render_as_string())
         try:
-            self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+            # pre_ping: a pooled connection that died with the database (restarted, or stopped for a while) is
+            # replaced before it is used, so the server recovers by itself once the database is back.
+            self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite,
+                                                connect_args=_connect_args(parsed))
         except (SQLAlchemyError, ImportError) as exc:
             raise StoreError(f"cannot open database {parsed.render_as_string()}: {exc}") from None
         if self.is_sqlite:
@@ -84,31 +92,45 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A unit of work: commits on success, rolls back on any error."""
-        with _translated(), self._sessions.begin() as session:
+        with _translated(self.availability), self._sessions.begin() as session:
             yield session
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A Core connection in a transaction, for hot paths where the ORM's unit of work costs more than the
         SQL; commits on success, rolls back on any error. Commit watchers do not see these writes."""
-        with _translated(), self.engine.begin() as connection:
+        with _translated(self.availability), self.engine.begin() as connection:
             yield connection
 
     def dispose(self) -> None:
         self.engine.dispose()
 
 
+def _connect_args(parsed: URL) -> dict[str, Any]:
+    if parsed.get_backend_name() != "postgresql" or "connect_timeout" in parsed.query:
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT_S}
+
+
 @contextmanager
-def _translated() -> Iterator[None]:
-    """Database errors become StoreError (the rollback has happened by then, inside the block)."""
+def _translated(availability: Availability) -> Iterator[None]:
+    """Database errors become StoreError (the rollback has happened by then, inside the block); a database out
+    of reach becomes StoreUnavailable (503), noted once in the log, with its return noted once too."""
     try:
         yield
-    except DataError as exc:
-        if "NUL (0x00)" in str(exc.orig):  # PostgreSQL's text cannot hold it; the API's checks refuse it first
-            raise BadRequest("a text value contains a NUL byte, which the database cannot store") from None
-        raise StoreError(f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}") from None
     except SQLAlchemyError as exc:
-        raise StoreError(f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}") from None
+        if is_unavailable(exc):
+            availability.failed(exc)
+            raise StoreUnavailable(MESSAGE) from None
+        _raise_translated(exc)
+    availability.succeeded()
+
+
+def _raise_translated(exc: SQLAlchemyError) -> None:
+    if isinstance(exc, DataError) and "NUL (0x00)" in str(exc.orig):
+        # PostgreSQL's text cannot hold it; the API's checks refuse it first
+        raise BadRequest("a text value contains a NUL byte, which the database cannot store") from None
+    raise StoreError(f"database error: {type(exc).__name__}: {exc.args[0] if exc.args else ''}") from None
 
 
 def _note_flushed(session: Session, _context: Any) -> None:

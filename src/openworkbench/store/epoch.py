@@ -89,6 +89,7 @@ class PostgresEpoch:
         self._lock = threading.Lock()
         self._retry_at = 0.0  # time.monotonic() before which no connect is tried
         self._closed = False
+        self._failing = False  # the last check failed: its failures are not logged again until one succeeds
 
     def current(self) -> int | None:
         conn = self._borrow()
@@ -97,11 +98,19 @@ class PostgresEpoch:
         try:
             row = conn.execute(self.QUERY, prepare=True).fetchone()
         except psycopg.Error as exc:
-            log.warning("cannot read the auth epoch (sign-ins are checked in the store): %s", exc)
+            self._failed("cannot read the auth epoch (sign-ins are checked in the store)", exc)
             conn.close()
             return None
+        self._failing = False
         self._give_back(conn)
         return int(row[0]) if row else None
+
+    def _failed(self, what: str, exc: psycopg.Error) -> None:
+        """Log the first failure of a run of them: a database that is away fails every check for as long."""
+        if not self._failing:
+            self._failing = True
+            text = str(exc).strip().splitlines()
+            log.warning("%s: %s (logged once until a check succeeds again)", what, text[0] if text else type(exc))
 
     def _borrow(self) -> psycopg.Connection[tuple[Any, ...]] | None:
         with self._lock:
@@ -115,7 +124,7 @@ class PostgresEpoch:
             return psycopg.connect(self._conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
                                    options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}")
         except psycopg.Error as exc:
-            log.warning("cannot connect to read the auth epoch (sign-ins are checked in the store): %s", exc)
+            self._failed("cannot connect to read the auth epoch (sign-ins are checked in the store)", exc)
             with self._lock:
                 self._retry_at = time.monotonic() + self.RETRY_AFTER
             return None

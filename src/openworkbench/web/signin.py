@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench.api.limits import read_body
 from openworkbench.auth.throttle import Attempt
-from openworkbench.errors import PayloadTooLarge, PermissionDenied, WorkbenchError
+from openworkbench.errors import PayloadTooLarge, PermissionDenied, StoreUnavailable, WorkbenchError
 from openworkbench.proxy.target import error_response
 from openworkbench.services.container import Services
 from openworkbench.services.password_signin import REFUSED
@@ -82,6 +82,8 @@ class SignInPages:
     async def with_token(self, request: Request, token: str, next_url: str) -> Response:
         try:
             cookie = await run_in_threadpool(self.services.signin.sign_in, token)
+        except StoreUnavailable:
+            raise  # not "the token is not valid": the app's handler answers 503
         except WorkbenchError:
             return self.page(request, next_url, "That token is not valid (or was revoked).", status=401,
                              token_open=True)
