@@ -8,6 +8,7 @@ run as a real POSIX user through the real launch path, and the server is restart
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import pwd
 import re
@@ -104,25 +105,40 @@ class Sampler(threading.Thread):
                 self.done.wait(0.2)
 
 
-class Latency(threading.Thread):
-    """Another user's client: get_session of its own running session, timed, as fast as it is answered."""
+def time_get_session(url: str, token: str, stop: Any, results: Any) -> None:
+    """Another user's client, in a process of its own (no GIL shared with the storm's clients): get_session of
+    its own sessions, timed, one call every 20 ms until ``stop`` is set; the times go to ``results``."""
+    times: list[float] = []
+    with httpx.Client(timeout=60) as client:
+        while not stop.is_set():
+            began = time.perf_counter()
+            answer = client.post(f"{url}/api/get_session", json={"method": "get_session", "kwparams": {}},
+                                 headers={"Authorization": f"Bearer {token}"})
+            times.append(time.perf_counter() - began)
+            if answer.status_code != 200 or not answer.json()["result"]["sessions"]:
+                times.append(float("inf"))  # a wrong answer fails the p99 as surely as a slow one
+            stop.wait(0.02)
+    results.put(times)
 
+
+class Latency:
     def __init__(self, server: Server, token: str) -> None:
-        super().__init__(daemon=True)
-        self.server, self.token = server, token
-        self.times: list[float] = []
-        self.done = threading.Event()
+        context = multiprocessing.get_context("spawn")
+        self.stop, self.results = context.Event(), context.Queue()
+        self.process = context.Process(target=time_get_session, args=(server.url, token, self.stop, self.results))
+        self.process.start()
 
-    def run(self) -> None:
-        body = {"method": "get_session", "kwparams": {}}
-        with httpx.Client(timeout=60) as client:
-            while not self.done.is_set():
-                began = time.perf_counter()
-                answer = client.post(f"{self.server.url}/api/get_session", json=body,
-                                     headers={"Authorization": f"Bearer {self.token}"})
-                self.times.append(time.perf_counter() - began)
-                assert answer.status_code == 200 and answer.json()["result"]["sessions"], answer.text
-                self.done.wait(0.02)
+    def times(self) -> list[float]:
+        self.stop.set()
+        times: list[float] = self.results.get(timeout=60)
+        self.process.join(10)
+        return times
+
+
+def measure(server: Server, token: str, seconds: float) -> list[float]:
+    latency = Latency(server, token)
+    time.sleep(seconds)
+    return latency.times()
 
 
 async def launch_all(server: Server, token: str, count: int) -> list[dict[str, Any]]:
@@ -158,6 +174,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 @pytestmark_ides
+@pytest.mark.timeout(1800)  # ~2 min on a quiet 2-core machine; far more when it is shared
 def test_a_launch_storm_is_queued_not_refused(tmp_path: Path, storm_user: pwd.struct_passwd,
                                               posix_user: pwd.struct_passwd) -> None:
     extra = f"max_per_user = {STORM + 10}\nmax_concurrent_starts = {SLOTS}\n"
@@ -165,17 +182,16 @@ def test_a_launch_storm_is_queued_not_refused(tmp_path: Path, storm_user: pwd.st
         token, other = srv.token(storm_user.pw_name), srv.token(posix_user.pw_name)
         own = launch(srv, other, "JupyterLab", name="the other user's")
         wait_state(srv, other, own["id"], ("running",), timeout=300)
+        quiet = measure(srv, other, 5)  # the same client before the storm: what the machine gives now
         sampler, latency = Sampler(srv, token), Latency(srv, other)
         sampler.start()
-        latency.start()
         began = time.monotonic()
         started = asyncio.run(launch_all(srv, token, STORM))
         ids = [item["id"] for item in started]
         ended = wait_all(srv, token, ids, ("running", "failed"), timeout=60 + 12 * STORM)
         all_running = time.monotonic() - began
-        latency.done.set()
+        times = latency.times()
         sampler.done.set()
-        latency.join()
         sampler.join()
 
         failed = [(item["id"], item["status_detail"]) for item in ended if item["activity_state"] == "failed"]
@@ -187,9 +203,11 @@ def test_a_launch_storm_is_queued_not_refused(tmp_path: Path, storm_user: pwd.st
         assert any(len(seen) >= 3 for seen in sampler.places.values()), sampler.places
         assert max(max(seen) for seen in sampler.places.values()) >= STORM // 2
         assert 0 < sampler.most_starting <= SLOTS
-        p50, p99 = statistics.median(latency.times), percentile(latency.times, 0.99)
+        p50, p99 = statistics.median(times), percentile(times, 0.99)
         print(f"\nstorm of {STORM}: all running or failed after {all_running:.1f} s ({len(failed)} failed); "
-              f"get_session p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms over {len(latency.times)} calls; "
+              f"get_session p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms over {len(times)} calls "
+              f"(before the storm: p50 {statistics.median(quiet) * 1000:.1f} ms, "
+              f"p99 {percentile(quiet, 0.99) * 1000:.1f} ms); "
               f"most seen starting at once {sampler.most_starting}; {sampler.polls} samples; "
               f"load {os.getloadavg()}")
         assert p99 < 0.050, f"get_session p99 {p99 * 1000:.1f} ms during the storm"  # issue 14 asks for it
@@ -225,6 +243,7 @@ def wait_detail(srv: Server, token: str, session_id: str, detail: str, timeout: 
 
 
 @pytestmark_ides
+@pytest.mark.timeout(900)  # ~30 s on a quiet machine
 def test_queued_sessions_stop_at_once_survive_a_restart_and_resume_in_turn(tmp_path: Path,
                                                                            storm_user: pwd.struct_passwd) -> None:
     extra = "max_per_user = 20\nmax_concurrent_starts = 1\n"
