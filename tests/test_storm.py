@@ -105,11 +105,12 @@ class Sampler(threading.Thread):
                 self.done.wait(0.2)
 
 
-def time_get_session(url: str, token: str, stop: Any, results: Any) -> None:
+def time_get_session(url: str, token: str, ready: Any, stop: Any, results: Any) -> None:
     """Another user's client, in a process of its own (no GIL shared with the storm's clients): get_session of
     its own sessions, timed, one call every 20 ms until ``stop`` is set; the times go to ``results``."""
     times: list[float] = []
     with httpx.Client(timeout=60) as client:
+        ready.set()
         while not stop.is_set():
             began = time.perf_counter()
             answer = client.post(f"{url}/api/get_session", json={"method": "get_session", "kwparams": {}},
@@ -124,9 +125,11 @@ def time_get_session(url: str, token: str, stop: Any, results: Any) -> None:
 class Latency:
     def __init__(self, server: Server, token: str) -> None:
         context = multiprocessing.get_context("spawn")
-        self.stop, self.results = context.Event(), context.Queue()
-        self.process = context.Process(target=time_get_session, args=(server.url, token, self.stop, self.results))
+        ready, self.stop, self.results = context.Event(), context.Event(), context.Queue()
+        self.process = context.Process(target=time_get_session,
+                                       args=(server.url, token, ready, self.stop, self.results))
         self.process.start()
+        assert ready.wait(120), "the timing client did not start"  # a spawned Python takes seconds when busy
 
     def times(self) -> list[float]:
         self.stop.set()
@@ -195,22 +198,23 @@ def test_a_launch_storm_is_queued_not_refused(tmp_path: Path, storm_user: pwd.st
         sampler.join()
 
         failed = [(item["id"], item["status_detail"]) for item in ended if item["activity_state"] == "failed"]
+        p50, p99 = statistics.median(times), percentile(times, 0.99)
+        deepest = max((max(seen) for seen in sampler.places.values()), default=-1)
+        print(f"\nstorm of {STORM}: all running or failed after {all_running:.1f} s ({len(failed)} failed); "
+              f"get_session p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms over {len(times)} calls "
+              f"(before the storm: p50 {statistics.median(quiet) * 1000:.1f} ms, "
+              f"p99 {percentile(quiet, 0.99) * 1000:.1f} ms); "
+              f"most seen starting at once {sampler.most_starting}; "
+              f"deepest place {deepest}; "
+              f"{sampler.polls} samples; load {os.getloadavg()}")
         assert all(why for _, why in failed), failed  # a failure says why
         assert len(failed) <= STORM // 20, failed  # the queue is there so that starts do not time out together
         # Places were shown, and they only ever went down; the last in line saw most of the storm ahead.
         assert sampler.places, "no session was seen queued"
         assert all(seen == sorted(seen, reverse=True) for seen in sampler.places.values()), sampler.places
         assert any(len(seen) >= 3 for seen in sampler.places.values()), sampler.places
-        assert max(max(seen) for seen in sampler.places.values()) >= STORM // 2
+        assert deepest >= STORM // 2
         assert 0 < sampler.most_starting <= SLOTS
-        p50, p99 = statistics.median(times), percentile(times, 0.99)
-        print(f"\nstorm of {STORM}: all running or failed after {all_running:.1f} s ({len(failed)} failed); "
-              f"get_session p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms over {len(times)} calls "
-              f"(before the storm: p50 {statistics.median(quiet) * 1000:.1f} ms, "
-              f"p99 {percentile(quiet, 0.99) * 1000:.1f} ms); "
-              f"most seen starting at once {sampler.most_starting}; {sampler.polls} samples; "
-              f"load {os.getloadavg()}")
-        assert p99 < 0.050, f"get_session p99 {p99 * 1000:.1f} ms during the storm"  # issue 14 asks for it
         running = [item for item in ended if item["activity_state"] == "running"]
         for item in running[:: max(1, len(running) // 3)]:  # a few of them, through the proxy
             status = srv.client.get(srv.url + item["url"] + "api/status", headers={"Authorization": f"Bearer {token}"})
@@ -224,6 +228,8 @@ def test_a_launch_storm_is_queued_not_refused(tmp_path: Path, storm_user: pwd.st
         assert user_processes(storm_user) == []
         srv.rpc("stop_session", other, session_ids=own["id"])
         wait_state(srv, other, own["id"], ("finished",))
+        print(f"stopped all in {time.monotonic() - began - all_running:.1f} s")
+        assert p99 < 0.050, f"get_session p99 {p99 * 1000:.1f} ms during the storm"  # issue 14 asks for it
 
 
 def slow_failing_hook(user: pwd.struct_passwd) -> list[dict[str, str]]:
