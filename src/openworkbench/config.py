@@ -206,6 +206,9 @@ class SessionSettings(_Section):
     # How long one RPC cookie (RS_SESSION_RPC_COOKIE, the rpc_cookie file) is valid; the server writes a new
     # one to the file once less than half of this remains. Never beyond the session's life either way.
     rpc_cookie_lifetime_s: float = Field(default=7 * 24 * 3600, ge=10, le=366 * 24 * 3600)
+    # Sessions in their start phase (launching the IDE until it answers or fails) at once; the rest wait their
+    # turn, first come first served, and show their place in status_detail (services/start_queue.py).
+    max_concurrent_starts: int = Field(default=4, ge=1, le=1000)
 
 
 class AuthSettings(_Section):

@@ -36,6 +36,7 @@ from openworkbench.services.job_json import outcome
 from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.rpc_cookies import COOKIE_VARIABLE, SessionCookies
 from openworkbench.services.session_endpoint import checked_endpoint, peer_uid
+from openworkbench.services.start_queue import StartQueue
 from openworkbench.store import Store
 from openworkbench.store.availability import once_available
 from openworkbench.store.schema import Session, User, utcnow
@@ -82,6 +83,7 @@ class SessionRunner:
         self._stopping: set[str] = set()
         self._stop_signals: dict[str, asyncio.Event] = {}  # set by request_stop: a start's event waits give way
         self.cookies = SessionCookies(settings)
+        self.start_queue = StartQueue(settings.sessions.max_concurrent_starts, store)
 
     def ide(self, workbench: str) -> Ide:
         if workbench not in self._ides:
@@ -95,6 +97,9 @@ class SessionRunner:
 
     def request_stop(self, session_id: str, force: bool, suspend: bool) -> None:
         """Stop after whatever runs for the session now has given way (a start checks often)."""
+        if self.start_queue.withdraw(session_id):  # it only waited to start: out of the queue now
+            self.spawn(session_id, self.start_queue.end_withdrawn(self, session_id, force, suspend))
+            return
         self._stopping.add(session_id)
         self._stop_signal(session_id).set()
         previous = self.tasks.get(session_id)
@@ -138,6 +143,7 @@ class SessionRunner:
         for task in self.tasks.values():
             task.cancel()
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await self.start_queue.close()
 
     # -- state -------------------------------------------------------------------------------
     async def update(self, session_id: str, **fields: Any) -> Session:
@@ -202,6 +208,10 @@ class SessionRunner:
 
     # -- start -------------------------------------------------------------------------------
     async def start(self, session_id: str, resuming: bool) -> None:
+        async with self.start_queue.turn(session_id):  # a launch storm waits here, first come first served
+            await self._start(session_id, resuming)
+
+    async def _start(self, session_id: str, resuming: bool) -> None:
         row, owner, principal = await self.load(session_id)
         await self._run_hooks(row, principal, "start_hooks")
         ide = self.ide(row.workbench)

@@ -18,6 +18,7 @@ from openworkbench.ides.client import quietly, using
 from openworkbench.services.job_events import JobChange
 from openworkbench.services.job_json import outcome
 from openworkbench.services.session_runner import LIVE_STATES, SessionRunner
+from openworkbench.services.start_queue import was_queued
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,8 @@ class SessionWatch:
             why = f"the IDE process ended while the server was down: {outcome(job)}"
             await self.runner.update(row.id, state="failed", status_detail=why)
             await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
+        elif row.state in ("launching", "resuming") and was_queued(row.status_detail):  # it never began: queue it
+            self.runner.spawn(row.id, self.runner.start(row.id, resuming=row.state == "resuming"))
         elif row.state in ("pending", "starting", "resuming") and row.job_id:
             self.runner.spawn(row.id, self._resume_wait(row.id))
         elif row.state in ("suspending", "shutting_down"):
@@ -225,6 +228,7 @@ class SessionWatch:
 
     def _live(self) -> list[tuple[Session, str, Principal]]:
         query = select(Session, User).join(User).where(Session.state.in_(LIVE_STATES))
+        query = query.order_by(Session.last_state_updated)  # queued ones re-join the queue in their order
         with self.store.session() as db:
             return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
 
@@ -233,4 +237,5 @@ class SessionWatch:
         assert row.job_id is not None
         ide = self.runner.ide(row.workbench)
         ctx = self.runner.context(row, owner)
-        await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == "resuming")
+        async with self.runner.start_queue.turn(session_id, adopted=True):  # its IDE runs already: no waiting
+            await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == "resuming")
