@@ -88,8 +88,10 @@ def check_jobs(server: Server, token: str, load: Load) -> None:
         assert (jobs[job_id]["status"], jobs[job_id]["exitCode"]) == ("Finished", JOB_EXIT), jobs[job_id]
     for job_id in load.stopped:
         assert (jobs[job_id]["status"], jobs[job_id]["exitCode"]) == ("Finished", SLEEPER_EXIT), jobs[job_id]
-    states = {session["id"]: session["activity_state"] for session in ended["sessions"]}
-    assert all(states[session_id] in ("finished", "killed") for session_id in load.sessions), states
+    sessions = {session["id"]: session for session in ended["sessions"]}
+    wrong = [sessions.get(session_id) for session_id in load.sessions
+             if sessions.get(session_id, {}).get("activity_state") not in ("finished", "killed")]
+    assert wrong == [], f"churned sessions not recorded as stopped: {wrong}"
 
 
 def report(load: Load, samples: Samples, rows: dict[str, int], settling: tuple[Level, Level, float]) -> dict[str, Any]:
@@ -117,12 +119,12 @@ def test_load_and_soak(tmp_path: Path, posix_user: pwd.struct_passwd) -> None:
         print(f"\n{LABS} JupyterLab sessions running after {time.monotonic() - began:.1f} s")
         before, baseline = row_counts(server), Level.now(server, admin)
         load, samples = asyncio.run(run(server, token, admin, labs))
-        assert load.tally.errors == [], f"{len(load.tally.errors)} errors: {load.tally.errors[:10]}"
-        check_jobs(server, token, load)
         level, took = settled(server, admin, baseline)
         after = row_counts(server)
         grown = {table: after[table] - before.get(table, 0) for table in after}
         figures = report(load, samples, grown, (baseline, level, took))
+        assert load.tally.errors == [], f"{len(load.tally.errors)} errors: {load.tally.errors[:10]}"
+        check_jobs(server, token, load)
         assert load.jobs and load.stopped and load.sessions, "the run made no jobs or no sessions"
         # One row per job, per sleeper, per session and per session's own job; nothing else written.
         made = {"jobs": len(load.jobs) + len(load.stopped) + len(load.sessions), "sessions": len(load.sessions)}
