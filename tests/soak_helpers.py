@@ -94,9 +94,12 @@ async def session_cycle(load: Load) -> None:
         load.tally.error("session churn", f"{result['id']} never ran: {up}")
     else:
         load.tally.record("session churn: launch_session to running", began)
-        async with load.http.get(f"{load.base}{result['url']}api/status", headers=load.auth) as resp:
-            if resp.status != 200:
-                load.tally.error("session churn", f"{result['id']} proxied status {resp.status}")
+        try:  # an error here is one of the run; the session is stopped all the same
+            async with load.http.get(f"{load.base}{result['url']}api/status", headers=load.auth) as resp:
+                if resp.status != 200:
+                    load.tally.error("session churn", f"{result['id']} proxied status {resp.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            load.tally.error("session churn", f"{result['id']} proxied status: {exc!r}")
     if await load.rpc("stop_session", "stop_session", session_ids=result["id"]) is None:
         return
     down = await wait_session(load, result["id"], ENDED)
