@@ -2,8 +2,8 @@
 
 Every call checks its answer (status, body, the sessions still running, a stream's exact output) and records
 a wrong one in ``Tally.errors`` instead of raising, so one run reports every error; latencies are kept per
-call kind for p50/p99. Launchers hand their jobs to followers through a bounded queue: jobs are launched as
-fast as they are followed, so the machine never piles up more running jobs than there are followers.
+call kind for p50/p99. Each job launched gets a follower at once, and a launcher waits for a free follower
+slot: jobs are launched as fast as they are followed, never more running than there are followers.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class Load:
     followed: set[str] = field(default_factory=set)
     stopped: list[str] = field(default_factory=list)  # the churn's sleepers, stopped with stop_job
     sessions: list[str] = field(default_factory=list)  # the churn's sessions
-    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=16))
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))  # followers at once
+    following: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def auth(self) -> dict[str, str]:
@@ -133,12 +134,22 @@ async def proxied(load: Load) -> None:
 
 
 async def launcher(load: Load) -> None:
+    """Launch a job and hand it at once to a follower of its own (one of ``follow`` slots: a launcher waits
+    for a free one), so every job's output is followed live, from before its first line to its end."""
+    await load.slots.acquire()
     tag = f"job{len(load.jobs)}-{random.getrandbits(32):08x}"
-    result = await load.rpc("launch_job", "launch_job",
-                            job={"name": "load", "command": JOB_SCRIPT, "args": [tag]})
-    if result is not None:
-        load.jobs[result["job"]["id"]] = tag
-        await load.queue.put(result["job"]["id"])  # waits while the followers are behind
+    try:
+        result = await load.rpc("launch_job", "launch_job", job={"name": "load", "command": JOB_SCRIPT, "args": [tag]})
+    except BaseException:
+        load.slots.release()
+        raise
+    if result is None:
+        load.slots.release()
+        return
+    load.jobs[result["job"]["id"]] = tag
+    task = asyncio.create_task(follower(load, result["job"]["id"]))
+    load.following.add(task)
+    task.add_done_callback(load.following.discard)
 
 
 async def stream(load: Load, job_id: str, kind: str) -> tuple[dict[str, str], float | None]:
@@ -174,14 +185,19 @@ async def follow_one(load: Load, job_id: str) -> None:
     load.tally.record("get_job_output (whole stream, a ~1 s job)", began)
 
 
-async def follower(load: Load) -> None:
-    """Follow queued jobs until the deadline, then until the launchers' queue is empty."""
-    while load.running() or not load.queue.empty():
-        try:
-            job_id = await asyncio.wait_for(load.queue.get(), timeout=1)
-        except TimeoutError:
-            continue
-        try:
-            await follow_one(load, job_id)
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-            load.tally.error("get_job_output", f"{job_id}: {exc!r}")
+async def follower(load: Load, job_id: str) -> None:
+    try:
+        await follow_one(load, job_id)
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+        load.tally.error("get_job_output", f"{job_id}: {exc!r}")
+    finally:
+        load.slots.release()
+
+
+async def loop_lag(load: Load) -> None:
+    """How late this process's own event loop wakes (not a call): the share of the latencies that is the
+    client's, when the 64 clients and the server share two cores."""
+    while load.running():
+        began = time.perf_counter()
+        await asyncio.sleep(0.05)
+        load.tally.seconds["(client event loop lag)"].append(time.perf_counter() - began - 0.05)

@@ -29,11 +29,10 @@ from tests.load_helpers import (
     JOB_EXIT,
     SLEEPER_EXIT,
     Load,
-    follow_one,
-    follower,
     forever,
     launcher,
     list_sessions,
+    loop_lag,
     one_session,
     proxied,
 )
@@ -64,21 +63,20 @@ def start_labs(server: Server, token: str) -> list[dict[str, Any]]:
 
 
 async def run(server: Server, token: str, admin: str, labs: list[dict[str, Any]]) -> tuple[Load, Samples]:
-    """The 64 clients, the churn and the sampler until the deadline; then what is left queued is followed."""
+    """The 64 clients (the followers run from launch to their job's end), the churn and the sampler."""
     # Idle connections are dropped before uvicorn's 5 s keep-alive ends (server.keep_alive_s): reusing one the
     # server is closing at that instant is reset, a race of the client, not an error of the server.
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as http:
         load, samples = Load(server.url, token, labs, time.monotonic() + SECONDS, http), Samples()
+        load.slots = asyncio.Semaphore(MIX["follow"])
         steps = {"list": list_sessions, "single": one_session, "launch": launcher, "proxy": proxied}
         clients = [forever(load, kind, lambda step=step: step(load))  # type: ignore[misc]
                    for kind, step in steps.items() for _ in range(MIX[kind])]
-        clients += [follower(load) for _ in range(MIX["follow"])]
         churn = [forever(load, "session churn", lambda: session_cycle(load)) for _ in range(2)]
-        churn += [forever(load, "stop_job", lambda: sleeper_cycle(load)), sampler(load, admin, samples)]
+        churn += [forever(load, "stop_job", lambda: sleeper_cycle(load)), sampler(load, admin, samples), loop_lag(load)]
         await asyncio.gather(*clients, *churn)
-        while not load.queue.empty():  # launched just before the deadline, after the followers left
-            await follow_one(load, load.queue.get_nowait())
+        await asyncio.gather(*load.following)  # the last jobs' followers, to their jobs' ends
     return load, samples
 
 
