@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint system-deps ides clean bench
+.PHONY: install run test lint system-deps ides clean bench soak
 
 install: $(STAMP)
 
@@ -41,3 +41,8 @@ clean:
 bench: install system-deps ides
 	bench/install-deps.sh $(IDE_PREFIX)
 	PYTHONPATH=. $(BIN)/python -m bench.run
+
+# The long form of the load and soak test of `make test` (issue 14): 10 minutes instead of 60 s, figures printed.
+SOAK_SECONDS ?= 600
+soak: install system-deps ides
+	OWB_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/pytest -q -s -m soak tests/test_load_soak.py $(PYTEST_ARGS)

@@ -8,13 +8,16 @@ costs a dict lookup and an ``inc()``.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
@@ -45,6 +48,11 @@ SESSION_START = Histogram("openworkbench_session_start_seconds",
 JOB_START = Histogram("openworkbench_job_start_seconds", "From launch_job to the job running (Pending to Running)",
                       ["cluster"], registry=REGISTRY,
                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600))
+# What a leak of the event loop or of worker threads would grow (the soak test samples them with process_*).
+ASYNCIO_TASKS = Gauge("openworkbench_asyncio_tasks", "Tasks of the server's event loop that have not ended",
+                      registry=REGISTRY)
+THREADS = Gauge("openworkbench_threads", "Threads of the server process (the OS's count: Python's and native ones)",
+                registry=REGISTRY)
 
 _api: dict[tuple[str, str], Any] = {}
 _outcomes: dict[type, str] = {}
@@ -71,6 +79,21 @@ def count_api(method: str, error: type | None = None) -> None:
     child.inc()
     if key[1] == "unauthenticated":
         _auth["api"].inc()
+
+
+def _thread_count() -> float:
+    try:
+        return float(len(os.listdir("/proc/self/task")))
+    except OSError:  # no procfs: Python's own threads only
+        return float(threading.active_count())
+
+
+THREADS.set_function(_thread_count)
+
+
+def count_tasks() -> None:
+    """Count the running loop's tasks; called on the loop when scraped (all_tasks is not for other threads)."""
+    ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
 
 
 def count_auth_failure(where: str) -> None:

@@ -39,5 +39,6 @@ def install(app: FastAPI, services: Services) -> None:
             if isinstance(exc, Unauthenticated):
                 metrics.count_auth_failure("metrics")
             return error_response(exc)
+        metrics.count_tasks()
         body = await run_in_threadpool(generate_latest, metrics.REGISTRY)  # counts read from the store
         return Response(body, media_type=CONTENT_TYPE_LATEST)

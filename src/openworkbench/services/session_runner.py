@@ -146,13 +146,16 @@ class SessionRunner:
         await self.start_queue.close()
 
     # -- state -------------------------------------------------------------------------------
-    async def update(self, session_id: str, **fields: Any) -> Session:
-        return await run_in_threadpool(self.update_sync, session_id, fields)
+    async def update(self, session_id: str, only_from: str | None = None, **fields: Any) -> Session:
+        return await run_in_threadpool(self.update_sync, session_id, fields, only_from)
 
-    def update_sync(self, session_id: str, fields: dict[str, Any]) -> Session:
+    def update_sync(self, session_id: str, fields: dict[str, Any], only_from: str | None = None) -> Session:
+        """Write ``fields``; with ``only_from``, only if the session is still in that state (else unchanged)."""
         with self.store.session() as db:
-            row = db.get(Session, session_id)
+            row = db.get(Session, session_id, with_for_update=only_from is not None)
             assert row is not None
+            if only_from is not None and row.state != only_from:
+                return row
             if fields.get("state") == "running" and row.state != "running":
                 metrics.session_running(row.workbench, row.cluster, row.state, row.created, row.last_state_updated)
             if "state" in fields and fields["state"] != row.state:

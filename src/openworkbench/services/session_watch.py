@@ -154,7 +154,11 @@ class SessionWatch:
     async def _ended(self, row: Session, owner: str, job: dict[str, Any] | None) -> None:
         ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
         why = f"the IDE process ended: {outcome(job)}" if job else "the session has no IDE job"
-        await self.runner.update(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
+        state = "finished" if ok else "failed"
+        # The row was read before: a stop_session may have ended it since (SIGTERM, exit 143). Its end stands.
+        written = await self.runner.update(row.id, "running", state=state, status_detail="" if ok else why)
+        if written.state != state:
+            return
         ide = self.runner.ide(row.workbench)
         await self.runner.clean_up(row, ide, self.runner.context(row, owner))
 
