@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
-from openworkbench.errors import StoreError
+from openworkbench.errors import StoreError, WorkbenchError
 from openworkbench.ides.client import quietly, using
 from openworkbench.services.job_json import outcome
 from openworkbench.services.session_runner import LIVE_STATES, SessionRunner
@@ -122,6 +122,17 @@ class SessionWatch:
             self.runner.request_stop(row.id, force=False, suspend=row.state == "suspending")
         elif row.state == "launching":
             await self.runner.update(row.id, state="failed", status_detail="the server restarted while it launched")
+            await run_in_threadpool(self._stop_jobs_of, row.id, owner, principal)
+
+    def _stop_jobs_of(self, session_id: str, owner: str, principal: Principal) -> None:
+        """A session failed in its launch leaves no job of that launch running: a start hook, or its IDE when the
+        server died after launching it but before recording it on the session."""
+        for job in self.jobs.list_for(principal, owner, [session_id]):
+            if job["status"] not in FINAL_STATUSES:
+                try:
+                    self.jobs.stop(principal, job["id"], force=True)
+                except WorkbenchError as exc:  # it ended meanwhile
+                    log.info("session %s: job %s not stopped: %s", session_id, job["id"], exc.message)
 
     async def _fail_bad_row(self, session_id: str, exc: Exception) -> None:
         """End a session the server chokes on ``failed``, written directly: the runner's update would choke too."""
@@ -149,3 +160,4 @@ class SessionWatch:
         ide = self.runner.ide(row.workbench)
         ctx = self.runner.context(row, owner)
         await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == "resuming")
+
