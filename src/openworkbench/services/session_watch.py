@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -116,6 +117,11 @@ class SessionWatch:
             why = f"the IDE process ended while the server was down: {outcome(job)}"
             await self.runner.update(row.id, state="failed", status_detail=why)
             await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
+        elif row.state == "resuming" and job is not None and _of_an_earlier_run(job, row):
+            # Killed in the resume before its new IDE job was recorded (in a start hook, say): the job named is
+            # the last run's, and the session is still the suspended one. Its resume starts again.
+            await run_in_threadpool(self._stop_jobs_of, row.id, owner, principal)
+            self.runner.spawn(row.id, self.runner.start(row.id, resuming=True))
         elif row.state in ("pending", "starting", "resuming") and row.job_id:
             self.runner.spawn(row.id, self._resume_wait(row.id))
         elif row.state in ("suspending", "shutting_down"):
@@ -161,3 +167,8 @@ class SessionWatch:
         ctx = self.runner.context(row, owner)
         await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == "resuming")
 
+
+def _of_an_earlier_run(job: dict[str, Any], row: Session) -> bool:
+    """Whether a resuming session's job ended before the resume began: submitted before it, and ended."""
+    submitted = datetime.fromisoformat(str(job["submissionTime"]).replace("Z", "+00:00"))
+    return job["status"] in FINAL_STATUSES and submitted < row.last_state_updated
