@@ -53,6 +53,7 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
     # One client for all calls: a new httpx client costs ~20 ms (it loads the CA bundle).
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
+    start_timeout: float = 30  # seconds; tests restarting a server under load (test_crash.py) give it more
 
     @property
     def url(self) -> str:
@@ -77,7 +78,7 @@ class Server:
              "--config", str(self.config_file)],
             stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log()}")

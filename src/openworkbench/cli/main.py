@@ -200,6 +200,32 @@ def user_passwd(name: str, data_dir: str | None, config_file: str | None) -> Non
                    err=True)
 
 
+@main.group()
+def store() -> None:
+    """Look after the server's database."""
+
+
+@store.command("check")
+@click.option("--settle-s", type=float, default=60.0, show_default=True,
+              help="Rows a running server holds in-between count once this old")
+@store_options
+@fail_cleanly
+def store_check(settle_s: float, data_dir: str | None, config_file: str | None) -> None:
+    """Check the store's integrity: the database's own checks, then the server's invariants.
+
+    Prints each problem on a line and exits 1 if there is any; prints "store ok" and exits 0 otherwise.
+    """
+    from openworkbench.store.check import check_store
+
+    problems = check_store(open_store(_settings(data_dir, config_file)), settle_s)
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        click.echo(f"workbench: store check found {len(problems)} problem(s)", err=True)
+        sys.exit(1)
+    click.echo("store ok")
+
+
 def _read_password() -> str:
     if sys.stdin.isatty():
         entered: str = click.prompt("New password", hide_input=True, confirmation_prompt="Repeat the password")

@@ -10,6 +10,7 @@ was lost.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import json
@@ -207,12 +208,25 @@ class LocalCluster(Cluster):
                 state = JobState(status="Failed", status_message=f"the job cannot be followed: {exc}")
             if state is None:
                 continue
+            if "jobDir" not in job.cluster_state and state.cluster_state is None:
+                state = self._located(job.id, state)
             # Report changes only; a resubmission is a change too (it brings the output paths).
             if state.status != job.status or state.status in FINAL_STATUSES or state.stdout_file is not None:
                 updates[job.id] = state
             if state.status in FINAL_STATUSES:
                 self._forget(job.id)
         return updates
+
+    def _located(self, job_id: str, state: JobState) -> JobState:
+        """The state with where the job runs and writes. A server killed after it handed the job to the launcher
+        but before it stored that leaves a row without them; the job directory still says."""
+        job_dir = self.jobs_dir / job_id
+        try:
+            rendered = json.loads((job_dir / "spec.json").read_text())
+        except (OSError, ValueError):
+            return state  # resubmitted by this poll, or not written yet: the paths come with the submission
+        return dataclasses.replace(state, host=self.host, stdout_file=rendered["stdout"],
+                                   stderr_file=rendered["stderr"], cluster_state={"jobDir": str(job_dir)})
 
     def _poll_one(self, job: JobRef) -> JobState | None:
         job_dir = self.jobs_dir / job.id

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
-from openworkbench.errors import EventsLost, StoreError, StoreUnavailable
+from openworkbench.errors import EventsLost, StoreError, StoreUnavailable, WorkbenchError
 from openworkbench.ides.client import quietly, using
 from openworkbench.services.job_events import JobChange
 from openworkbench.services.job_json import outcome
@@ -208,12 +208,28 @@ class SessionWatch:
             await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
         elif row.state in ("launching", "resuming") and was_queued(row.status_detail):  # it never began: queue it
             self.runner.spawn(row.id, self.runner.start(row.id, resuming=row.state == "resuming"))
+        elif row.state == "resuming" and job is not None and _of_an_earlier_run(job, row):
+            # Killed in the resume before its new IDE job was recorded (in a start hook, say): the job named is
+            # the last run's, and the session is still the suspended one. Its resume starts again.
+            await run_in_threadpool(self._stop_jobs_of, row.id, owner, principal)
+            self.runner.spawn(row.id, self.runner.start(row.id, resuming=True))
         elif row.state in ("pending", "starting", "resuming") and row.job_id:
             self.runner.spawn(row.id, self._resume_wait(row.id))
         elif row.state in ("suspending", "shutting_down"):
             self.runner.request_stop(row.id, force=False, suspend=row.state == "suspending")
         elif row.state == "launching":
             await self.runner.update(row.id, state="failed", status_detail="the server restarted while it launched")
+            await run_in_threadpool(self._stop_jobs_of, row.id, owner, principal)
+
+    def _stop_jobs_of(self, session_id: str, owner: str, principal: Principal) -> None:
+        """A session failed in its launch leaves no job of that launch running: a start hook, or its IDE when the
+        server died after launching it but before recording it on the session."""
+        for job in self.jobs.list_for(principal, owner, [session_id]):
+            if job["status"] not in FINAL_STATUSES:
+                try:
+                    self.jobs.stop(principal, job["id"], force=True)
+                except WorkbenchError as exc:  # it ended meanwhile
+                    log.info("session %s: job %s not stopped: %s", session_id, job["id"], exc.message)
 
     async def _fail_bad_row(self, session_id: str, exc: Exception) -> None:
         """End a session the server chokes on ``failed``, written directly: the runner's update would choke too."""
@@ -243,3 +259,9 @@ class SessionWatch:
         ctx = self.runner.context(row, owner)
         async with self.runner.start_queue.turn(session_id, adopted=True):  # its IDE runs already: no waiting
             await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == "resuming")
+
+
+def _of_an_earlier_run(job: dict[str, Any], row: Session) -> bool:
+    """Whether a resuming session's job ended before the resume began: submitted before it, and ended."""
+    submitted = datetime.fromisoformat(str(job["submissionTime"]).replace("Z", "+00:00"))
+    return job["status"] in FINAL_STATUSES and submitted < row.last_state_updated
