@@ -206,6 +206,17 @@ class SessionSettings(_Section):
     # How long one RPC cookie (RS_SESSION_RPC_COOKIE, the rpc_cookie file) is valid; the server writes a new
     # one to the file once less than half of this remains. Never beyond the session's life either way.
     rpc_cookie_lifetime_s: float = Field(default=7 * 24 * 3600, ge=10, le=366 * 24 * 3600)
+    # Loopback ports (first, last) for IDEs that cannot listen on a socket (RStudio): one per live session on a
+    # host, allocated in the store (proxy/ports.py).
+    port_range: tuple[int, int] = (20000, 39999)
+
+    @field_validator("port_range")
+    @classmethod
+    def _port_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError(f"must be [first, last] with 1024 <= first <= last <= 65535, got [{low}, {high}]")
+        return value
 
 
 class AuthSettings(_Section):

@@ -58,7 +58,7 @@ async def resolve(services: Services, part: str, authorization: str | None, cook
     for the store (one for both questions: each hop costs about as much as the lookup itself).
     """
     principal = services.signin.cached(authorization, cookie)
-    found = None if principal is None else services.sessions.known_target(part, principal)
+    found = None if principal is None else services.routes.known_target(part, principal.username)
     if found is None:
         found = await run_in_threadpool(_resolve, services, part, authorization, cookie, principal)
     if touch:
@@ -70,7 +70,7 @@ def _resolve(services: Services, part: str, authorization: str | None, cookie: s
              principal: Principal | None) -> tuple[str, ProxyTarget]:
     if principal is None:
         principal = services.signin.authenticate(authorization, cookie)
-    return services.sessions.target(part, principal)
+    return services.routes.target(part, principal.username)
 
 
 def credentials(conn: HTTPConnection, host_part: str | None = None) -> tuple[str | None, str | None]:

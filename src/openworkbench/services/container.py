@@ -10,7 +10,7 @@ from openworkbench.clusters.local import LocalCluster
 from openworkbench.clusters.slurm import SlurmCluster
 from openworkbench.config import Settings
 from openworkbench.errors import ConfigError
-from openworkbench.proxy import UpstreamPool
+from openworkbench.proxy import RouteTable, UpstreamPool
 from openworkbench.services import session_files
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.history import History
@@ -46,11 +46,17 @@ class Services:
     retention: Retention
     origins: SessionOrigins | None = None  # server.session_domain set: each session on its own host
 
+    @property
+    def routes(self) -> RouteTable:
+        """The proxy's routes (in the store, cached here): the runner writes them, the proxy reads them."""
+        return self.runner.routes
+
     def close(self) -> None:
         for cluster in self.clusters.values():
             cluster.close()
         if self.accounts.cache is not None:
             self.accounts.cache.epoch.close()
+        self.routes.close()
         self.store.dispose()
 
 

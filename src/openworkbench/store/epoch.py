@@ -44,7 +44,8 @@ class SqliteEpoch:
     """Reads the counter on a connection of its own; ``PRAGMA data_version`` (a few µs) tells it whether
     any other connection has committed since, so the counter itself is read only after a commit."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, table: str = "auth_epoch") -> None:
+        self._query = f"SELECT value FROM {table} WHERE id = 1"
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._data_version: int | None = None
@@ -55,11 +56,11 @@ class SqliteEpoch:
             try:
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != self._data_version:
-                    row = self._conn.execute("SELECT value FROM auth_epoch WHERE id = 1").fetchone()
+                    row = self._conn.execute(self._query).fetchone()
                     self._data_version, self._value = version, (row[0] if row else None)
                 return self._value
             except sqlite3.Error as exc:
-                log.warning("cannot read the auth epoch: %s", exc)
+                log.warning("cannot read %s: %s", self._query, exc)
                 self._data_version = None
                 return None
 
@@ -83,7 +84,8 @@ class PostgresEpoch:
     RETRY_AFTER = 1.0
     QUERY = "SELECT value FROM auth_epoch WHERE id = 1"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, table: str = "auth_epoch") -> None:
+        self.QUERY = f"SELECT value FROM {table} WHERE id = 1"
         self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
         self._lock = threading.Lock()
@@ -135,10 +137,11 @@ class PostgresEpoch:
             conn.close()
 
 
-def open_epoch(url: str) -> AuthEpoch:
+def open_epoch(url: str, table: str = "auth_epoch") -> AuthEpoch:
+    """The counter of ``table`` (``auth_epoch``, or ``routes_epoch`` for proxy/routes.py)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        return PostgresEpoch(url)
+        return PostgresEpoch(url, table)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return SqliteEpoch(parsed.database)
+        return SqliteEpoch(parsed.database, table)
     return NoEpoch()
