@@ -18,6 +18,7 @@ import secrets
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from openworkbench.proxy import NOWHERE, ProxyTarget, Route, RouteTable, Upstrea
 from openworkbench.proxy.ports import PortAllocator
 from openworkbench.services.accounts import Accounts
 from openworkbench.store import Store
-from openworkbench.store.epoch import open_epoch
+from openworkbench.store.epochs import open_epochs
 from openworkbench.store.schema import Session
 from tests.conftest import Server
 from tests.sessions_helpers import launch, session_config, wait_state
@@ -56,7 +57,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(FLAGS["www-port"])), Handler).
 
 def _table(url: str) -> RouteTable:
     """A RouteTable on its own engine and epoch connection, as another process has."""
-    return RouteTable(Store(url), open_epoch(url, "routes_epoch"))
+    return RouteTable(Store(url), open_epochs(url).counter(1))
 
 
 def _sessions(store: Store, count: int, state: str = "launching") -> list[str]:
@@ -117,6 +118,24 @@ def test_route_table_add_get_remove_and_invalidation(store: Store, database_url:
     for table in (writer, reader):
         table.close()
         table.store.dispose()
+
+
+def test_one_epoch_read_serves_the_sign_in_and_the_route_check(store: Store, database_url: str) -> None:
+    """A request's route check takes the sign-in check's epoch read when it began after the request came in
+    (one round trip for both); a write committed before a request came in is always seen by it."""
+    [sid] = _sessions(store, 1)
+    writer, epochs = _table(database_url), open_epochs(database_url)
+    auth, routes = epochs.counter(0), epochs.counter(1)
+    came_in = time.perf_counter()
+    assert auth.current() is not None  # the sign-in check: reads both counters
+    before = routes.current_since(came_in)
+    writer.add(_route(sid))  # commits after the request came in: it may or may not see it
+    assert routes.current_since(came_in) == before  # the shared read, no new one
+    later = time.perf_counter()
+    assert routes.current_since(later) == _epoch(store) > before  # came in after the commit: sees it
+    epochs.close()
+    writer.close()
+    writer.store.dispose()
 
 
 # -- across processes ------------------------------------------------------------------------------------------

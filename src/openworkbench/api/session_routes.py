@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from urllib.parse import quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -57,8 +58,9 @@ async def resolve(services: Services, part: str, authorization: str | None, cook
     Answered on the event loop when the caller and the route are known in memory; otherwise one thread hop
     for the store (one for both questions: each hop costs about as much as the lookup itself).
     """
+    began = time.perf_counter()  # the route check may share the sign-in check's epoch read (store/epochs.py)
     principal = services.signin.cached(authorization, cookie)
-    found = None if principal is None else services.routes.known_target(part, principal.username)
+    found = None if principal is None else services.routes.known_target(part, principal.username, began)
     if found is None:
         found = await run_in_threadpool(_resolve, services, part, authorization, cookie, principal)
     if touch:

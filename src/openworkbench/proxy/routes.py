@@ -22,7 +22,7 @@ from openworkbench.errors import InvalidState, NotFound
 from openworkbench.proxy.target import ProxyTarget
 from openworkbench.proxy.upstream import Upstream
 from openworkbench.store import Store
-from openworkbench.store.epoch import AuthEpoch
+from openworkbench.store.epochs import Counter
 from openworkbench.store.schema import RouteRecord
 
 PREFIX = "/s/"
@@ -66,7 +66,7 @@ class _Entry:
 class RouteTable:
     """``add`` / ``remove`` / ``get`` of routes in the store, with a per-process cache checked by the epoch."""
 
-    def __init__(self, store: Store, epoch: AuthEpoch) -> None:
+    def __init__(self, store: Store, epoch: Counter) -> None:
         self.store = store
         self.epoch = epoch
         self._entries: dict[str, _Entry] = {}
@@ -100,12 +100,16 @@ class RouteTable:
             db.execute(delete(RouteRecord).where(RouteRecord.part == part))
 
     # -- reading ---------------------------------------------------------------------------------
-    def cached(self, part: str) -> Route | None:
-        """The route from memory, if still current (one epoch read; safe on the event loop); None: ask ``get``."""
+    def cached(self, part: str, since: float | None = None) -> Route | None:
+        """The route from memory, if still current (one epoch read; safe on the event loop); None: ask ``get``.
+
+        ``since``: when the request came in (``time.perf_counter()``); an epoch read that began since then (the
+        sign-in check's, store/epochs.py) is current enough for it, and saves a round trip."""
         entry = self._entries.get(part)
         if entry is None:
             return None
-        if self.epoch.current() != entry.epoch:
+        epoch = self.epoch.current() if since is None else self.epoch.current_since(since)
+        if epoch != entry.epoch:
             self._forget(part)
             return None
         return entry.route
@@ -137,9 +141,9 @@ class RouteTable:
             raise NotFound(f"no session at {PREFIX}{part}/")
         return route.checked(username)
 
-    def known_target(self, part: str, username: str) -> tuple[str, ProxyTarget] | None:
+    def known_target(self, part: str, username: str, since: float | None = None) -> tuple[str, ProxyTarget] | None:
         """``target`` from memory and one epoch read (safe on the event loop); None when the store must be read."""
-        route = self.cached(part)
+        route = self.cached(part, since)
         return None if route is None else route.checked(username)
 
     def _forget(self, part: str) -> None:

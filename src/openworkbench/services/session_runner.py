@@ -37,7 +37,7 @@ from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.rpc_cookies import COOKIE_VARIABLE, SessionCookies
 from openworkbench.services.session_endpoint import checked_endpoint, peer_uid
 from openworkbench.store import Store
-from openworkbench.store.epoch import open_epoch
+from openworkbench.store.epochs import open_epochs
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class SessionRunner:
         self._ides: dict[str, Ide] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # Every process on the store sees the routes this one writes (proxy/routes.py).
-        self.routes = routes or RouteTable(store, open_epoch(settings.database_url, "routes_epoch"))
+        self.routes = routes or RouteTable(store, open_epochs(settings.database_url).counter(1))
         self.ports = PortAllocator(store, *settings.sessions.port_range, LIVE_STATES)
         self.last_used: dict[str, datetime] = {}
         self._stopping: set[str] = set()

@@ -30,10 +30,18 @@ class AuthEpoch(Protocol):
     def close(self) -> None: ...
 
 
+def _query(tables: tuple[str, ...]) -> str:
+    """One single-row SELECT of every counter: reading two costs one round trip, not two."""
+    return "SELECT " + ", ".join(f"(SELECT value FROM {table} WHERE id = 1)" for table in tables)
+
+
 class NoEpoch:
     """For a database no second connection can watch (SQLite in memory): nothing is ever cached."""
 
     def current(self) -> int | None:
+        return None
+
+    def read(self) -> tuple[int, ...] | None:
         return None
 
     def close(self) -> None:
@@ -44,20 +52,25 @@ class SqliteEpoch:
     """Reads the counter on a connection of its own; ``PRAGMA data_version`` (a few µs) tells it whether
     any other connection has committed since, so the counter itself is read only after a commit."""
 
-    def __init__(self, path: str, table: str = "auth_epoch") -> None:
-        self._query = f"SELECT value FROM {table} WHERE id = 1"
+    def __init__(self, path: str, tables: tuple[str, ...] = ("auth_epoch",)) -> None:
+        self._query = _query(tables)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._data_version: int | None = None
-        self._value: int | None = None
+        self._value: tuple[int, ...] | None = None
 
     def current(self) -> int | None:
+        values = self.read()
+        return None if values is None else values[0]
+
+    def read(self) -> tuple[int, ...] | None:
+        """Every counter, in the order of ``tables``; None when they cannot be read."""
         with self._lock:
             try:
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != self._data_version:
                     row = self._conn.execute(self._query).fetchone()
-                    self._data_version, self._value = version, (row[0] if row else None)
+                    self._data_version, self._value = version, _values(row)
                 return self._value
             except sqlite3.Error as exc:
                 log.warning("cannot read %s: %s", self._query, exc)
@@ -82,10 +95,9 @@ class PostgresEpoch:
 
     KEEP_IDLE = 4  # checks are short: 16 threads checking in a loop never had more than 4 in flight at once
     RETRY_AFTER = 1.0
-    QUERY = "SELECT value FROM auth_epoch WHERE id = 1"
 
-    def __init__(self, url: str, table: str = "auth_epoch") -> None:
-        self.QUERY = f"SELECT value FROM {table} WHERE id = 1"
+    def __init__(self, url: str, tables: tuple[str, ...] = ("auth_epoch",)) -> None:
+        self.QUERY = _query(tables)
         self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
         self._lock = threading.Lock()
@@ -93,17 +105,22 @@ class PostgresEpoch:
         self._closed = False
 
     def current(self) -> int | None:
+        values = self.read()
+        return None if values is None else values[0]
+
+    def read(self) -> tuple[int, ...] | None:
+        """Every counter, in the order of ``tables``; None when they cannot be read."""
         conn = self._borrow()
         if conn is None:
             return None
         try:
             row = conn.execute(self.QUERY, prepare=True).fetchone()
         except psycopg.Error as exc:
-            log.warning("cannot read the auth epoch (sign-ins are checked in the store): %s", exc)
+            log.warning("cannot read the epochs (cached sign-ins and routes are checked in the store): %s", exc)
             conn.close()
             return None
         self._give_back(conn)
-        return int(row[0]) if row else None
+        return _values(row)
 
     def _borrow(self) -> psycopg.Connection[tuple[Any, ...]] | None:
         with self._lock:
@@ -137,11 +154,17 @@ class PostgresEpoch:
             conn.close()
 
 
-def open_epoch(url: str, table: str = "auth_epoch") -> AuthEpoch:
-    """The counter of ``table`` (``auth_epoch``, or ``routes_epoch`` for proxy/routes.py)."""
+def _values(row: Any) -> tuple[int, ...] | None:
+    if row is None or any(value is None for value in row):
+        return None
+    return tuple(int(value) for value in row)
+
+
+def open_epoch(url: str, tables: tuple[str, ...] = ("auth_epoch",)) -> SqliteEpoch | PostgresEpoch | NoEpoch:
+    """The counters of ``tables`` (``current()``: the first), read together (store/epochs.py shares them)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        return PostgresEpoch(url, table)
+        return PostgresEpoch(url, tables)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return SqliteEpoch(parsed.database, table)
+        return SqliteEpoch(parsed.database, tables)
     return NoEpoch()
