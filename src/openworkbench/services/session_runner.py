@@ -24,13 +24,12 @@ from openworkbench import metrics
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
-from openworkbench.errors import UpstreamRefused, WorkbenchError
+from openworkbench.errors import NotAvailable, UpstreamRefused, WorkbenchError
 from openworkbench.ides import Ide, LaunchContext, ide_for
 from openworkbench.ides.client import answers, quietly, using
 from openworkbench.models import JobSpec
 from openworkbench.proxy import NOWHERE, ProxyTarget, Route, RouteTable, Upstream, UpstreamPool
 from openworkbench.proxy.ports import PortAllocator
-from openworkbench.proxy.routes import part_of
 from openworkbench.services import session_files as files
 from openworkbench.services.job_json import outcome
 from openworkbench.services.jobs import JobService, posix_account
@@ -149,10 +148,6 @@ class SessionRunner:
         # Not known yet (a node has not reported): nothing is routed before "running" anyway.
         return ide.upstream(ctx) or NOWHERE
 
-    def route(self, url: str) -> Route | None:
-        """The route of a session URL (``/s/<part>/``): from memory while current, else the store. Blocking."""
-        return self.routes.get(part_of(url))
-
     def touch(self, session_id: str) -> None:
         self.last_used[session_id] = utcnow()
 
@@ -170,7 +165,10 @@ class SessionRunner:
     async def with_port(self, row: Session) -> Session:
         """An IDE that listens on a loopback port gets one of sessions.port_range for this run (in the store)."""
         if not self.ide(row.workbench).uses_socket and not self.networked(row):
-            row.port = await run_in_threadpool(self.ports.allocate, row.id)
+            try:
+                row.port = await run_in_threadpool(self.ports.allocate, row.id)
+            except NotAvailable as exc:
+                raise SessionFailed(exc.message) from None
             row.port_host = self.ports.host
         return row
 

@@ -96,7 +96,7 @@ class SessionService:
         working_dir = self._working_dir(params, account.home, owner)
         with self._quota, self.store.session() as db:
             self._check_quota(db, owner, None)
-            db.add(Session(
+            db.add(row := Session(
                 id=session_id, user_id=user_id, workbench=params.workbench,
                 name=params.name or launch.get("name") or f"{params.workbench} Session", project_id=ide.project_id,
                 url=url, state="launching", status_detail="", cluster=cluster, request=request,
@@ -105,6 +105,7 @@ class SessionService:
                 state_dir=files.state_dir(account, session_id), secret=secrets.token_urlsafe(32),
                 suspend_manifest={}, executing=False,
             ))
+            self.runner.remember(row, owner, db)  # routed (to "launching") by every server from now on
         return session_id
 
     def _working_dir(self, params: p.LaunchSession, home: str, owner: str) -> str:
