@@ -144,7 +144,7 @@ def test_a_revocation_by_sql_is_never_beaten_by_the_next_request(srv: Server) ->
     assert served == [], f"a revoked token was served in rounds {served} of {RACE_ROUNDS}"
 
 
-READING_EPOCH = "FROM pg_stat_activity WHERE query LIKE 'SELECT value FROM auth_epoch%'"  # the server's epoch reads
+READING_EPOCH = "FROM pg_stat_activity WHERE query LIKE 'SELECT (SELECT value FROM auth_epoch%'"  # epoch reads
 EPOCH_READERS = f"SELECT pg_terminate_backend(pid) {READING_EPOCH}"
 
 

@@ -22,11 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 from websockets.typing import Origin, Subprotocol
 
 from conftest import free_port
+from openworkbench.config import Settings
 from openworkbench.proxy import (
     SIGN_IN_COOKIE,
     ProxyTarget,
@@ -41,6 +43,7 @@ from openworkbench.proxy import (
 )
 from openworkbench.proxy.rewrite import sendable_close_code
 from openworkbench.services.accounts import Accounts
+from openworkbench.services.session_runner import SessionRunner
 from openworkbench.services.signin import SignIn
 from openworkbench.store import Store
 from openworkbench.store.schema import Session
@@ -318,6 +321,12 @@ def _seed(database_url: str, tmp: Path) -> tuple[str, str]:
                            state_dir=f"{tmp}/.local/share/openworkbench/sessions/{part}",
                            secret=TOKEN if workbench == "JupyterLab" else "unused", suspend_manifest={},
                            executing=False))
+    # Their routes, as the server that drives them writes them (the proxy's process only reads them).
+    runner = SessionRunner(Settings(data_dir=tmp / "data", database={"url": database_url}), store, None, None)
+    with store.session() as db:
+        for row in db.scalars(sa.select(Session)):
+            runner.remember(row, OWNER, db)
+    runner.routes.close()
     store.dispose()
     return owner, other
 

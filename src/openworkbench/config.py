@@ -209,6 +209,17 @@ class SessionSettings(_Section):
     # Sessions in their start phase (launching the IDE until it answers or fails) at once; the rest wait their
     # turn, first come first served, and show their place in status_detail (services/start_queue.py).
     max_concurrent_starts: int = Field(default=4, ge=1, le=1000)
+    # Loopback ports (first, last) for IDEs that cannot listen on a socket (RStudio): one per live session on a
+    # host, allocated in the store (proxy/ports.py).
+    port_range: tuple[int, int] = (20000, 39999)
+
+    @field_validator("port_range")
+    @classmethod
+    def _port_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1024 <= low <= high <= 65535:
+            raise ValueError(f"must be [first, last] with 1024 <= first <= last <= 65535, got [{low}, {high}]")
+        return value
 
 
 class AuthSettings(_Section):

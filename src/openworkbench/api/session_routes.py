@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from urllib.parse import quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -64,8 +65,9 @@ async def resolve(services: Services, part: str, authorization: str | None, cook
     Answered on the event loop when the caller and the route are known in memory; otherwise one thread hop
     for the store (one for both questions: each hop costs about as much as the lookup itself).
     """
+    began = time.perf_counter()  # the route check may share the sign-in check's epoch read (store/epochs.py)
     principal = services.signin.cached(authorization, cookie)
-    found = None if principal is None else services.sessions.known_target(part, principal)
+    found = None if principal is None else services.routes.known_target(part, principal.username, began)
     if found is None:
         found = await run_in_threadpool(_resolve, services, part, authorization, cookie, principal)
     if touch:
@@ -77,7 +79,7 @@ def _resolve(services: Services, part: str, authorization: str | None, cookie: s
              principal: Principal | None) -> tuple[str, ProxyTarget]:
     if principal is None:
         principal = services.signin.authenticate(authorization, cookie)
-    return services.sessions.target(part, principal)
+    return services.routes.target(part, principal.username)
 
 
 def credentials(conn: HTTPConnection, host_part: str | None = None) -> tuple[str | None, str | None]:

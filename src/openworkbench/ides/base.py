@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from openworkbench.config import IdeSettings
 from openworkbench.errors import NotAvailable
+from openworkbench.proxy.upstream import Upstream
 
 if TYPE_CHECKING:
     from openworkbench.ides.client import IdeClient
@@ -53,11 +54,13 @@ class LaunchContext:
     open_file: str | None
     home: str
     user: str = ""  # the session's POSIX user name (RStudio's --server-user needs it)
-    port: int | None = None  # loopback TCP port, only for an IDE that cannot listen on a socket (RStudio)
+    # Loopback TCP port, only for an IDE that cannot listen on a socket (RStudio): allocated for the run
+    # from sessions.port_range (proxy/ports.py).
+    port: int | None = None
     # On a cluster node (Slurm) the IDE listens on TCP, on a port chosen on the node when the job
-    # starts: its flags carry PORT_PLACEHOLDER, and ``endpoint`` ("host:port") is known once it runs.
+    # starts: its flags carry PORT_PLACEHOLDER, and ``endpoint`` (the node's host and port) is known once it runs.
     network: bool = False
-    endpoint: str | None = None
+    endpoint: Upstream | None = None
     # The uid that must own and serve ``socket_path`` (the session's user); None: the server's own user.
     uid: int | None = None
     # Whether open_path() is a directory, as its user sees it (the session layer asks as the user).
@@ -143,6 +146,16 @@ class Ide(abc.ABC):
 
     def upstream_headers(self, ctx: LaunchContext) -> dict[str, str]:
         return {}
+
+    def upstream(self, ctx: LaunchContext) -> Upstream | None:
+        """Where the IDE of ``ctx`` listens: the one answer the IDE client, the proxy's route and its pool use.
+        Its socket (served by the session's user), the port it reported from a cluster node, or its loopback
+        port; None while not known (a node that has not reported yet, a loopback port not allocated)."""
+        if ctx.network:
+            return ctx.endpoint
+        if self.uses_socket:
+            return Upstream.unix(ctx.socket_path, os.geteuid() if ctx.uid is None else ctx.uid)
+        return None if ctx.port is None else Upstream.tcp("127.0.0.1", ctx.port)
 
     async def request_shutdown(self, client: IdeClient) -> bool:
         """Ask the IDE to exit by itself; True if it accepted. Default: no such API (the server signals)."""

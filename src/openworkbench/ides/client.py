@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -21,7 +20,6 @@ import aiohttp
 
 from openworkbench.errors import InternalError, UpstreamRefused
 from openworkbench.ides.base import Ide, LaunchContext
-from openworkbench.proxy.upstream import Upstream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,27 +33,15 @@ class IdeRequestError(InternalError):
         self.status = status
 
 
-def upstream_of(ide: Ide, ctx: LaunchContext) -> Upstream:
-    """Where the session's IDE listens: its socket (served by the session's user), the port it reported
-    from a cluster node, or its loopback port (an IDE that cannot listen on a socket)."""
-    if ctx.network:
-        if not ctx.endpoint:
-            raise InternalError(f"{ide.name} on a cluster node has not reported where it listens yet")
-        host, _, port = ctx.endpoint.rpartition(":")
-        return Upstream.tcp(host, int(port))
-    if ide.uses_socket:
-        return Upstream.unix(ctx.socket_path, os.geteuid() if ctx.uid is None else ctx.uid)
-    if ctx.port is None:
-        raise InternalError(f"{ide.name} listens on a loopback port, and the launch context has none")
-    return Upstream.tcp("127.0.0.1", ctx.port)
-
-
 class IdeClient:
     def __init__(self, ide: Ide, ctx: LaunchContext, timeout: float = 10.0) -> None:
         self.ide = ide
         self.ctx = ctx
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self.upstream = upstream_of(ide, ctx)
+        upstream = ide.upstream(ctx)
+        if upstream is None:
+            raise InternalError(f"{ide.name}: where it listens is not known yet (no endpoint or port)")
+        self.upstream = upstream
         self.base = str(self.upstream.url("/" if ide.strip_prefix else ctx.prefix))
         self._session: aiohttp.ClientSession | None = None
 

@@ -16,12 +16,16 @@ from openworkbench.proxy.rewrite import (
     strip_cookie,
     upstream_path,
 )
+from openworkbench.proxy.routes import Route, RouteTable
 from openworkbench.proxy.target import SIGN_IN_COOKIE, ProxyTarget, UpstreamUnavailable
-from openworkbench.proxy.upstream import Upstream
+from openworkbench.proxy.upstream import NOWHERE, Upstream
 
 __all__ = [
+    "NOWHERE",
     "SIGN_IN_COOKIE",
     "ProxyTarget",
+    "Route",
+    "RouteTable",
     "Upstream",
     "UpstreamPool",
     "UpstreamUnavailable",

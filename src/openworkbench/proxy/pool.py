@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from yarl import URL
 
-from openworkbench.proxy.upstream import Upstream
+from openworkbench.proxy.upstream import NOWHERE, Upstream
 
 # Node (code-server) drops idle keep-alive connections after 5 s; reusing one it has just closed fails a POST,
 # which aiohttp cannot retry. Idling out first avoids that race.
@@ -39,7 +39,7 @@ class UpstreamPool:
         """An upstream URL, the path percent-encoded as sent; for a socket the host is nominal (the socket
         decides), for a TCP upstream it is its host and port."""
         path, _, query = path_and_query.partition("?")
-        return (upstream or _NOMINAL).url(path, query)
+        return (upstream or NOWHERE).url(path, query)
 
     def _open(self, upstream: Upstream) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
@@ -64,5 +64,3 @@ class UpstreamPool:
         for session in sessions:
             await session.close()
 
-
-_NOMINAL = Upstream.unix("", -1)

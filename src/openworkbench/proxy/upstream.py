@@ -46,6 +46,17 @@ class Upstream:
             return cls.tcp(host, int(port))
         return cls.unix(text, uid)
 
+    @classmethod
+    def node(cls, endpoint: str) -> Upstream:
+        """``host:port`` as a job reports it from a cluster node (``Session.endpoint``)."""
+        host, _, port = endpoint.rpartition(":")
+        return cls.tcp(host, int(port))
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` of a TCP upstream (what ``node`` reads)."""
+        return f"{self.host}:{self.port}"
+
     @property
     def is_unix(self) -> bool:
         return not self.host
@@ -88,3 +99,7 @@ class CheckedUnixConnector(aiohttp.UnixConnector):
             sock.close()
             raise UnixClientConnectorError(self.path, req.connection_key, exc) from exc
         return proto
+
+
+NOWHERE = Upstream.unix("", -1)
+"""Where an IDE listens before it is known (a cluster node has not reported yet): connects to nothing."""

@@ -10,7 +10,7 @@ from openworkbench.clusters.local import LocalCluster
 from openworkbench.clusters.slurm import SlurmCluster
 from openworkbench.config import Settings
 from openworkbench.errors import ConfigError
-from openworkbench.proxy import UpstreamPool
+from openworkbench.proxy import RouteTable, UpstreamPool
 from openworkbench.services import session_files
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.history import History
@@ -25,7 +25,7 @@ from openworkbench.services.session_watch import SessionWatch
 from openworkbench.services.sessions import SessionService
 from openworkbench.services.signin import SignIn
 from openworkbench.store import Store
-from openworkbench.store.epoch import open_epoch
+from openworkbench.store.epochs import open_epochs
 
 
 @dataclass
@@ -46,11 +46,17 @@ class Services:
     retention: Retention
     origins: SessionOrigins | None = None  # server.session_domain set: each session on its own host
 
+    @property
+    def routes(self) -> RouteTable:
+        """The proxy's routes (in the store, cached here): the runner writes them, the proxy reads them."""
+        return self.runner.routes
+
     def close(self) -> None:
         for cluster in self.clusters.values():
             cluster.close()
         if self.accounts.cache is not None:
             self.accounts.cache.epoch.close()
+        self.routes.close()
         self.store.dispose()
 
 
@@ -80,13 +86,15 @@ def build_services(settings: Settings) -> Services:
     store = open_store(settings)
     # At start-up, not at the first launch: a user must never get to create it first.
     session_files.prepare_runtime_root(settings.sessions.runtime_dir)
-    accounts = Accounts(store, PrincipalCache(open_epoch(settings.database_url)))
+    # The auth and routes epochs, read together: a proxied request checks both in one round trip.
+    epochs = open_epochs(settings.database_url)
+    accounts = Accounts(store, PrincipalCache(epochs.counter(0)))
     clusters = build_clusters(settings)
     run_as = RunAsPolicy.load(settings.auth.allowed_system_users)
     jobs = JobService(store, accounts, clusters, settings.default_cluster, run_as,
                       settings.jobs.output_stream_max_bytes)
     pool = UpstreamPool()
-    runner = SessionRunner(settings, store, jobs, pool)
+    runner = SessionRunner(settings, store, jobs, pool, RouteTable(store, epochs.counter(1)))
     origins = SessionOrigins(settings.server.session_domain) if settings.server.session_domain else None
     sessions = SessionService(settings, store, jobs, runner, public_url=origins.url if origins else None)
     watch = SessionWatch(runner)

@@ -12,6 +12,7 @@ from openworkbench.clusters.base import Cluster
 from openworkbench.clusters.slurm import SlurmCluster
 from openworkbench.clusters.slurm.info import endpoint_host_refusal
 from openworkbench.errors import LaunchFailed, UpstreamRefused
+from openworkbench.proxy.upstream import Upstream
 from openworkbench.safefs.sockets import expected_peer_uid
 from openworkbench.services import session_files as files
 from openworkbench.services.jobs import posix_account
@@ -33,8 +34,8 @@ def _uid_of(owner: str) -> int:
 
 
 def checked_endpoint(cluster: Cluster | None, path: str, uid: int | None, job_host: str,
-                     shared_dir: str) -> tuple[str, int] | None:
-    """(host, port) once reported; None before; ``UpstreamRefused`` (with the reason) for a report that
+                     shared_dir: str) -> Upstream | None:
+    """Where the IDE listens once reported; None before; ``UpstreamRefused`` (with the reason) for a report that
     cannot be trusted. Blocking (the file, maybe Slurm's node list): run it in a thread."""
     found = files.read_endpoint(path, -1 if uid is None else uid, shared_dir)
     if found is None:
@@ -44,4 +45,4 @@ def checked_endpoint(cluster: Cluster | None, path: str, uid: int | None, job_ho
     refusal = endpoint_host_refusal(found[0], cluster.info(), job_host)
     if refusal is not None:
         raise UpstreamRefused(refusal + ": refused")
-    return found
+    return Upstream.tcp(*found)

@@ -14,22 +14,30 @@ import json
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session as DbSession
 from starlette.concurrency import run_in_threadpool
 
 from openworkbench import metrics
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
-from openworkbench.errors import JobWaitTimeout, StoreUnavailable, UpstreamRefused, WaitInterrupted, WorkbenchError
+from openworkbench.errors import (
+    JobWaitTimeout,
+    NotAvailable,
+    StoreUnavailable,
+    UpstreamRefused,
+    WaitInterrupted,
+    WorkbenchError,
+)
 from openworkbench.ides import Ide, LaunchContext, ide_for
-from openworkbench.ides.client import answers, quietly, upstream_of, using
+from openworkbench.ides.client import answers, quietly, using
 from openworkbench.models import JobSpec
-from openworkbench.proxy import ProxyTarget, Upstream, UpstreamPool
+from openworkbench.proxy import NOWHERE, ProxyTarget, Route, RouteTable, Upstream, UpstreamPool
+from openworkbench.proxy.ports import PortAllocator
 from openworkbench.services import session_files as files
 from openworkbench.services.job_events import JobChange
 from openworkbench.services.job_json import outcome
@@ -39,19 +47,12 @@ from openworkbench.services.session_endpoint import checked_endpoint, peer_uid
 from openworkbench.services.start_queue import StartQueue
 from openworkbench.store import Store
 from openworkbench.store.availability import once_available
+from openworkbench.store.epochs import open_epochs
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
 POLL = 0.1
 LIVE_STATES = ("launching", "pending", "starting", "running", "resuming", "suspending", "shutting_down")
-
-
-@dataclass(frozen=True)
-class Route:
-    session_id: str
-    owner: str
-    state: str
-    target: ProxyTarget
 
 
 @contextlib.contextmanager
@@ -71,14 +72,17 @@ class StopRequested(Exception):
 
 
 class SessionRunner:
-    def __init__(self, settings: Settings, store: Store, jobs: JobService, pool: UpstreamPool) -> None:
+    def __init__(self, settings: Settings, store: Store, jobs: JobService, pool: UpstreamPool,
+                 routes: RouteTable | None = None) -> None:
         self.settings = settings
         self.store = store
         self.jobs = jobs
         self.pool = pool
         self._ides: dict[str, Ide] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
-        self._routes: dict[str, Route] = {}
+        # Every process on the store sees the routes this one writes (proxy/routes.py).
+        self.routes = routes or RouteTable(store, open_epochs(settings.database_url).counter(1))
+        self.ports = PortAllocator(store, *settings.sessions.port_range, LIVE_STATES)
         self.last_used: dict[str, datetime] = {}
         self._stopping: set[str] = set()
         self._stop_signals: dict[str, asyncio.Event] = {}  # set by request_stop: a start's event waits give way
@@ -133,8 +137,8 @@ class SessionRunner:
         except (SessionFailed, StoreUnavailable) as exc:  # the failure is recorded once the store can take it
             why = str(exc) if isinstance(exc, SessionFailed) else f"the start was cut short: {exc.message}"
             row = await once_available(lambda: self.update(session_id, state="failed", status_detail=why))
-            ide = self.ide(row.workbench)
-            await self.clean_up(row, ide, self.context(row, self._routes[row.url].owner))
+            _, owner, _ = await once_available(lambda: self.load(session_id))
+            await self.clean_up(row, self.ide(row.workbench), self.context(row, owner))
         except Exception as exc:  # a bug must not leave a session in a transitional state forever
             log.exception("session %s", session_id)
             await self.update(session_id, state="failed", status_detail=f"internal error: {exc}")
@@ -163,7 +167,7 @@ class SessionRunner:
             for key, value in fields.items():
                 setattr(row, key, value)
             owner = db.scalar(select(User.username).where(User.id == row.user_id)) or ""
-            self.remember(row, owner)
+            self.remember(row, owner, db)
             return row
 
     def networked(self, row: Session) -> bool:
@@ -171,33 +175,41 @@ class SessionRunner:
         conf = self.settings.clusters.get(row.cluster)
         return conf is not None and conf.type != "Local"
 
-    def remember(self, row: Session, owner: str) -> None:
+    def remember(self, row: Session, owner: str, db: DbSession | None = None) -> None:
+        """Write the session's route to the store (in ``db``'s transaction if given): every process routes by it."""
         ide = self.ide(row.workbench)
         ctx = self.context(row, owner)
         target = ProxyTarget(self.upstream(ide, ctx), row.url, ide.strip_prefix, ide.upstream_headers(ctx), row.id)
-        self._routes[row.url] = Route(row.id, owner, row.state, target)
+        self.routes.add(Route(row.id, owner, row.state, target), db)
 
     @staticmethod
     def upstream(ide: Ide, ctx: LaunchContext) -> Upstream:
-        if ctx.network and not ctx.endpoint:  # not reported yet: nothing is routed before "running" anyway
-            return Upstream.unix(ctx.socket_path, -1)
-        return upstream_of(ide, ctx)
-
-    def route(self, url: str) -> Route | None:
-        return self._routes.get(url)
+        # Not known yet (a node has not reported): nothing is routed before "running" anyway.
+        return ide.upstream(ctx) or NOWHERE
 
     def touch(self, session_id: str) -> None:
         self.last_used[session_id] = utcnow()
 
     def context(self, row: Session, owner: str) -> LaunchContext:
         home = row.state_dir.split("/.local/share/openworkbench/")[0]
-        # An IDE that cannot listen on a socket (RStudio) gets a loopback port fixed by the session id.
-        port = None if self.ide(row.workbench).uses_socket else 20000 + int(row.id, 16) % 20000
+        # An IDE that cannot listen on a socket (RStudio) gets the loopback port allocated for its run.
+        port = None if self.ide(row.workbench).uses_socket else row.port
+        endpoint = Upstream.node(row.endpoint) if row.endpoint else None
         return LaunchContext(
             session_id=row.id, prefix=row.url, socket_path=row.socket_path, secret=row.secret,
             state_dir=row.state_dir, working_dir=row.working_dir, open_file=row.request.get("open_file"), home=home,
-            user=owner, port=port, network=self.networked(row), endpoint=row.endpoint, uid=peer_uid(owner),
+            user=owner, port=port, network=self.networked(row), endpoint=endpoint, uid=peer_uid(owner),
         )
+
+    async def with_port(self, row: Session) -> Session:
+        """An IDE that listens on a loopback port gets one of sessions.port_range for this run (in the store)."""
+        if not self.ide(row.workbench).uses_socket and not self.networked(row):
+            try:
+                row.port = await run_in_threadpool(self.ports.allocate, row.id)
+            except NotAvailable as exc:
+                raise SessionFailed(exc.message) from None
+            row.port_host = self.ports.host
+        return row
 
     async def load(self, session_id: str) -> tuple[Session, str, Principal]:
         def read() -> tuple[Session, str, Principal]:
@@ -216,6 +228,7 @@ class SessionRunner:
 
     async def _start(self, session_id: str, resuming: bool) -> None:
         row, owner, principal = await self.load(session_id)
+        row = await self.with_port(row)
         await self._run_hooks(row, principal, "start_hooks")
         ide = self.ide(row.workbench)
         account = await run_in_threadpool(posix_account, owner)
@@ -338,9 +351,8 @@ class SessionRunner:
             raise SessionFailed(exc.message) from None
         if found is None:
             return ctx
-        endpoint = f"{found[0]}:{found[1]}"
-        await self.update(row.id, endpoint=endpoint)
-        return dataclasses.replace(ctx, endpoint=endpoint)
+        await self.update(row.id, endpoint=found.endpoint)
+        return dataclasses.replace(ctx, endpoint=found)
 
     async def renew_cookie(self, row: Session, owner: str) -> None:
         """A running session's ``rpc_cookie`` file gets a fresh cookie once half of the last one's life is gone."""
@@ -425,6 +437,7 @@ class SessionRunner:
     async def clean_up(self, row: Session, ide: Ide, ctx: LaunchContext) -> None:
         """What one run of the IDE leaves: pooled connections, its socket, its runtime files."""
         await self.pool.forget(self.upstream(ide, ctx))
+        await run_in_threadpool(self.ports.release, row.id)
         runtime_dir = self.settings.sessions.runtime_dir
         await run_in_threadpool(files.remove_socket, row.socket_path, runtime_dir)
         self.cookies.forget(row.id)

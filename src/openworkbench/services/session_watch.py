@@ -200,7 +200,7 @@ class SessionWatch:
                 await self._fail_bad_row(row.id, exc)
 
     async def _adopt_one(self, row: Session, owner: str, principal: Principal) -> None:
-        self.runner.remember(row, owner)
+        await run_in_threadpool(self.runner.remember, row, owner)  # a store write: not on the event loop
         job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
         if row.state == "running" and job is not None and job["status"] in FINAL_STATUSES:
             why = f"the IDE process ended while the server was down: {outcome(job)}"

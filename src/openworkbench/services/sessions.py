@@ -23,13 +23,12 @@ from openworkbench.config import Settings
 from openworkbench.errors import InvalidParameter, InvalidState, NotAvailable, NotFound, QuotaExceeded
 from openworkbench.ides import IDES, available
 from openworkbench.models import EnvironmentVariable, JobSpec
-from openworkbench.proxy import ProxyTarget
 from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.projects import NO_PROJECT, list_projects, project_path
 from openworkbench.services.rpc_cookies import COOKIE_VARIABLE
 from openworkbench.services.session_json import FINAL_STATES
-from openworkbench.services.session_runner import LIVE_STATES, Route, SessionRunner
+from openworkbench.services.session_runner import LIVE_STATES, SessionRunner
 from openworkbench.services.session_views import SessionViews, View, parse_ids
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
@@ -97,7 +96,7 @@ class SessionService:
         working_dir = self._working_dir(params, account.home, owner)
         with self._quota, self.store.session() as db:
             self._check_quota(db, owner, None)
-            db.add(Session(
+            db.add(row := Session(
                 id=session_id, user_id=user_id, workbench=params.workbench,
                 name=params.name or launch.get("name") or f"{params.workbench} Session", project_id=ide.project_id,
                 url=url, state="launching", status_detail="", cluster=cluster, request=request,
@@ -106,6 +105,7 @@ class SessionService:
                 state_dir=files.state_dir(account, session_id), secret=secrets.token_urlsafe(32),
                 suspend_manifest={}, executing=False,
             ))
+            self.runner.remember(row, owner, db)  # routed (to "launching") by every server from now on
         return session_id
 
     def _working_dir(self, params: p.LaunchSession, home: str, owner: str) -> str:
@@ -269,37 +269,6 @@ class SessionService:
         if found is None:
             raise NotFound(f"no session '{session_id}'")
         return found[0], found[1]
-
-    # -- the proxy's questions -------------------------------------------------------------
-    def target(self, url_part: str, principal: Principal) -> tuple[str, ProxyTarget]:
-        """Where the proxy sends traffic for ``/s/<url_part>/``; only the owner passes."""
-        route = self.runner.route(f"/s/{url_part}/") or self._load_route(f"/s/{url_part}/")
-        if route is None:
-            raise NotFound(f"no session at /s/{url_part}/")
-        return self._check_route(route, principal)
-
-    def known_target(self, url_part: str, principal: Principal) -> tuple[str, ProxyTarget] | None:
-        """``target`` from memory alone (safe on the event loop); None when the route must be loaded."""
-        route = self.runner.route(f"/s/{url_part}/")
-        return None if route is None else self._check_route(route, principal)
-
-    @staticmethod
-    def _check_route(route: Route, principal: Principal) -> tuple[str, ProxyTarget]:
-        if route.owner != principal.username:  # the answer of a URL no session has: existence is not told
-            raise NotFound(f"no session at {route.target.prefix}")
-        if route.state != "running":
-            raise InvalidState(f"the session is {route.state}")
-        return route.session_id, route.target
-
-    def _load_route(self, url: str) -> Route | None:
-        if not url.isprintable():  # session URLs are hex; a NUL would reach the store (PostgreSQL refuses it)
-            return None
-        with self.store.session() as db:
-            found = db.execute(select(Session, User.username).join(User).where(Session.url == url)).first()
-            if found is None:
-                return None
-            self.runner.remember(found[0], found[1])
-        return self.runner.route(url)
 
 
 def _user_code(username: str) -> str:

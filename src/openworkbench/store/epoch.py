@@ -30,10 +30,18 @@ class AuthEpoch(Protocol):
     def close(self) -> None: ...
 
 
+def _query(tables: tuple[str, ...]) -> str:
+    """One single-row SELECT of every counter: reading two costs one round trip, not two."""
+    return "SELECT " + ", ".join(f"(SELECT value FROM {table} WHERE id = 1)" for table in tables)
+
+
 class NoEpoch:
     """For a database no second connection can watch (SQLite in memory): nothing is ever cached."""
 
     def current(self) -> int | None:
+        return None
+
+    def read(self) -> tuple[int, ...] | None:
         return None
 
     def close(self) -> None:
@@ -44,22 +52,28 @@ class SqliteEpoch:
     """Reads the counter on a connection of its own; ``PRAGMA data_version`` (a few µs) tells it whether
     any other connection has committed since, so the counter itself is read only after a commit."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, tables: tuple[str, ...] = ("auth_epoch",)) -> None:
+        self._query = _query(tables)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._data_version: int | None = None
-        self._value: int | None = None
+        self._value: tuple[int, ...] | None = None
 
     def current(self) -> int | None:
+        values = self.read()
+        return None if values is None else values[0]
+
+    def read(self) -> tuple[int, ...] | None:
+        """Every counter, in the order of ``tables``; None when they cannot be read."""
         with self._lock:
             try:
                 version = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != self._data_version:
-                    row = self._conn.execute("SELECT value FROM auth_epoch WHERE id = 1").fetchone()
-                    self._data_version, self._value = version, (row[0] if row else None)
+                    row = self._conn.execute(self._query).fetchone()
+                    self._data_version, self._value = version, _values(row)
                 return self._value
             except sqlite3.Error as exc:
-                log.warning("cannot read the auth epoch: %s", exc)
+                log.warning("cannot read %s: %s", self._query, exc)
                 self._data_version = None
                 return None
 
@@ -81,9 +95,9 @@ class PostgresEpoch:
 
     KEEP_IDLE = 4  # checks are short: 16 threads checking in a loop never had more than 4 in flight at once
     RETRY_AFTER = 1.0
-    QUERY = "SELECT value FROM auth_epoch WHERE id = 1"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tables: tuple[str, ...] = ("auth_epoch",)) -> None:
+        self.QUERY = _query(tables)
         self._conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
         self._idle: list[psycopg.Connection[tuple[Any, ...]]] = []
         self._lock = threading.Lock()
@@ -92,18 +106,23 @@ class PostgresEpoch:
         self._failing = False  # the last check failed: its failures are not logged again until one succeeds
 
     def current(self) -> int | None:
+        values = self.read()
+        return None if values is None else values[0]
+
+    def read(self) -> tuple[int, ...] | None:
+        """Every counter, in the order of ``tables``; None when they cannot be read."""
         conn = self._borrow()
         if conn is None:
             return None
         try:
             row = conn.execute(self.QUERY, prepare=True).fetchone()
         except psycopg.Error as exc:
-            self._failed("cannot read the auth epoch (sign-ins are checked in the store)", exc)
+            self._failed("cannot read the epochs (cached sign-ins and routes are checked in the store)", exc)
             conn.close()
             return None
         self._failing = False
         self._give_back(conn)
-        return int(row[0]) if row else None
+        return _values(row)
 
     def _failed(self, what: str, exc: psycopg.Error) -> None:
         """Log the first failure of a run of them: a database that is away fails every check for as long."""
@@ -144,10 +163,17 @@ class PostgresEpoch:
             conn.close()
 
 
-def open_epoch(url: str) -> AuthEpoch:
+def _values(row: Any) -> tuple[int, ...] | None:
+    if row is None or any(value is None for value in row):
+        return None
+    return tuple(int(value) for value in row)
+
+
+def open_epoch(url: str, tables: tuple[str, ...] = ("auth_epoch",)) -> SqliteEpoch | PostgresEpoch | NoEpoch:
+    """The counters of ``tables`` (``current()``: the first), read together (store/epochs.py shares them)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        return PostgresEpoch(url)
+        return PostgresEpoch(url, tables)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return SqliteEpoch(parsed.database)
+        return SqliteEpoch(parsed.database, tables)
     return NoEpoch()

@@ -136,6 +136,12 @@ class Session(Base):
     created: Mapped[datetime] = mapped_column(default=utcnow)
     last_state_updated: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     last_used: Mapped[datetime] = mapped_column(default=utcnow)
+    # The loopback port of an IDE that cannot listen on a socket (RStudio), allocated from sessions.port_range
+    # on ``port_host`` while the session lives (proxy/ports.py); unique per host.
+    port: Mapped[int | None] = mapped_column(Integer, default=None)
+    port_host: Mapped[str | None] = mapped_column(String(255), default=None)
+
+    __table_args__ = (Index("ix_sessions_port_host_port", "port_host", "port", unique=True),)
 
 
 class BrowserSession(Base):
@@ -160,6 +166,31 @@ class AuthEpoch(Base):
     """One row whose value triggers bump on every change to who may sign in (see migration 0004)."""
 
     __tablename__ = "auth_epoch"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class RouteRecord(Base):
+    """Where the proxy sends ``/s/<part>/`` (proxy/routes.py); written by the process that drives the session."""
+
+    __tablename__ = "routes"
+
+    part: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"), unique=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16))
+    upstream: Mapped[str | None] = mapped_column(Text, default=None)  # str(Upstream); None: not known yet
+    upstream_uid: Mapped[int] = mapped_column(Integer, default=-1)  # who must serve a socket upstream
+    strip_prefix: Mapped[bool] = mapped_column(Boolean)
+    # Sent upstream on every request (the IDE's secret): the store is the operator's alone, as sessions.secret.
+    headers: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RoutesEpoch(Base):
+    """One row whose value triggers bump on every change to ``routes`` (see migration 0009)."""
+
+    __tablename__ = "routes_epoch"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger)
