@@ -22,6 +22,9 @@ MESSAGE = "the store is unavailable (the database cannot be reached); try again 
 # resources (too many connections), 57P admin shutdown / crash shutdown / cannot connect now / database dropped.
 _AWAY_STATES = ("08", "53", "57P")
 RETRY_S = 1.0
+# A relapse this soon after the database came back (a server still starting up refuses some connections) is
+# the same outage: it gets 503s like any, but no second pair of log lines.
+RELAPSE_S = 10.0
 T = TypeVar("T")
 
 
@@ -47,6 +50,8 @@ class Availability:
     def __init__(self, name: str) -> None:
         self.name = name  # the URL without its password, for the log
         self._down_since: float | None = None
+        self._back_at = -RELAPSE_S
+        self._relapse = False  # down again right after coming back: not logged again
         self._lock = threading.Lock()
 
     @property
@@ -58,6 +63,9 @@ class Availability:
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
+            self._relapse = self._down_since - self._back_at < RELAPSE_S
+            if self._relapse:
+                return
         log.error("the database %s is unavailable: %s; requests that need it get 503 until it is back "
                   "(this is logged once per outage)", self.name, _first_line(exc))
 
@@ -66,7 +74,9 @@ class Availability:
             return
         with self._lock:
             since, self._down_since = self._down_since, None
-        if since is not None:
+            self._back_at = time.monotonic()
+            relapse, self._relapse = self._relapse, False
+        if since is not None and not relapse:
             log.warning("the database %s is back after %.1f s unavailable", self.name, time.monotonic() - since)
 
 
