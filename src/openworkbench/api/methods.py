@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -16,6 +15,7 @@ from openworkbench.api.get_session import get_session, get_session_cached
 from openworkbench.api.rpc import Method
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.errors import InternalError, WorkbenchError
+from openworkbench.http_errors import stream_line
 from openworkbench.services.compute import compute_envs
 from openworkbench.services.container import Services
 
@@ -98,7 +98,9 @@ async def _guarded(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes,
             yield chunk
     except (WorkbenchError, OSError) as exc:
         err = exc if isinstance(exc, WorkbenchError) else InternalError(f"reading the job's output failed: {exc}")
-        yield json.dumps({"error": {"code": err.code, "message": err.message}}).encode() + b"\n"
+        if err is not exc:
+            err.__cause__ = exc
+        yield stream_line(err)
     finally:
         await chunks.aclose()
 
