@@ -48,7 +48,7 @@ def logged(exc: WorkbenchError, status: int, where: str = "") -> None:
     cause = exc.__cause__ or exc.__context__
     detail = getattr(exc, "log_text", None)
     extra = f" ({detail()})" if callable(detail) else ""
-    log.error("%s%s -> %d %s: %s%s", where, " " if where else "", status, type(exc).__name__, exc.message, extra,
+    log.error("%s -> %d %s: %s%s", where or "(no request)", status, type(exc).__name__, exc.message, extra,
               exc_info=(type(cause), cause, cause.__traceback__) if cause is not None else None)
 
 

@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope, Send
 
 from openworkbench import __version__
 from openworkbench.api import params as p
-from openworkbench.api.get_session import get_session, get_session_cached
+from openworkbench.api.get_session import get_session
 from openworkbench.api.rpc import Method
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.errors import InternalError, WorkbenchError
@@ -124,14 +124,14 @@ async def stop_session(services: Services, principal: Principal, params: p.StopS
 
 
 METHODS: dict[str, Method] = {
-    "version": Method(p.NoParams, blocking=version, allow_get=True, cached=version),
+    "version": Method(p.NoParams, blocking=version, allow_get=True, memory_first=True),
     "get_users": Method(p.NoParams, blocking=get_users, allow_get=True),
     "whoami": Method(p.NoParams, blocking=whoami, allow_get=True),
     "get_compute_envs": Method(p.GetComputeEnvs, blocking=get_compute_envs, allow_get=True),
     "launch_job": Method(p.LaunchJob, blocking=launch_job),
     "get_job_output": Method(p.GetJobOutput, handler=get_job_output),
     "stop_job": Method(p.StopJob, blocking=stop_job),
-    "get_session": Method(p.GetSession, blocking=get_session, allow_get=True, cached=get_session_cached),
+    "get_session": Method(p.GetSession, blocking=get_session, allow_get=True, memory_first=True),
     "launch_session": Method(p.LaunchSession, handler=launch_session),
     "resume_session": Method(p.ResumeSession, handler=resume_session),
     "stop_session": Method(p.StopSession, handler=stop_session),

@@ -25,6 +25,7 @@ from openworkbench.auth.tokens import parse_authorization
 from openworkbench.errors import BadRequest, InternalError, UnknownMethod, WorkbenchError
 from openworkbench.http_errors import api_error, unexpected
 from openworkbench.services.container import Services
+from openworkbench.services.readthrough import NeedsStore, memory_only
 from openworkbench.services.signin import COOKIE_NAME, RPC_COOKIE_HEADER, session_rpc_cookie
 from openworkbench.web import csrf
 
@@ -38,15 +39,15 @@ Blocking = Callable[[Services, Principal, Any], Any]
 @dataclass(frozen=True)
 class Method:
     """A method's parameters and its handler: ``blocking`` (store work, run in the request's one thread
-    hop) or ``handler`` (async: streams, background work in the event loop). ``cached``, if given, is
-    tried first on the event loop once the caller is known from memory: it answers from memory alone,
-    or None to send the call down the thread path."""
+    hop) or ``handler`` (async: streams, background work in the event loop). ``memory_first``: ``blocking``
+    reads through caches (services/readthrough.py), so it is tried first on the event loop once the caller
+    is known from memory, and runs in the thread only when a cache needs the store."""
 
     params: type[Params]
     handler: Handler | None = None
     blocking: Blocking | None = None
     allow_get: bool = False
-    cached: Blocking | None = None
+    memory_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def from_memory(services: Services, methods: dict[str, Method], name: str, http_
                 creds: Credentials) -> Any:
     """``prepare`` and the handler without the store or a thread, when memory can answer; else None."""
     method = methods.get(name)
-    if method is None or method.cached is None:
+    if method is None or not method.memory_first or method.blocking is None:
         return None
     principal = creds.cached(services)
     if principal is None:
@@ -163,7 +164,11 @@ def from_memory(services: Services, methods: dict[str, Method], name: str, http_
         params = method.params.model_validate(parse_kwparams(http_method, raw, name, method))
     except ValidationError as exc:
         raise BadRequest(describe_validation(exc)) from None
-    return method.cached(services, principal, params)
+    try:
+        with memory_only():
+            return method.blocking(services, principal, params)
+    except NeedsStore:
+        return None
 
 
 async def dispatch(services: Services, methods: dict[str, Method], name: str, request: Request,
