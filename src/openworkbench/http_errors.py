@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection
 from starlette.responses import HTMLResponse, Response
 
-from openworkbench.errors import BadRequest, InternalError, InvalidState, NotFound, WorkbenchError
+from openworkbench.errors import InternalError, InvalidState, NotFound, WorkbenchError
 
 log = logging.getLogger("openworkbench.http")
 
@@ -127,13 +127,9 @@ def stream_line(exc: WorkbenchError) -> bytes:
 def escaped(conn: HTTPConnection, exc: Exception) -> Response:
     """The answer to what escaped a route (api/boundary.py): the proxy's body under ``/s/``, a page for a
     browser outside the API, the envelope otherwise."""
-    from fastapi.exceptions import RequestValidationError  # a page's query parameters, checked by FastAPI
-
     headers: Mapping[str, str] | None = None
     if isinstance(exc, HTTPException):
         error, headers = from_http_exception(exc), exc.headers
-    elif isinstance(exc, RequestValidationError):
-        error = BadRequest("invalid request")
     elif isinstance(exc, WorkbenchError):
         error = exc
     else:
