@@ -5,7 +5,6 @@ without parameters, results as ``{"result": ...}`` and every failure as ``{"erro
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +27,6 @@ from openworkbench.services.container import Services
 from openworkbench.services.readthrough import NeedsStore, memory_only
 from openworkbench.services.signin import COOKIE_NAME, RPC_COOKIE_HEADER, session_rpc_cookie
 from openworkbench.web import csrf
-
-log = logging.getLogger(__name__)
 
 _CLOSE = {"connection": "close"}
 Handler = Callable[[Services, Principal, Any], Awaitable[Any]]

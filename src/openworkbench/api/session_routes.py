@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from typing import NoReturn
 from urllib.parse import quote, urlencode
@@ -40,8 +39,6 @@ from openworkbench.services.container import Services
 from openworkbench.services.session_origins import AUTH_PATH, SessionOrigins
 from openworkbench.services.signin import COOKIE_NAME
 from openworkbench.store.schema import utcnow
-
-log = logging.getLogger(__name__)
 
 PREFIX = "/s/"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
