@@ -186,14 +186,16 @@ web.run_app(app, path=sys.argv[1], print=None)
 
 PROXY_APP = r'''
 # The real services of a server (store, sign-in, sessions, routes) built from settings against the test's SQLite
-# database, behind the real SessionRoutes; only the proxy is served (no RPC app, no job monitors).
+# database, behind the real proxy routes and error boundary; only the proxy is served (no RPC, no job monitors).
 import json, sys
 from collections import Counter
 from contextlib import asynccontextmanager
 import sqlalchemy as sa
 import uvicorn
-from fastapi import FastAPI
-from openworkbench.api.session_routes import SessionRoutes
+from starlette.responses import JSONResponse
+from starlette.routing import Route, Router
+from openworkbench.api.boundary import ErrorBoundary
+from openworkbench.api.session_routes import ProxyRoutes
 from openworkbench.config import Settings
 from openworkbench.services.container import build_services
 
@@ -216,13 +218,11 @@ async def lifespan(app):
     yield
     await services.pool.close()
 
-inner = FastAPI(lifespan=lifespan)
+async def get_statements(request):
+    return JSONResponse(statements["all"])
 
-@inner.get("/statements")
-async def get_statements():
-    return statements["all"]
-
-uvicorn.run(SessionRoutes(inner, services), host="127.0.0.1", port=config["port"], log_level="warning")
+router = Router([*ProxyRoutes(services).routes(), Route("/statements", get_statements)], lifespan=lifespan)
+uvicorn.run(ErrorBoundary(router), host="127.0.0.1", port=config["port"], log_level="warning")
 '''
 
 @dataclass

@@ -17,6 +17,7 @@ from openworkbench.api import params as p
 from openworkbench.auth.permissions import Principal
 from openworkbench.services.container import Services
 from openworkbench.services.job_views import JobAnswer
+from openworkbench.services.readthrough import store_allowed
 from openworkbench.services.session_json import FINAL_STATES, select_fields
 from openworkbench.services.session_views import View, encode
 
@@ -51,41 +52,30 @@ class PartsResponse(Response):
 
 
 def get_session(services: Services, principal: Principal, params: p.GetSession) -> Response:
+    """One read through the caches of sessions and jobs. The RPC tries it on the event loop first (memory
+    alone, ``readthrough.memory_only``) and again in a thread when a cache needs the store (``NeedsStore``)."""
     now = time.time()
     username = params.user or principal.username
-    views = services.sessions.read(principal, username, params.session_id)
+    views = _session_views(services, principal, params, username)
     jobs = None
     if params.include_jobs or params.include_all_jobs:
-        services.job_views.refresh()
-        jobs = _jobs(services, username, _shown(services, views, params, now), params, now, memory_only=False)
-        assert jobs is not None  # memory_only=False always answers
-        if jobs.left is None and params.timestamp is not None:  # departures older than memory
-            jobs = JobAnswer(jobs.raw, services.job_views.departed_in_store(username, params.timestamp, now))
-    projects = encode(services.sessions.projects(principal, username)) if params.include_projects else None
+        shown = _shown(services, views, params, now)
+        session_ids = None if params.include_all_jobs else [view.data["id"] for view in shown]
+        jobs = services.job_views.answer(username, session_ids, params.timestamp, now)
+    projects = None
+    if params.include_projects:
+        store_allowed()  # the store's view of the user's projects
+        projects = encode(services.sessions.projects(principal, username))
     return _response(services, views, jobs, params, now, projects)
 
 
-def get_session_cached(services: Services, principal: Principal, params: p.GetSession) -> Response | None:
-    """``get_session`` from memory alone, on the event loop; None sends the call down the store path."""
-    now = time.time()
-    if params.include_projects:  # the store's view of the user's projects
-        return None
+def _session_views(services: Services, principal: Principal, params: p.GetSession, username: str) -> list[View]:
+    """The sessions through their cache: memory when it can answer, else the store."""
     views = services.sessions.read_cached(principal, params.user, params.session_id)
     if views is None:
-        return None
-    jobs = None
-    if params.include_jobs or params.include_all_jobs:
-        username = params.user or principal.username
-        jobs = _jobs(services, username, _shown(services, views, params, now), params, now, memory_only=True)
-        if jobs is None or jobs.left is None:
-            return None
-    return _response(services, views, jobs, params, now)
-
-
-def _jobs(services: Services, username: str, shown: list[View], params: p.GetSession, now: float,
-          memory_only: bool) -> JobAnswer | None:
-    session_ids = None if params.include_all_jobs else [view.data["id"] for view in shown]
-    return services.job_views.answer(username, session_ids, params.timestamp, now, memory_only)
+        store_allowed()
+        views = services.sessions.read(principal, username, params.session_id)
+    return views
 
 
 def _shown(services: Services, views: list[View], params: p.GetSession, now: float) -> list[View]:
@@ -126,6 +116,6 @@ def _response(services: Services, views: list[View], jobs: JobAnswer | None, par
     if since is not None:
         parts += [b',"removed_session_ids":', encode(removed)]
         if jobs is not None:
-            parts += [b',"removed_job_ids":', encode(jobs.left or [])]
+            parts += [b',"removed_job_ids":', encode(jobs.left)]
     parts.append(b"}}")
     return PartsResponse(parts)

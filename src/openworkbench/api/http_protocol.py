@@ -13,11 +13,8 @@ header deadline, so this class is needed either way.
 from __future__ import annotations
 
 import asyncio
-import http
-import json
 from typing import Any
 
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -25,20 +22,13 @@ from uvicorn.server import ServerState
 
 from openworkbench.config import ServerSettings
 from openworkbench.errors import HeadersTooLarge, Overloaded, RequestTimeout, WorkbenchError
+from openworkbench.http_errors import api_error, raw_http
 
 _CLOSE = {"connection": "close"}
 
 
-def _raw_refusal(exc: WorkbenchError) -> bytes:
-    """A whole HTTP response, for refusals made before a request exists to answer through the app."""
-    body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
-    head = (f"HTTP/1.1 {exc.http_status} {http.HTTPStatus(exc.http_status).phrase}\r\n"
-            f"content-type: application/json\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n")
-    return head.encode() + body
-
-
 def _refusal_app(exc: WorkbenchError) -> ASGIApp:
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, exc.http_status, headers=_CLOSE)
+    return api_error(exc, headers=_CLOSE, where="connection limit")
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -87,8 +77,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         elif self.max_connections is not None and (
             len(self.connections) >= self.max_connections or len(self.tasks) >= self.max_connections
         ):
+            # Logged by the renderer, as every 5xx.
             refusal = Overloaded("The server has too many open connections; try again shortly")
-            self.logger.warning("connection limit (%d) reached: answering 503", self.max_connections)
         if refusal is None:
             super().on_headers_complete()
             return
@@ -122,7 +112,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self.cycle is None or self.cycle.response_complete:  # never into the middle of an answer
-            self.transport.write(_raw_refusal(exc))
+            self.transport.write(raw_http(exc))
         self.transport.close()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -11,10 +10,11 @@ from starlette.types import Receive, Scope, Send
 
 from openworkbench import __version__
 from openworkbench.api import params as p
-from openworkbench.api.get_session import get_session, get_session_cached
+from openworkbench.api.get_session import get_session
 from openworkbench.api.rpc import Method
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.errors import InternalError, WorkbenchError
+from openworkbench.http_errors import stream_line
 from openworkbench.services.compute import compute_envs
 from openworkbench.services.container import Services
 
@@ -96,7 +96,9 @@ async def _guarded(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes,
             yield chunk
     except (WorkbenchError, OSError) as exc:
         err = exc if isinstance(exc, WorkbenchError) else InternalError(f"reading the job's output failed: {exc}")
-        yield json.dumps({"error": {"code": err.code, "message": err.message}}).encode() + b"\n"
+        if err is not exc:
+            err.__cause__ = exc
+        yield stream_line(err)
     finally:
         await chunks.aclose()
 
@@ -120,14 +122,14 @@ async def stop_session(services: Services, principal: Principal, params: p.StopS
 
 
 METHODS: dict[str, Method] = {
-    "version": Method(p.NoParams, blocking=version, allow_get=True, cached=version),
+    "version": Method(p.NoParams, blocking=version, allow_get=True, memory_first=True),
     "get_users": Method(p.NoParams, blocking=get_users, allow_get=True),
     "whoami": Method(p.NoParams, blocking=whoami, allow_get=True),
     "get_compute_envs": Method(p.GetComputeEnvs, blocking=get_compute_envs, allow_get=True),
     "launch_job": Method(p.LaunchJob, blocking=launch_job),
     "get_job_output": Method(p.GetJobOutput, handler=get_job_output),
     "stop_job": Method(p.StopJob, blocking=stop_job),
-    "get_session": Method(p.GetSession, blocking=get_session, allow_get=True, cached=get_session_cached),
+    "get_session": Method(p.GetSession, blocking=get_session, allow_get=True, memory_first=True),
     "launch_session": Method(p.LaunchSession, handler=launch_session),
     "resume_session": Method(p.ResumeSession, handler=resume_session),
     "stop_session": Method(p.StopSession, handler=stop_session),

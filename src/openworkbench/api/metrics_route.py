@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from openworkbench import metrics
-from openworkbench.api.rpc import error_response
 from openworkbench.auth.permissions import Action, allowed
 from openworkbench.auth.tokens import parse_authorization
 from openworkbench.errors import PermissionDenied, Unauthenticated, WorkbenchError
+from openworkbench.http_errors import api_error
 from openworkbench.services.container import Services
 
 
@@ -28,17 +29,18 @@ def check_scraper(services: Services, authorization: str | None) -> None:
         raise PermissionDenied("Permission denied: /metrics needs an admin-level token or server.metrics_token")
 
 
-def install(app: FastAPI, services: Services) -> None:
+def route(services: Services) -> Route:
     metrics.STORE.store = services.store
 
-    @app.get("/metrics", include_in_schema=False)
     async def scrape(request: Request) -> Response:
         try:
             await run_in_threadpool(check_scraper, services, request.headers.get("authorization"))
         except WorkbenchError as exc:
             if isinstance(exc, Unauthenticated):
                 metrics.count_auth_failure("metrics")
-            return error_response(exc)
+            return api_error(exc, where="GET /metrics")
         metrics.count_tasks()
         body = await run_in_threadpool(generate_latest, metrics.REGISTRY)  # counts read from the store
         return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+    return Route("/metrics", scrape, methods=["GET"])

@@ -12,11 +12,12 @@ import json
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, Response
-from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from openworkbench import __version__, models
 from openworkbench.api.rpc import Method
@@ -174,16 +175,16 @@ def build_document(methods: dict[str, Method]) -> dict[str, Any]:
     }
 
 
-def install(app: FastAPI, methods: dict[str, Method]) -> None:
-    """Serve the document and the docs page. Both are public: they describe the API and hold no data."""
+def routes(methods: dict[str, Method]) -> list[BaseRoute]:
+    """The document and the docs page. Both are public: they describe the API and hold no data."""
     body = json.dumps(build_document(methods)).encode()
-    app.mount(ASSETS_PATH, StaticFiles(directory=str(resources.files("fastapi_offline") / "static")),
-              name="docs-assets")
 
-    @app.get(OPENAPI_PATH, include_in_schema=False)
-    async def openapi_document() -> Response:
+    async def openapi_document(request: Request) -> Response:
         return Response(body, media_type="application/json")
 
-    @app.get(DOCS_PATH, include_in_schema=False)
-    async def docs_page() -> HTMLResponse:
+    async def docs_page(request: Request) -> Response:
         return HTMLResponse(DOCS_PAGE)
+
+    assets = StaticFiles(directory=str(resources.files("fastapi_offline") / "static"))
+    return [Route(OPENAPI_PATH, openapi_document, methods=["GET"]), Route(DOCS_PATH, docs_page, methods=["GET"]),
+            Mount(ASSETS_PATH, assets, name="docs-assets")]

@@ -5,7 +5,6 @@ without parameters, results as ``{"result": ...}`` and every failure as ``{"erro
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +13,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from openworkbench import metrics
 from openworkbench.api.limits import check_depth, has_body, nested_too_deeply, read_body
@@ -22,12 +22,13 @@ from openworkbench.api.params import Params
 from openworkbench.auth.permissions import Principal
 from openworkbench.auth.tokens import parse_authorization
 from openworkbench.errors import BadRequest, InternalError, UnknownMethod, WorkbenchError
+from openworkbench.http_errors import api_error, unexpected
 from openworkbench.services.container import Services
+from openworkbench.services.readthrough import NeedsStore, memory_only
 from openworkbench.services.signin import COOKIE_NAME, RPC_COOKIE_HEADER, session_rpc_cookie
 from openworkbench.web import csrf
 
-log = logging.getLogger(__name__)
-
+_CLOSE = {"connection": "close"}
 Handler = Callable[[Services, Principal, Any], Awaitable[Any]]
 Blocking = Callable[[Services, Principal, Any], Any]
 
@@ -35,15 +36,15 @@ Blocking = Callable[[Services, Principal, Any], Any]
 @dataclass(frozen=True)
 class Method:
     """A method's parameters and its handler: ``blocking`` (store work, run in the request's one thread
-    hop) or ``handler`` (async: streams, background work in the event loop). ``cached``, if given, is
-    tried first on the event loop once the caller is known from memory: it answers from memory alone,
-    or None to send the call down the thread path."""
+    hop) or ``handler`` (async: streams, background work in the event loop). ``memory_first``: ``blocking``
+    reads through caches (services/readthrough.py), so it is tried first on the event loop once the caller
+    is known from memory, and runs in the thread only when a cache needs the store."""
 
     params: type[Params]
     handler: Handler | None = None
     blocking: Blocking | None = None
     allow_get: bool = False
-    cached: Blocking | None = None
+    memory_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,15 +79,6 @@ def credentials(request: Request) -> Credentials:
         return Credentials(authorization, rpc_cookie)
     csrf.check(request, None)  # PermissionDenied: a header that is wrong, or another site's request
     return Credentials(authorization, None, cookie)
-
-
-def error_response(exc: WorkbenchError) -> JSONResponse:
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)
-
-
-def internal_error_response() -> JSONResponse:
-    """What a bug or a failing dependency gets, wherever it surfaces: the envelope, never a traceback."""
-    return error_response(InternalError("Internal server error"))
 
 
 def describe_validation(exc: ValidationError, prefix: str = "kwparams") -> str:
@@ -160,7 +152,7 @@ def from_memory(services: Services, methods: dict[str, Method], name: str, http_
                 creds: Credentials) -> Any:
     """``prepare`` and the handler without the store or a thread, when memory can answer; else None."""
     method = methods.get(name)
-    if method is None or method.cached is None:
+    if method is None or not method.memory_first or method.blocking is None:
         return None
     principal = creds.cached(services)
     if principal is None:
@@ -169,7 +161,11 @@ def from_memory(services: Services, methods: dict[str, Method], name: str, http_
         params = method.params.model_validate(parse_kwparams(http_method, raw, name, method))
     except ValidationError as exc:
         raise BadRequest(describe_validation(exc)) from None
-    return method.cached(services, principal, params)
+    try:
+        with memory_only():
+            return method.blocking(services, principal, params)
+    except NeedsStore:
+        return None
 
 
 async def dispatch(services: Services, methods: dict[str, Method], name: str, request: Request,
@@ -195,49 +191,35 @@ async def dispatch(services: Services, methods: dict[str, Method], name: str, re
                 result = await method.handler(services, caller, params)
     except WorkbenchError as exc:
         metrics.count_api(name if name in methods else metrics.UNKNOWN_METHOD, type(exc))
-        response = error_response(exc)
-        if unread:  # refused before its body was read: close rather than let the server drain the rest
-            response.headers["connection"] = "close"
-        return response
+        # Refused before its body was read: close rather than let the server drain the rest.
+        return api_error(exc, headers=_CLOSE if unread else None, where=f"{request.method} /api/{name}")
     metrics.count_api(name)
     if isinstance(result, Response):
         return result
     return JSONResponse({"result": result})
 
 
-class RpcRoutes:
-    """``GET``/``POST /api/<method>`` served ahead of FastAPI, whose routing, dependency injection and
-    middleware cost more than answering many methods; other verbs and paths go on to ``app``."""
+class RpcEndpoint:
+    """The endpoint of ``GET``/``POST /api/{method}`` (api/routes.py): an ASGI app, so that no per-request
+    wrapper of Starlette's runs on the API's hot path."""
 
-    def __init__(self, app: ASGIApp, services: Services, methods: dict[str, Method]) -> None:
-        self.app = app
+    def __init__(self, services: Services, methods: dict[str, Method]) -> None:
         self.services = services
         self.methods = methods
         self.max_body = services.settings.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        name = _rpc_name(scope)
-        if name is None:
-            await self.app(scope, receive, send)
-            return
+        name: str = scope["path_params"]["method"]
         request = Request(scope, receive)
+        if request.method == "HEAD":  # the route's GET would let it in; a call has a body to answer with
+            raise HTTPException(405, headers={"Allow": "GET, POST"})
         try:
             response = await dispatch(self.services, self.methods, name, request, self.max_body)
-        except Exception:  # a bug or a failing store: the error body of every other failure, and a log line
-            log.exception("unhandled error on %s %s", request.method, request.url.path)
+        except Exception as exc:  # a bug or a failing store: the error body of every other failure, and a log line
             metrics.count_api(name if name in self.methods else metrics.UNKNOWN_METHOD, InternalError)
-            response = internal_error_response()
+            response = api_error(unexpected(exc, f"{request.method} {request.url.path}"))
         await response(scope, receive, send)
 
 
 def _rpc_cookie(headers: Any) -> str | None:
     return session_rpc_cookie(headers.get(RPC_COOKIE_HEADER), headers.get("cookie"))
-
-
-def _rpc_name(scope: Scope) -> str | None:
-    if scope["type"] != "http" or scope["method"] not in ("GET", "POST"):
-        return None
-    path: str = scope["path"]
-    name = path[len("/api/"):] if path.startswith("/api/") else ""
-    # /api/openapi.json is the API's description (api/openapi.py), public: not a method call.
-    return name if name and "/" not in name and name != "openapi.json" else None

@@ -7,28 +7,30 @@ With ``server.session_domain`` each session is also served on its own host, ``<p
 only that origin's own sign-in cookie counts. The main origin then sends a signed-in browser there with a
 ticket instead of serving the IDE's pages itself; API clients (an Authorization header) are served on both.
 
-This is a plain ASGI layer in front of the FastAPI app, not routes of it: a proxied request is the server's
-hottest path, and FastAPI's routing, dependency injection and middleware stack cost more than the whole
-relay. Everything not under ``/s/<part>`` goes on to the app untouched.
+Its entry points are routes of the one routing table (api/routes.py, ``routes`` below): ``/s/<part>`` and
+``/s/<part>/...`` for HTTP and WebSocket, and a route matching every request to a session origin. Each is an
+ASGI endpoint (no per-request wrapper): a proxied request is the server's hottest path. Refusals are rendered
+by http_errors.proxy_error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import NoReturn
 from urllib.parse import quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from openworkbench.api.limits import has_body
-from openworkbench.api.rpc import internal_error_response
 from openworkbench.auth.permissions import Principal
 from openworkbench.errors import (
     InvalidState,
@@ -38,6 +40,7 @@ from openworkbench.errors import (
     Unauthenticated,
     WorkbenchError,
 )
+from openworkbench.http_errors import proxy_error, unexpected
 from openworkbench.proxy import ProxyTarget, forward_http, forward_websocket
 from openworkbench.proxy.relay_http import raw_path_and_query
 from openworkbench.services.container import Services
@@ -45,16 +48,14 @@ from openworkbench.services.session_origins import AUTH_PATH, SessionOrigins
 from openworkbench.services.signin import COOKIE_NAME
 from openworkbench.store.schema import utcnow
 
-log = logging.getLogger(__name__)
-
 PREFIX = "/s/"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# The proxy answers in HTTP terms: a missing session is 404 here, not an RPC error code.
-HTTP_STATUS = {Unauthenticated: 401, PermissionDenied: 403, NotFound: 404, InvalidState: 503, StoreUnavailable: 503}
 # An open WebSocket (a kernel, a terminal) is checked again this often: revoking a token, disabling a
 # user or stopping the session ends it, not only new requests.
 REVALIDATE_SECONDS = 1.0
 NO_STORE = {"Cache-Control": "no-store"}  # a ticket must not be kept in a cache
+NOT_ALLOWED = WorkbenchError("Method Not Allowed")
+NOT_ALLOWED.code = NOT_ALLOWED.http_status = 405
 WS_CLOSE = {Unauthenticated: 4401, PermissionDenied: 4403, NotFound: 4404, InvalidState: 1013, StoreUnavailable: 1013}
 
 
@@ -92,11 +93,6 @@ def credentials(conn: HTTPConnection, host_part: str | None = None) -> tuple[str
     return conn.headers.get("authorization"), cookie
 
 
-def _error(exc: WorkbenchError) -> JSONResponse:
-    status = HTTP_STATUS.get(type(exc), 500)
-    return JSONResponse({"error": {"code": status, "message": exc.message}}, status_code=status)
-
-
 def refusal(request: Request, exc: WorkbenchError, main_origin: str | None = None) -> Response:
     """``main_origin``: the request came to a session origin, whose sign-in starts on the main one."""
     wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
@@ -105,33 +101,27 @@ def refusal(request: Request, exc: WorkbenchError, main_origin: str | None = Non
         if main_origin is not None:
             return RedirectResponse(main_origin + target, status_code=302)
         return RedirectResponse(f"/auth/sign-in?next={quote(target)}", status_code=302)
-    return _error(exc)
+    return proxy_error(exc)
 
 
-class SessionRoutes:
-    """The ASGI app in front of ``app``: serves ``/s/<part>`` and ``/s/<part>/...`` itself."""
+class ProxyRoutes:
+    """The proxy's entry points; ``routes`` lists them for the routing table."""
 
-    def __init__(self, app: ASGIApp, services: Services) -> None:
-        self.app = app
+    def __init__(self, services: Services) -> None:
         self.services = services
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http" or kind == "websocket":
-            origins = self.services.origins
-            host_part = origins.part_of(Headers(scope=scope).get("host")) if origins else None
-            if host_part is not None:
-                await self._session_origin(scope, receive, send, host_part)
-                return
-            if scope["path"].startswith(PREFIX):
-                part, slash, _ = scope["path"][len(PREFIX):].partition("/")
-                if part and kind == "http":
-                    await self._http(Request(scope, receive), part, bool(slash), send, None)
-                    return
-                if part and slash:
-                    await self._websocket(WebSocket(scope, receive, send), part, None)
-                    return
-        await self.app(scope, receive, send)
+    def routes(self) -> list[BaseRoute]:
+        http, websocket = _Asgi(self.http), _Asgi(self.websocket)
+        table: list[BaseRoute] = [SessionOrigin(self)] if self.services.origins is not None else []
+        return [*table, Route(PREFIX + "{part}", http), Route(PREFIX + "{part}/{path:path}", http),
+                WebSocketRoute(PREFIX + "{part}/{path:path}", websocket)]
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        part = scope["path_params"]["part"]
+        await self._http(Request(scope, receive), part, scope["path"] != PREFIX + part, send, None)
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._websocket(WebSocket(scope, receive, send), scope["path_params"]["part"], None)
 
     async def _session_origin(self, scope: Scope, receive: Receive, send: Send, part: str) -> None:
         """A request to ``<part>.<domain>``: its session, the ticket redemption, and nothing else."""
@@ -146,31 +136,28 @@ class SessionRoutes:
         if path == AUTH_PATH:
             try:
                 response = await self._redeem(request, part)
-            except Exception:  # the store failing, or a bug: the server's usual error body, not a traceback
-                log.exception("ticket redemption failed on %s", part)
-                response = internal_error_response()
+            except Exception as exc:  # the store failing, or a bug: the server's usual error body, not a traceback
+                response = proxy_error(unexpected(exc, f"ticket redemption on {part}"))
         elif path == home or path.startswith(home + "/"):
             await self._http(request, part, path != home, send, part)
             return
         elif path == "/":
             response = RedirectResponse(home + "/", status_code=302)
         else:
-            response = _error(NotFound(f"This host serves only the session at {home}/"))
+            response = proxy_error(NotFound(f"This host serves only the session at {home}/"))
         await response(scope, receive, send)
 
     async def _http(self, request: Request, part: str, slash: bool, send: Send, host_part: str | None) -> None:
         try:
             response = await self._respond(request, part, slash, host_part)
-        except Exception:  # the store failing, or a bug: the error body of every other failure of the server
-            log.exception("proxy failed on %s %s", request.method, request.url.path)
-            response = internal_error_response()
+        except Exception as exc:  # the store failing, or a bug: the error body of every other failure of the server
+            response = proxy_error(unexpected(exc, f"proxy {request.method} {request.url.path}"))
         await response(request.scope, request.receive, send)
 
     async def _respond(self, request: Request, part: str, slash: bool, host_part: str | None) -> Response:
         """The answer to one request; nothing has been sent yet (a relayed body is sent when it is called)."""
         if request.method not in METHODS:  # TRACE, CONNECT, WebDAV: nothing an IDE needs
-            return JSONResponse({"error": {"code": 405, "message": "Method Not Allowed"}}, 405,
-                                headers={"Allow": ", ".join(sorted(METHODS))})
+            return proxy_error(NOT_ALLOWED, headers={"Allow": ", ".join(sorted(METHODS))})
         if not slash:
             query = f"?{request.url.query}" if request.url.query else ""
             return RedirectResponse(f"/s/{part}/{query}", status_code=301)
@@ -195,7 +182,7 @@ class SessionRoutes:
         except WorkbenchError as exc:
             return refusal(request, exc)
         if request.method not in ("GET", "HEAD") or cookie is None:
-            return _error(PermissionDenied(f"This session is served at its own origin: {origins.origin(part)}"))
+            return proxy_error(PermissionDenied(f"This session is served at its own origin: {origins.origin(part)}"))
         path, query = raw_path_and_query(request)
         ticket = origins.issue(part, cookie)
         location = f"{origins.origin(part)}{AUTH_PATH}?{urlencode({'ticket': ticket, 'next': _join(path, query)})}"
@@ -211,12 +198,12 @@ class SessionRoutes:
             ticket = services.origins.redeem(request.query_params.get("ticket", ""), part)
             cookie, expires = await run_in_threadpool(services.signin.origin_cookie, ticket.cookie_hash, part)
         except WorkbenchError as exc:
-            return _error(exc)
+            return proxy_error(exc)
         try:  # the owner still (a ticket outlives nothing: the session may have changed hands or ended)
             await resolve(services, part, None, cookie, touch=False)
         except WorkbenchError as exc:
             await run_in_threadpool(services.signin.sign_out, cookie)
-            return _error(exc)
+            return proxy_error(exc)
         response = RedirectResponse(next_path, status_code=302, headers=NO_STORE)
         max_age = int((expires - utcnow()).total_seconds())
         # Host-only (no Domain): neither the main origin nor another session's host ever receives it.
@@ -247,6 +234,41 @@ class SessionRoutes:
             await websocket.close(code=WS_CLOSE.get(type(refused), 1011), reason=refused.message[:100])
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)
+
+
+class _Asgi:
+    """A bound method as an ASGI endpoint (Starlette would wrap a plain method as request -> response)."""
+
+    def __init__(self, endpoint: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.endpoint(scope, receive, send)
+
+
+class SessionOrigin(BaseRoute):
+    """Every request to ``<part>.<session_domain>`` (``server.session_domain``): that host serves its session
+    alone, whatever the path (``ProxyRoutes._session_origin``)."""
+
+    def __init__(self, proxy: ProxyRoutes) -> None:
+        assert proxy.services.origins is not None
+        self.proxy, self.origins = proxy, proxy.services.origins
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] in ("http", "websocket"):
+            part = self.origins.part_of(Headers(scope=scope).get("host"))
+            if part is not None:
+                return Match.FULL, {"path_params": {"part": part}}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: object) -> NoReturn:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.proxy._session_origin(scope, receive, send, scope["path_params"]["part"])
+
+    def __repr__(self) -> str:
+        return "SessionOrigin(<part>.<session_domain>/*)"
 
 
 def _join(path: str, query: str) -> str:

@@ -15,9 +15,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from openworkbench.errors import PermissionDenied, UpstreamRefused
+from openworkbench.http_errors import proxy_error
 from openworkbench.proxy.pool import UpstreamPool
 from openworkbench.proxy.rewrite import filter_request_headers, filter_response_headers, origin_allowed, upstream_path
-from openworkbench.proxy.target import ProxyTarget, UpstreamUnavailable, error_response
+from openworkbench.proxy.target import ProxyTarget, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,17 @@ def same_origin(conn: HTTPConnection) -> bool:
     return origin_allowed(conn.headers.get("origin"), conn.headers.get("host"))
 
 
-def log_refused(target: ProxyTarget, exc: UpstreamRefused) -> None:
-    """A refused upstream is an attack or a broken session: say which session, and whose socket it was."""
-    log.warning("proxy refused session %s (%s): %s", target.session_id or "?", target.prefix, exc.log_text())
+def refused_where(target: ProxyTarget) -> str:
+    """A refused upstream is an attack or a broken session: the log says which session (the renderer adds
+    whose socket it was, ``UpstreamRefused.log_text``)."""
+    return f"proxy refused session {target.session_id or '?'} ({target.prefix})"
+
+
+def unreachable(cause: BaseException) -> UpstreamUnavailable:
+    """The 502 of an IDE that did not answer, with what went wrong as its cause (for the log)."""
+    exc = UpstreamUnavailable(UNREACHABLE)
+    exc.__cause__ = cause
+    return exc
 
 
 def _has_body(request: Request) -> bool:
@@ -124,15 +133,14 @@ async def _answer(upstream: aiohttp.ClientResponse, headers: list[tuple[bytes, b
     except (aiohttp.ClientError, TimeoutError) as exc:
         upstream.close()
         # Nothing has gone to the browser yet: an honest 502 rather than a broken answer.
-        log.warning("IDE response broke off before its end: %s", exc)
-        return error_response(UpstreamUnavailable(UNREACHABLE))
+        return proxy_error(unreachable(exc), where="IDE response broke off before its end:")
     return _WholeResponse(upstream.status, headers, body)
 
 
 async def forward_http(request: Request, target: ProxyTarget, pool: UpstreamPool) -> Response:
     """Forward one HTTP request of any method to the IDE behind ``target``."""
     if request.method not in _SAFE_METHODS and not same_origin(request):
-        return error_response(PermissionDenied(CROSS_ORIGIN))
+        return proxy_error(PermissionDenied(CROSS_ORIGIN))
     path, query = raw_path_and_query(request)
     url = pool.url(upstream_path(target, path, query), target.upstream)
     headers = upstream_headers(request, target)
@@ -142,11 +150,9 @@ async def forward_http(request: Request, target: ProxyTarget, pool: UpstreamPool
             request.method, url, headers=headers, data=body, allow_redirects=False
         )
     except UpstreamRefused as exc:
-        log_refused(target, exc)
-        return error_response(exc)
+        return proxy_error(exc, where=refused_where(target))
     except (aiohttp.ClientError, TimeoutError, ClientDisconnect) as exc:
-        log.warning("proxy %s %s -> %s: %s", request.method, target.prefix, target.upstream, exc)
-        return error_response(UpstreamUnavailable(UNREACHABLE))
+        return proxy_error(unreachable(exc), where=f"proxy {request.method} {target.prefix} -> {target.upstream}")
     raw = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in upstream.raw_headers]
     host = request.headers.get("host", "")
     return await _answer(upstream, _raw(filter_response_headers(raw, target, request_host=host)))

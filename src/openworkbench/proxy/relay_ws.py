@@ -10,17 +10,18 @@ import aiohttp
 from starlette.websockets import WebSocket, WebSocketState
 
 from openworkbench.errors import PermissionDenied, UpstreamRefused, WorkbenchError
+from openworkbench.http_errors import proxy_error
 from openworkbench.proxy.pool import UpstreamPool
 from openworkbench.proxy.relay_http import (
     CROSS_ORIGIN,
-    UNREACHABLE,
-    log_refused,
     raw_path_and_query,
+    refused_where,
     same_origin,
+    unreachable,
     upstream_headers,
 )
 from openworkbench.proxy.rewrite import sendable_close_code, upstream_path
-from openworkbench.proxy.target import ProxyTarget, UpstreamUnavailable, error_response
+from openworkbench.proxy.target import ProxyTarget, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,11 @@ async def _connect(websocket: WebSocket, target: ProxyTarget, pool: UpstreamPool
     )
 
 
-async def _refuse(websocket: WebSocket, exc: WorkbenchError) -> None:
+async def _refuse(websocket: WebSocket, exc: WorkbenchError, where: str = "") -> None:
     """Answer a handshake we cannot complete: an HTTP error where the server allows it, else a close."""
+    response = proxy_error(exc, where=where)  # the log line of a 5xx, whichever way the browser is told
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(error_response(exc))
+        await websocket.send_denial_response(response)
     else:
         await websocket.close(code=1008 if exc.http_status == 403 else 1011)
 
@@ -96,16 +98,15 @@ async def forward_websocket(websocket: WebSocket, target: ProxyTarget, pool: Ups
     try:
         upstream = await _connect(websocket, target, pool)
     except UpstreamRefused as exc:
-        log_refused(target, exc)
-        await _refuse(websocket, exc)
+        await _refuse(websocket, exc, refused_where(target))
         return
     except aiohttp.WSServerHandshakeError as exc:
-        log.warning("proxy WebSocket %s refused by the IDE: %s", target.prefix, exc.status)
-        await _refuse(websocket, _refused_by_ide(exc.status))
+        refused = _refused_by_ide(exc.status)
+        refused.__cause__ = exc
+        await _refuse(websocket, refused, f"proxy WebSocket {target.prefix} refused by the IDE ({exc.status})")
         return
     except (aiohttp.ClientError, TimeoutError) as exc:
-        log.warning("proxy WebSocket %s -> %s: %s", target.prefix, target.upstream, exc)
-        await _refuse(websocket, UpstreamUnavailable(UNREACHABLE))
+        await _refuse(websocket, unreachable(exc), f"proxy WebSocket {target.prefix} -> {target.upstream}")
         return
     try:
         await websocket.accept(subprotocol=upstream.protocol)

@@ -1,11 +1,9 @@
-"""What the proxy forwards to, and the one error it can answer with itself."""
+"""What the proxy forwards to, and the one error of its own (rendered by http_errors.proxy_error)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-
-from starlette.responses import JSONResponse
 
 from openworkbench.errors import WorkbenchError
 from openworkbench.proxy.upstream import Upstream
@@ -40,7 +38,3 @@ class UpstreamUnavailable(WorkbenchError):
     code = 502
     http_status = 502
 
-
-def error_response(exc: WorkbenchError) -> JSONResponse:
-    """The error body every client of this server understands."""
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}}, status_code=exc.http_status)

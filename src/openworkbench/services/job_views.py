@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from openworkbench.services.job_json import job_json
+from openworkbench.services.readthrough import store_allowed
 from openworkbench.services.session_views import encode
 from openworkbench.store import Store
 from openworkbench.store.schema import Job, User
@@ -61,7 +62,7 @@ class JobList:
 @dataclass(frozen=True)
 class JobAnswer:
     raw: bytes  # a JSON array of WorkbenchJob
-    left: list[str] | None  # ids that left the list since ``since``; None: older than memory, ask the store
+    left: list[str]  # ids that left the list since ``since``
 
 
 def join(views: Sequence[JobView]) -> bytes:
@@ -114,19 +115,31 @@ class JobViews:
         with self._lock:
             self._install(rows, set(stale), seq, now, whole)
 
-    def answer(self, username: str, session_ids: list[str] | None, since: float | None, now: float,
-               memory_only: bool = True) -> JobAnswer | None:
+    def answer(self, username: str, session_ids: list[str] | None, since: float | None, now: float) -> JobAnswer:
         """The user's active jobs (those of ``session_ids`` only, if given; those changed after ``since``
-        only, if given). From memory alone; None when memory is behind the store and ``memory_only``."""
+        only, if given), read through: from memory when it is current, else after reloading what the store
+        wrote since (``store_allowed``: inside ``readthrough.memory_only`` that raises ``NeedsStore``)."""
         with self._lock:
-            if not self._loaded or (memory_only and self._stale):
-                return None
+            behind = not self._loaded or bool(self._stale)
+        if behind:
+            store_allowed()
+            self.refresh()
+        raw, left = self._answer(username, session_ids, since, now)
+        if left is None:  # departures older than memory
+            assert since is not None
+            store_allowed()
+            left = self.departed_in_store(username, since, now)
+        return JobAnswer(raw, left)
+
+    def _answer(self, username: str, session_ids: list[str] | None, since: float | None,
+                now: float) -> tuple[bytes, list[str] | None]:
+        with self._lock:
             self._rotate(now)
             listed = self._lists.get(username)
             if listed is None:
                 listed = self._lists[username] = JobList.of(list(self._by_owner.get(username, {}).values()))
             if since is None and session_ids is None:
-                return JobAnswer(listed.raw, [])
+                return listed.raw, []
             views: Sequence[JobView] = listed.views
             if since is not None:
                 changed = listed.by_change[bisect.bisect_right(listed.changes, since):]
@@ -134,7 +147,7 @@ class JobViews:
             if session_ids is not None:
                 wanted = set(session_ids)
                 views = [view for view in views if view.session_id in wanted]
-            return JobAnswer(join(views), self._left(username, since))
+            return join(views), self._left(username, since)
 
     def departed_in_store(self, username: str, since: float, now: float) -> list[str]:
         """Ids of the user's jobs that rotated out in (since, now]: those that ended expiry earlier."""

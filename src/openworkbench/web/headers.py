@@ -1,9 +1,8 @@
 """Security headers on the server's own pages, never on an IDE's answers.
 
-``SecurityHeaders`` wraps the FastAPI app, which serves only the server's own pages: the RPC (``/api/``) and the
-proxy (``/s/``, and every request to a session origin) answer in front of it (api/app.py), so an IDE's pages
-(JupyterLab runs inline scripts and frames itself) are never touched. The path test below keeps it so if the
-layering ever changes.
+``SecurityHeaders`` wraps the routing table (api/app.py); the path test below leaves out the RPC's (``/api/``) and
+the proxy's (``/s/``) answers, so an IDE's pages (JupyterLab runs inline scripts and frames itself) are never
+touched, on the main origin or on a session's own.
 
 Every answer gets ``X-Content-Type-Options: nosniff``; an HTML one also gets a Content-Security-Policy with no
 inline script nor style and no framing, ``X-Frame-Options: DENY`` for browsers without CSP frame-ancestors, and

@@ -12,14 +12,16 @@ import json
 from typing import Any
 from urllib.parse import parse_qs, quote
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
 
 from openworkbench.api.limits import read_body
 from openworkbench.auth.permissions import Action, Principal, allowed
 from openworkbench.config import LIMIT_TYPES
 from openworkbench.errors import NotFound, PayloadTooLarge, PermissionDenied, Unauthenticated, WorkbenchError
+from openworkbench.http_errors import api_error
 from openworkbench.ides import IDES, available
 from openworkbench.services import overview
 from openworkbench.services.compute import compute_envs
@@ -109,15 +111,12 @@ async def read_form(request: Request) -> dict[str, str]:
 
 def refusal(exc: WorkbenchError) -> Response:
     """A refused page form: the error envelope, as every other refusal of this server."""
-    status = exc.http_status if exc.http_status != 200 else 400
-    body = json.dumps({"error": {"code": exc.code, "message": exc.message}})
-    return Response(body, status_code=status, media_type="application/json", headers=NO_STORE)
+    return api_error(exc, status=exc.http_status if exc.http_status != 200 else 400, headers=NO_STORE)
 
 
-def router(services: Services) -> APIRouter:
-    routes = APIRouter()
+def routes(services: Services) -> list[Route]:
+    """The pages' entries of the routing table (api/routes.py)."""
 
-    @routes.get("/", response_class=HTMLResponse)
     async def home(request: Request) -> Response:
         principal = await signed_in(services, request)
         if principal is None:
@@ -131,8 +130,8 @@ def router(services: Services) -> APIRouter:
                                             "default_cluster": services.settings.default_cluster,
                                             "limit_labels": LIMIT_LABELS, "limit_types": list(LIMIT_TYPES)}))
 
-    @routes.get("/jobs/{job_id}", response_class=HTMLResponse)
-    async def job_page(request: Request, job_id: str) -> Response:
+    async def job_page(request: Request) -> Response:
+        job_id: str = request.path_params["job_id"]
         principal = await signed_in(services, request)
         if principal is None:
             return to_sign_in(request)
@@ -143,7 +142,6 @@ def router(services: Services) -> APIRouter:
         can_stop = allowed(principal, Action.WRITE, job["user"])
         return render(request, "job.html", principal, job=job, can_stop=can_stop, job_json=json_block(job))
 
-    @routes.get("/tokens", response_class=HTMLResponse)
     async def tokens_page(request: Request) -> Response:
         principal = await signed_in(services, request)
         if principal is None:
@@ -167,7 +165,6 @@ def router(services: Services) -> APIRouter:
         except (PermissionDenied, PayloadTooLarge) as exc:
             return refusal(exc)
 
-    @routes.post("/tokens")
     async def token_action(request: Request) -> Response:
         found = await posted(request)
         if isinstance(found, Response):
@@ -185,8 +182,8 @@ def router(services: Services) -> APIRouter:
                                      label=form.get("label", ""))
         return await tokens_view(request, principal, status=201, new_token=token, new_name=name)
 
-    @routes.get("/admin", response_class=HTMLResponse)
-    async def admin_page(request: Request, user: str = "", state: str = "", ide: str = "") -> Response:
+    async def admin_page(request: Request) -> Response:
+        user, state, ide = (request.query_params.get(name, "") for name in ("user", "state", "ide"))
         principal = await signed_in(services, request)
         if principal is None:
             return to_sign_in(request)
@@ -206,7 +203,6 @@ def router(services: Services) -> APIRouter:
                       filters=filters, states=SESSION_STATES, ides=list(IDES),
                       can_write=allowed(principal, Action.MANAGE_USERS), **context)
 
-    @routes.post("/admin/users")
     async def user_action(request: Request) -> Response:
         found = await posted(request)
         if isinstance(found, Response):
@@ -223,4 +219,6 @@ def router(services: Services) -> APIRouter:
             return await admin_view(request, principal, overview.Filters(), status=400, error=exc.message)
         return await admin_view(request, principal, overview.Filters(), notice=f"User '{username}' {action}d.")
 
-    return routes
+    return [Route("/", home, methods=["GET"]), Route("/jobs/{job_id}", job_page, methods=["GET"]),
+            Route("/tokens", tokens_page, methods=["GET"]), Route("/tokens", token_action, methods=["POST"]),
+            Route("/admin", admin_page, methods=["GET"]), Route("/admin/users", user_action, methods=["POST"])]

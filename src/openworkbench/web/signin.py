@@ -13,14 +13,15 @@ import logging
 import math
 from urllib.parse import parse_qs, urlsplit
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from openworkbench.api.limits import read_body
 from openworkbench.auth.throttle import Attempt
 from openworkbench.errors import PayloadTooLarge, PermissionDenied, StoreUnavailable, WorkbenchError
-from openworkbench.proxy.target import error_response
+from openworkbench.http_errors import api_error
 from openworkbench.services.container import Services
 from openworkbench.services.password_signin import REFUSED
 from openworkbench.services.signin import COOKIE_NAME, LIFETIME
@@ -58,7 +59,7 @@ class SignInPages:
     def refused(self, request: Request, exc: PermissionDenied, next_url: str) -> Response:
         """Another site's request gets the error alone; our own page with a stale token gets the form again."""
         if csrf.cross_site(request) is not None:
-            return error_response(exc)
+            return api_error(exc)
         return self.page(request, next_url, exc.message, status=403)
 
     async def sign_in(self, request: Request) -> Response:
@@ -113,12 +114,12 @@ class SignInPages:
         try:
             raw = await read_body(request, FORM_MAX_BYTES)
         except PayloadTooLarge as exc:
-            return error_response(exc)
+            return api_error(exc)
         form = parse_qs(raw.decode(errors="replace"))
         try:
             csrf.check(request, form[csrf.FIELD][0] if csrf.FIELD in form else None)
         except PermissionDenied as exc:
-            return error_response(exc)
+            return api_error(exc)
         cookie = request.cookies.get(COOKIE_NAME)
         if cookie:
             await run_in_threadpool(self.services.signin.sign_out, cookie)
@@ -136,14 +137,15 @@ def signed_in(request: Request, next_url: str, cookie: str) -> Response:
     return response
 
 
-def router(services: Services) -> APIRouter:
-    routes = APIRouter()
+def routes(services: Services) -> list[Route]:
+    """The sign-in entries of the routing table (api/routes.py)."""
     pages = SignInPages(services)
 
-    @routes.get("/auth/sign-in")
-    async def sign_in_page(request: Request, next: str = "/", signed_out: str = "") -> HTMLResponse:
-        return pages.page(request, next, notice="You have signed out." if signed_out else "")
+    async def sign_in_page(request: Request) -> HTMLResponse:
+        query = request.query_params
+        return pages.page(request, query.get("next", "/"),
+                          notice="You have signed out." if query.get("signed_out") else "")
 
-    routes.add_api_route("/auth/sign-in", pages.sign_in, methods=["POST"])
-    routes.add_api_route("/auth/sign-out", pages.sign_out, methods=["POST"])
-    return routes
+    return [Route("/auth/sign-in", sign_in_page, methods=["GET"]),
+            Route("/auth/sign-in", pages.sign_in, methods=["POST"]),
+            Route("/auth/sign-out", pages.sign_out, methods=["POST"])]
