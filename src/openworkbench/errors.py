@@ -209,7 +209,7 @@ class OutputTooLarge(NotAvailable):
 class JobWaitTimeout(InternalError):
     """A wait for a job to reach some states outlasted its limit; ``last`` is the job's newest known change."""
 
-    def __init__(self, message: str, last: object) -> None:
+    def __init__(self, message: str, last: object = None) -> None:
         super().__init__(message)
         self.last = last
 
