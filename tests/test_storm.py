@@ -2,7 +2,8 @@
 
 The storm is real: concurrent clients call launch_session on a real server, every session is a real JupyterLab
 run as a real POSIX user through the real launch path, and the server is restarted with sessions queued.
-``STORM_SESSIONS`` sets the storm's size (default 100, as issue 14 asks).
+``STORM_SESSIONS`` sets the storm's size: 20 in ``make test`` (its time budget), 100 in ``make soak`` (as issue 14
+asks).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from openworkbench.services.start_queue import StartLine, queued_detail, was_que
 from tests.conftest import Server, temporary_posix_user
 from tests.sessions_helpers import FINAL, launch, session, session_server, wait_state
 
-STORM = int(os.environ.get("STORM_SESSIONS", "100"))
+STORM = int(os.environ.get("STORM_SESSIONS", "20"))  # make soak: 100, as issue 14 asks
 SLOTS = 4
 PLACE = re.compile(r"^Queued to start: (\d+) ahead$")
 START_PHASE = ("pending", "starting")  # seen from outside: a start slot is held (its IDE job exists, not ready)
