@@ -17,8 +17,8 @@ from openworkbench.api import params as p
 from openworkbench.auth.permissions import Principal
 from openworkbench.services.container import Services
 from openworkbench.services.job_views import JobAnswer
-from openworkbench.services.session_json import FINAL_STATES, select_fields
-from openworkbench.services.session_views import View, encode
+from openworkbench.sessions.api_json import FINAL_STATES, select_fields
+from openworkbench.sessions.views import View, encode
 
 ENDED = FINAL_STATES - {"suspended"}  # a suspended session can resume: it stays listed
 LARGE = 64 * 1024  # a part this big is sent as it is, never copied into the answer

@@ -33,8 +33,8 @@ from openworkbench.errors import InvalidState, NotFound, PermissionDenied, Unaut
 from openworkbench.proxy import ProxyTarget, forward_http, forward_websocket
 from openworkbench.proxy.relay_http import raw_path_and_query
 from openworkbench.services.container import Services
-from openworkbench.services.session_origins import AUTH_PATH, SessionOrigins
 from openworkbench.services.signin import COOKIE_NAME
+from openworkbench.sessions.origins import AUTH_PATH, SessionOrigins
 from openworkbench.store.schema import utcnow
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from sqlalchemy import Select, Table, select
 
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.services.job_json import job_json
-from openworkbench.services.session_json import FINAL_STATES, session_json
-from openworkbench.services.session_views import encode
+from openworkbench.sessions.api_json import FINAL_STATES, session_json
+from openworkbench.sessions.views import encode
 from openworkbench.store import Store
 from openworkbench.store.schema import Job, Session, User
 

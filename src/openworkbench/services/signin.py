@@ -17,7 +17,7 @@ from openworkbench.auth.tokens import hash_token, new_token, parse_authorization
 from openworkbench.errors import Unauthenticated
 from openworkbench.proxy import SIGN_IN_COOKIE
 from openworkbench.services.accounts import Accounts, principal_of
-from openworkbench.services.session_json import FINAL_STATES
+from openworkbench.sessions.api_json import FINAL_STATES
 from openworkbench.store.schema import ApiToken, BrowserSession, Session, User, utcnow
 
 COOKIE_NAME = SIGN_IN_COOKIE  # the proxy strips it, so an IDE never sees it

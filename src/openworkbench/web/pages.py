@@ -24,8 +24,8 @@ from openworkbench.ides import IDES, available
 from openworkbench.services import overview
 from openworkbench.services.compute import compute_envs
 from openworkbench.services.container import Services
-from openworkbench.services.session_views import View
 from openworkbench.services.signin import COOKIE_NAME
+from openworkbench.sessions.views import View
 from openworkbench.web import csrf
 from openworkbench.web.templating import NO_STORE, TEMPLATES  # one template set for every page
 

@@ -24,13 +24,13 @@ from openworkbench.errors import InvalidParameter, InvalidState, NotAvailable, N
 from openworkbench.ides import IDES, available
 from openworkbench.models import EnvironmentVariable, JobSpec
 from openworkbench.proxy import ProxyTarget
-from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.projects import NO_PROJECT, list_projects, project_path
-from openworkbench.services.rpc_cookies import COOKIE_VARIABLE
-from openworkbench.services.session_json import FINAL_STATES
-from openworkbench.services.session_runner import LIVE_STATES, Route, SessionRunner
-from openworkbench.services.session_views import SessionViews, View, parse_ids
+from openworkbench.sessions import files
+from openworkbench.sessions.api_json import FINAL_STATES
+from openworkbench.sessions.cookies import COOKIE_VARIABLE
+from openworkbench.sessions.runner import LIVE_STATES, Route, SessionRunner
+from openworkbench.sessions.views import SessionViews, View, parse_ids
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
 

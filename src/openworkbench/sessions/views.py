@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from openworkbench.services.session_json import session_json
+from openworkbench.sessions.api_json import session_json
 from openworkbench.store.schema import Session
 
 

@@ -15,7 +15,7 @@ from openworkbench.clusters.base import FINAL_STATUSES
 from openworkbench.errors import StoreError
 from openworkbench.ides.client import quietly, using
 from openworkbench.services.job_json import outcome
-from openworkbench.services.session_runner import LIVE_STATES, SessionRunner
+from openworkbench.sessions.runner import LIVE_STATES, SessionRunner
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)

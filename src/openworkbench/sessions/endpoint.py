@@ -13,8 +13,8 @@ from openworkbench.clusters.slurm import SlurmCluster
 from openworkbench.clusters.slurm.info import endpoint_host_refusal
 from openworkbench.errors import LaunchFailed, UpstreamRefused
 from openworkbench.safefs.sockets import expected_peer_uid
-from openworkbench.services import session_files as files
 from openworkbench.services.jobs import posix_account
+from openworkbench.sessions import files
 
 
 def peer_uid(owner: str) -> int:

@@ -29,11 +29,11 @@ from openworkbench.ides import Ide, LaunchContext, ide_for
 from openworkbench.ides.client import answers, quietly, upstream_of, using
 from openworkbench.models import JobSpec
 from openworkbench.proxy import ProxyTarget, Upstream, UpstreamPool
-from openworkbench.services import session_files as files
 from openworkbench.services.job_json import outcome
 from openworkbench.services.jobs import JobService, posix_account
-from openworkbench.services.rpc_cookies import COOKIE_VARIABLE, SessionCookies
-from openworkbench.services.session_endpoint import checked_endpoint, peer_uid
+from openworkbench.sessions import files
+from openworkbench.sessions.cookies import COOKIE_VARIABLE, SessionCookies
+from openworkbench.sessions.endpoint import checked_endpoint, peer_uid
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
 
