@@ -201,3 +201,11 @@ class Overloaded(WorkbenchError):
     http_status = 503
 class OutputTooLarge(NotAvailable):
     """A job's output larger than the server streams in one ``get_job_output`` call; sent as the last line."""
+
+
+# -- sessions' state machine (sessions/states.py) ---------------------------------------------
+
+
+class IllegalTransition(InternalError):
+    """A session was to move between two states its state machine does not join: a bug, logged and refused
+    (nothing is written). Never sent for a client's request, which is refused earlier as ``InvalidState``."""

@@ -1,6 +1,6 @@
 """Who must serve a session's IDE; where its IDE on a cluster node listens, checked before it is believed.
 
-The report is a file in a directory the session's user owns, read by root: ``session_files.read_endpoint``
+The report is a file in a directory the session's user owns, read by root: ``files.read_endpoint``
 checks the file itself (regular, the user's, short); this checks what it says (the job's own node).
 """
 

@@ -20,11 +20,10 @@ from typing import Any
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from openworkbench import metrics
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
-from openworkbench.errors import UpstreamRefused, WorkbenchError
+from openworkbench.errors import IllegalTransition, InternalError, UpstreamRefused, WorkbenchError
 from openworkbench.ides import Ide, LaunchContext, ide_for
 from openworkbench.ides.client import answers, quietly, upstream_of, using
 from openworkbench.models import JobSpec
@@ -34,12 +33,13 @@ from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.sessions import files
 from openworkbench.sessions.cookies import COOKIE_VARIABLE, SessionCookies
 from openworkbench.sessions.endpoint import checked_endpoint, peer_uid
+from openworkbench.sessions.states import ENDED, SessionState
+from openworkbench.sessions.transitions import Transitions
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
 POLL = 0.1
-LIVE_STATES = ("launching", "pending", "starting", "running", "resuming", "suspending", "shutting_down")
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class SessionRunner:
         self.last_used: dict[str, datetime] = {}
         self._stopping: set[str] = set()
         self.cookies = SessionCookies(settings)
+        self.states = Transitions(store)
 
     def ide(self, workbench: str) -> Ide:
         if workbench not in self._ides:
@@ -104,12 +105,20 @@ class SessionRunner:
         except (asyncio.CancelledError, StopRequested):
             return
         except SessionFailed as exc:
-            row = await self.update(session_id, state="failed", status_detail=str(exc))
-            ide = self.ide(row.workbench)
-            await self.clean_up(row, ide, self.context(row, self._routes[row.url].owner))
+            row = await self._fail(session_id, str(exc))
+            if row is not None:
+                ide = self.ide(row.workbench)
+                await self.clean_up(row, ide, self.context(row, self._routes[row.url].owner))
         except Exception as exc:  # a bug must not leave a session in a transitional state forever
             log.exception("session %s", session_id)
-            await self.update(session_id, state="failed", status_detail=f"internal error: {exc}")
+            await self._fail(session_id, f"internal error: {exc}")
+
+    async def _fail(self, session_id: str, why: str) -> Session | None:
+        """Failed, with ``why`` as its status_detail; None when it had ended already (logged by transition)."""
+        try:
+            return await self.transition(session_id, SessionState.FAILED, why, status_detail=why)
+        except IllegalTransition:
+            return None
 
     async def close(self) -> None:
         for task in self.tasks.values():
@@ -117,17 +126,22 @@ class SessionRunner:
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
 
     # -- state -------------------------------------------------------------------------------
+    async def transition(self, session_id: str, to: SessionState, reason: str, **fields: Any) -> Session:
+        """Move the session to ``to`` (sessions/transitions.py checks and records it) and route it so."""
+        row, owner = await run_in_threadpool(lambda: self.states.transition(session_id, to, reason, **fields))
+        self.remember(row, owner)
+        return row
+
     async def update(self, session_id: str, **fields: Any) -> Session:
         return await run_in_threadpool(self.update_sync, session_id, fields)
 
     def update_sync(self, session_id: str, fields: dict[str, Any]) -> Session:
+        """Fields other than the state (written by ``transition`` alone)."""
+        if "state" in fields:
+            raise InternalError("a session's state is written by transition(), never by update()")
         with self.store.session() as db:
             row = db.get(Session, session_id)
             assert row is not None
-            if fields.get("state") == "running" and row.state != "running":
-                metrics.session_running(row.workbench, row.cluster, row.state, row.created, row.last_state_updated)
-            if "state" in fields and fields["state"] != row.state:
-                row.last_state_updated = utcnow()
             for key, value in fields.items():
                 setattr(row, key, value)
             owner = db.scalar(select(User.username).where(User.id == row.user_id)) or ""
@@ -220,7 +234,12 @@ class SessionRunner:
 
     def _launch_ide(self, principal: Principal, spec: JobSpec, session_id: str, resuming: bool) -> str:
         job_id = str(self.jobs.launch(principal, spec, session_id)["id"])
-        self.update_sync(session_id, {"job_id": job_id, "state": "resuming" if resuming else "pending"})
+        if resuming:  # a resume stays "resuming" until its IDE answers
+            self.update_sync(session_id, {"job_id": job_id})
+        else:
+            row, owner = self.states.transition(session_id, SessionState.PENDING, f"job {job_id} launched",
+                                                job_id=job_id)
+            self.remember(row, owner)
         return job_id
 
 
@@ -259,9 +278,10 @@ class SessionRunner:
                 if started is None:
                     started = time.monotonic()
                     if not resuming:
-                        await self.update(row.id, state="starting")
+                        await self.transition(row.id, SessionState.STARTING, f"job {job_id} is running")
                 if await self._answers(ide, ctx, principal, job_id):
-                    await self.update(row.id, state="running", status_detail="", last_used=utcnow())
+                    await self.transition(row.id, SessionState.RUNNING, "the IDE answers", status_detail="",
+                                          last_used=utcnow())
                     return
                 if time.monotonic() - started > timeout:
                     await self._kill(principal, job_id)
@@ -351,11 +371,15 @@ class SessionRunner:
     # -- stop --------------------------------------------------------------------------------
     async def stop(self, session_id: str, force: bool, suspend: bool) -> None:
         row, owner, principal = await self.load(session_id)
-        if row.state == "suspended":  # stopping a suspended session discards what it kept
-            await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
-            await self.update(session_id, state="finished", suspend_size=None)
+        if row.state in ENDED:  # a stop asked while another one (or a failure) was ending it
             return
-        await self.update(session_id, state="suspending" if suspend else "shutting_down")
+        if row.state == SessionState.SUSPENDED:  # stopping a suspended session discards what it kept
+            await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
+            await self.transition(session_id, SessionState.FINISHED, "stopped while suspended", suspend_size=None)
+            return
+        stopping = SessionState.SUSPENDING if suspend else SessionState.SHUTTING_DOWN
+        if row.state != stopping:  # already so when a restart finishes the stop (states.ON_RESTART)
+            await self.transition(session_id, stopping, "force stop requested" if force else "stop requested")
         ide, ctx = self.ide(row.workbench), self.context(row, owner)
         manifest: dict[str, Any] = {}
         if suspend and not force:
@@ -364,16 +388,18 @@ class SessionRunner:
         await self._run_hooks(row, principal, "stop_hooks")
         await self.clean_up(row, ide, ctx)
         if job is not None and job["status"] == "Canceled":  # its IDE never started (still queued)
-            await self.update(session_id, state="canceled", executing=False)
+            await self.transition(session_id, SessionState.CANCELED, "its job was canceled while queued",
+                                  executing=False)
         elif suspend:
             # What the session keeps: its state directory and the manifest the server holds for it.
             home = (await run_in_threadpool(posix_account, owner)).home
             size = await run_in_threadpool(files.tree_size, row.state_dir, home) + len(json.dumps(manifest))
-            await self.update(session_id, state="suspended", suspend_manifest=manifest, suspend_size=size,
-                            executing=False)
+            await self.transition(session_id, SessionState.SUSPENDED, "suspended", suspend_manifest=manifest,
+                                  suspend_size=size, executing=False)
         else:
             await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
-            await self.update(session_id, state="killed" if force else "finished", executing=False)
+            ended = SessionState.KILLED if force else SessionState.FINISHED
+            await self.transition(session_id, ended, "stopped", executing=False)
 
     async def clean_up(self, row: Session, ide: Ide, ctx: LaunchContext) -> None:
         """What one run of the IDE leaves: pooled connections, its socket, its runtime files."""

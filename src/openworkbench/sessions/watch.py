@@ -12,11 +12,12 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
-from openworkbench.errors import StoreError
+from openworkbench.errors import IllegalTransition, StoreError
 from openworkbench.ides.client import quietly, using
 from openworkbench.services.job_json import outcome
-from openworkbench.sessions.runner import LIVE_STATES, SessionRunner
-from openworkbench.store.schema import Session, User, utcnow
+from openworkbench.sessions.runner import SessionRunner
+from openworkbench.sessions.states import LIVE, ON_RESTART, Adoption, SessionState
+from openworkbench.store.schema import Session, User
 
 log = logging.getLogger(__name__)
 # Failures that say nothing about a session's own row, and may pass; anything else while following one
@@ -65,7 +66,8 @@ class SessionWatch:
         if job is None or job["status"] in FINAL_STATUSES:
             ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
             why = f"the IDE process ended: {outcome(job)}" if job else "the session has no IDE job"
-            await self.runner.update(row.id, state="finished" if ok else "failed", status_detail="" if ok else why)
+            ended = SessionState.FINISHED if ok else SessionState.FAILED
+            await self.runner.transition(row.id, ended, why, status_detail="" if ok else why)
             ide = self.runner.ide(row.workbench)
             await self.runner.clean_up(row, ide, self.runner.context(row, owner))
             return
@@ -77,7 +79,7 @@ class SessionWatch:
             await self._check_idle(row, owner, used or row.last_used)
 
     def _running(self) -> list[tuple[Session, str, Principal]]:
-        query = select(Session, User).join(User).where(Session.state == "running")
+        query = select(Session, User).join(User).where(Session.state == SessionState.RUNNING.value)
         with self.store.session() as db:
             return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
 
@@ -110,36 +112,41 @@ class SessionWatch:
                 await self._fail_bad_row(row.id, exc)
 
     async def _adopt_one(self, row: Session, owner: str, principal: Principal) -> None:
+        """What ``states.ON_RESTART`` says for the session's state, through the same transitions."""
         self.runner.remember(row, owner)
-        job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
-        if row.state == "running" and job is not None and job["status"] in FINAL_STATUSES:
-            why = f"the IDE process ended while the server was down: {outcome(job)}"
-            await self.runner.update(row.id, state="failed", status_detail=why)
-            await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
-        elif row.state in ("pending", "starting", "resuming") and row.job_id:
+        state = SessionState(row.state)
+        adoption = ON_RESTART[state]
+        if adoption is Adoption.FOLLOW_START and not row.job_id:
+            adoption = Adoption.FAIL  # cannot happen (the job id is written with "pending"), but must not hang
+        if adoption is Adoption.FAIL:
+            why = "the server restarted while it launched"
+            await self.runner.transition(row.id, SessionState.FAILED, why, status_detail=why)
+        elif adoption is Adoption.FOLLOW_START:
             self.runner.spawn(row.id, self._resume_wait(row.id))
-        elif row.state in ("suspending", "shutting_down"):
-            self.runner.request_stop(row.id, force=False, suspend=row.state == "suspending")
-        elif row.state == "launching":
-            await self.runner.update(row.id, state="failed", status_detail="the server restarted while it launched")
+        elif adoption is Adoption.FINISH_STOP:
+            self.runner.request_stop(row.id, force=False, suspend=state is SessionState.SUSPENDING)
+        elif adoption is Adoption.CHECK_JOB:
+            job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
+            if job is not None and job["status"] in FINAL_STATUSES:
+                why = f"the IDE process ended while the server was down: {outcome(job)}"
+                await self.runner.transition(row.id, SessionState.FAILED, why, status_detail=why)
+                await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
 
     async def _fail_bad_row(self, session_id: str, exc: Exception) -> None:
-        """End a session the server chokes on ``failed``, written directly: the runner's update would choke too."""
+        """End a session the server chokes on ``failed``, through the transitions alone: the runner's
+        ``transition`` would choke too (it routes the row)."""
         log.exception("session %s cannot be followed", session_id)
         why = f"the session could not be followed: {type(exc).__name__}: {exc}"
         try:
-            await run_in_threadpool(self._write_failed, session_id, why)
+            await run_in_threadpool(lambda: self.runner.states.transition(session_id, SessionState.FAILED, why,
+                                                                          status_detail=why[:2000]))
+        except IllegalTransition:
+            pass  # ended meanwhile; logged by the transition
         except Exception:
             log.exception("session %s: recording its failure failed too", session_id)
 
-    def _write_failed(self, session_id: str, why: str) -> None:
-        with self.store.session() as db:
-            row = db.get(Session, session_id)
-            if row is not None:
-                row.state, row.status_detail, row.last_state_updated = "failed", why[:2000], utcnow()
-
     def _live(self) -> list[tuple[Session, str, Principal]]:
-        query = select(Session, User).join(User).where(Session.state.in_(LIVE_STATES))
+        query = select(Session, User).join(User).where(Session.state.in_([state.value for state in LIVE]))
         with self.store.session() as db:
             return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
 
@@ -148,4 +155,4 @@ class SessionWatch:
         assert row.job_id is not None
         ide = self.runner.ide(row.workbench)
         ctx = self.runner.context(row, owner)
-        await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == "resuming")
+        await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == SessionState.RESUMING)
