@@ -77,7 +77,7 @@ class Server:
              "--config", str(self.config_file)],
             stdout=log, stderr=subprocess.STDOUT, env=clean_env(),
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # generous: a shared, loaded CI machine
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log()}")
