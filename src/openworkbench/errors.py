@@ -227,3 +227,16 @@ class StoreUnavailable(StoreError):
 
     code = 503
     http_status = 503
+
+
+# -- sessions' state machine (sessions/states.py) ---------------------------------------------
+
+
+class IllegalTransition(InternalError):
+    """A session was to move between two states its state machine does not join: a bug, logged and refused
+    (nothing is written). Never sent for a client's request, which is refused earlier as ``InvalidState``."""
+
+
+class SessionMoved(IllegalTransition):
+    """A writer read a session in one state and would move it from there, but another writer moved it first
+    (a stop ended it): not a bug, a lost race. Nothing is written; the other writer's state stands."""

@@ -17,10 +17,10 @@ from openworkbench.api import params as p
 from openworkbench.auth.permissions import Principal
 from openworkbench.services.container import Services
 from openworkbench.services.job_views import JobAnswer
-from openworkbench.services.session_json import FINAL_STATES, select_fields
-from openworkbench.services.session_views import View, encode
+from openworkbench.sessions.api_json import select_fields
+from openworkbench.sessions.states import ENDED
+from openworkbench.sessions.views import View, encode
 
-ENDED = FINAL_STATES - {"suspended"}  # a suspended session can resume: it stays listed
 LARGE = 64 * 1024  # a part this big is sent as it is, never copied into the answer
 
 
@@ -70,7 +70,7 @@ def get_session_cached(services: Services, principal: Principal, params: p.GetSe
     now = time.time()
     if params.include_projects:  # the store's view of the user's projects
         return None
-    views = services.sessions.read_cached(principal, params.user, params.session_id)
+    views = services.sessions.read(principal, params.user, params.session_id, from_store=False)
     if views is None:
         return None
     jobs = None
