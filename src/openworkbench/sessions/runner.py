@@ -333,7 +333,7 @@ class SessionRunner:
                     ctx = await self._read_endpoint(row, ctx, principal, job.summary())
                 if started is None:
                     started = time.monotonic()
-                    if not resuming:
+                    if not resuming and row.state != SessionState.STARTING:  # an adopted start may be past it
                         await self.transition(row.id, SessionState.STARTING, f"job {job_id} is running")
                 if await self._answers(ide, ctx, principal, job_id):
                     await self.transition(row.id, SessionState.RUNNING, "the IDE answers", status_detail="",
