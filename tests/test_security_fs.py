@@ -332,6 +332,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("clusters/supervisor_cgroups.py", "remove_dir", "os.rmdir"): "cgroupfs, root's",
     ("clusters/supervisor_cgroups.py", "write_cg", "open"): "cgroupfs, root's",
     ("clusters/local.py", "_check_supervisor", ".exists"): ROOT_OWNED_JOB_DIR,
+    ("clusters/local.py", "_located", ".read_text"): ROOT_OWNED_JOB_DIR,
     ("clusters/local.py", "_log_tail", ".read_text"): ROOT_OWNED_JOB_DIR,
     ("clusters/local.py", "_lost", ".read_text"): ROOT_OWNED_JOB_DIR,
     ("clusters/local.py", "_read_state", ".read_text"): ROOT_OWNED_JOB_DIR,
