@@ -220,6 +220,8 @@ class WaitInterrupted(InternalError):
 
 class EventsLost(InternalError):
     """A subscriber fell more than its queue behind: changes were dropped; it must read the store again."""
+
+
 class StoreUnavailable(StoreError):
     """The database cannot be reached (stopped, restarting, refusing connections): the request did nothing and
     may be tried again. Translated at the store boundary from the driver's connection errors; the server logs
