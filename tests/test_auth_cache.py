@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from openworkbench.services.accounts import LAST_USED_RESOLUTION, Accounts
-from openworkbench.services.session_views import SessionViews
 from openworkbench.services.signin import COOKIE_NAME
+from openworkbench.sessions.views import SessionViews
 from openworkbench.store import Store
 from openworkbench.store.schema import Session
 from tests.conftest import Server, make_pg_database, sign_in_form, sign_out_form

@@ -43,8 +43,8 @@ from openworkbench.proxy import (
 )
 from openworkbench.proxy.rewrite import sendable_close_code
 from openworkbench.services.accounts import Accounts
-from openworkbench.services.session_runner import SessionRunner
 from openworkbench.services.signin import SignIn
+from openworkbench.sessions.runner import SessionRunner
 from openworkbench.store import Store
 from openworkbench.store.schema import Session
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from openworkbench.clusters.base import Account
-from openworkbench.services import session_files
+from openworkbench.sessions import files as session_files
 from tests.conftest import Server, temporary_posix_user
 from tests.sessions_helpers import launch, session, session_config, wait_state
 from tests.test_jobs import output_text
@@ -308,7 +308,7 @@ def test_helpers_run_as_the_user_get_a_login_environment(
 
 # -- the call sites that must go through safefs ---------------------------------------------------------
 
-# Calls that touch the file system by path or start a process, as found in services/, ides/ and
+# Calls that touch the file system by path or start a process, as found in services/, sessions/, ides/ and
 # clusters/. Each is allowed only for the reason given; anything new must go through
 # openworkbench.safefs (or run as the user with session_files.run_as), or be added here with its reason.
 # (module, enclosing function, call) -> why it is safe
@@ -332,6 +332,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("clusters/supervisor_cgroups.py", "remove_dir", "os.rmdir"): "cgroupfs, root's",
     ("clusters/supervisor_cgroups.py", "write_cg", "open"): "cgroupfs, root's",
     ("clusters/local.py", "_check_supervisor", ".exists"): ROOT_OWNED_JOB_DIR,
+    ("clusters/local.py", "_located", ".read_text"): ROOT_OWNED_JOB_DIR,
     ("clusters/local.py", "_log_tail", ".read_text"): ROOT_OWNED_JOB_DIR,
     ("clusters/local.py", "_lost", ".read_text"): ROOT_OWNED_JOB_DIR,
     ("clusters/local.py", "_read_state", ".read_text"): ROOT_OWNED_JOB_DIR,
@@ -354,7 +355,7 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("services/container.py", "open_store", ".chmod"): "the operator's data dir",
     ("services/container.py", "open_store", ".mkdir"): "the operator's data dir",
     ("services/run_as.py", "read_uid_min", ".read_text"): "/etc/login.defs, root's",
-    ("services/session_files.py", "run_as", "subprocess.run"): "env=login_environment(account)",
+    ("sessions/files.py", "run_as", "subprocess.run"): "env=login_environment(account)",
 }
 WATCHED = {"os.chown", "os.chmod", "os.lchown", "os.walk", "os.fwalk", "shutil.rmtree", "os.makedirs", "os.mkdir",
            "os.unlink", "os.remove", "os.rmdir", "os.rename", "os.replace", "os.symlink", "os.link", "os.stat",
@@ -367,7 +368,7 @@ WATCHED_METHODS = {".mkdir", ".chmod", ".chown", ".unlink", ".rmdir", ".write_te
 
 def file_system_calls() -> set[tuple[str, str, str]]:
     found = set()
-    for area in ("services", "ides", "clusters"):
+    for area in ("services", "sessions", "ides", "clusters"):
         for path in sorted((SRC / area).rglob("*.py")):
             module = str(path.relative_to(SRC))
             for func in ast.walk(ast.parse(path.read_text())):

@@ -31,7 +31,7 @@ from openworkbench.clusters.slurm.info import ClusterInfo, endpoint_host_refusal
 from openworkbench.clusters.slurm.parse import Node
 from openworkbench.errors import UpstreamRefused
 from openworkbench.safefs.sockets import REFUSED
-from openworkbench.services.session_files import read_endpoint
+from openworkbench.sessions.files import read_endpoint
 from tests.conftest import Server, temporary_posix_user
 from tests.sessions_helpers import kernel_round_trip, launch, session, session_server, wait_state
 

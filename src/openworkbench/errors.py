@@ -220,6 +220,8 @@ class WaitInterrupted(InternalError):
 
 class EventsLost(InternalError):
     """A subscriber fell more than its queue behind: changes were dropped; it must read the store again."""
+
+
 class StoreUnavailable(StoreError):
     """The database cannot be reached (stopped, restarting, refusing connections): the request did nothing and
     may be tried again. Translated at the store boundary from the driver's connection errors; the server logs
@@ -227,3 +229,16 @@ class StoreUnavailable(StoreError):
 
     code = 503
     http_status = 503
+
+
+# -- sessions' state machine (sessions/states.py) ---------------------------------------------
+
+
+class IllegalTransition(InternalError):
+    """A session was to move between two states its state machine does not join: a bug, logged and refused
+    (nothing is written). Never sent for a client's request, which is refused earlier as ``InvalidState``."""
+
+
+class SessionMoved(IllegalTransition):
+    """A writer read a session in one state and would move it from there, but another writer moved it first
+    (a stop ended it): not a bug, a lost race. Nothing is written; the other writer's state stands."""

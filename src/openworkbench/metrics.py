@@ -117,7 +117,7 @@ def job_started(cluster: str, submitted: datetime) -> None:
 
 def session_running(ide: str, cluster: str, previous_state: str, created: datetime, state_since: datetime) -> None:
     """A session has just become running: from its launch, or from the start of its resume."""
-    resuming = previous_state == "resuming"
+    resuming = previous_state == "resuming"  # SessionState.RESUMING (metrics imports no sessions code)
     began = state_since if resuming else created
     SESSION_START.labels(ide, cluster, "resume" if resuming else "launch").observe(max(0.0, _seconds_since(began)))
 

@@ -18,10 +18,10 @@ from openworkbench.auth.permissions import Principal
 from openworkbench.services.container import Services
 from openworkbench.services.job_views import JobAnswer
 from openworkbench.services.readthrough import store_allowed
-from openworkbench.services.session_json import FINAL_STATES, select_fields
-from openworkbench.services.session_views import View, encode
+from openworkbench.sessions.api_json import select_fields
+from openworkbench.sessions.states import ENDED
+from openworkbench.sessions.views import View, encode
 
-ENDED = FINAL_STATES - {"suspended"}  # a suspended session can resume: it stays listed
 LARGE = 64 * 1024  # a part this big is sent as it is, never copied into the answer
 
 
@@ -71,7 +71,7 @@ def get_session(services: Services, principal: Principal, params: p.GetSession) 
 
 def _session_views(services: Services, principal: Principal, params: p.GetSession, username: str) -> list[View]:
     """The sessions through their cache: memory when it can answer, else the store."""
-    views = services.sessions.read_cached(principal, params.user, params.session_id)
+    views = services.sessions.read(principal, params.user, params.session_id, from_store=False)
     if views is None:
         store_allowed()
         views = services.sessions.read(principal, username, params.session_id)

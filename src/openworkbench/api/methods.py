@@ -12,6 +12,7 @@ from openworkbench import __version__
 from openworkbench.api import params as p
 from openworkbench.api.get_session import get_session
 from openworkbench.api.rpc import Method
+from openworkbench.api.session_requests import launch_request, resume_request, stop_request
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.errors import InternalError, WorkbenchError
 from openworkbench.http_errors import stream_line
@@ -110,15 +111,15 @@ def get_historical_session(services: Services, principal: Principal, params: p.G
 
 
 async def launch_session(services: Services, principal: Principal, params: p.LaunchSession) -> Any:
-    return await services.sessions.launch(principal, params)
+    return await services.sessions.launch(principal, launch_request(params))
 
 
 async def resume_session(services: Services, principal: Principal, params: p.ResumeSession) -> Any:
-    return await services.sessions.resume(principal, params)
+    return await services.sessions.resume(principal, resume_request(params))
 
 
 async def stop_session(services: Services, principal: Principal, params: p.StopSession) -> Any:
-    return await services.sessions.stop(principal, params)
+    return await services.sessions.stop(principal, stop_request(params))
 
 
 METHODS: dict[str, Method] = {

@@ -3,7 +3,7 @@
 Only the session's owner passes; everyone else gets 401/403 and never reaches the IDE.
 
 With ``server.session_domain`` each session is also served on its own host, ``<part>.<domain>``
-(services/session_origins.py): there only ``/s/<part>/`` and the ticket redemption ``/_owb/auth`` exist, and
+(sessions/origins.py): there only ``/s/<part>/`` and the ticket redemption ``/_owb/auth`` exist, and
 only that origin's own sign-in cookie counts. The main origin then sends a signed-in browser there with a
 ticket instead of serving the IDE's pages itself; API clients (an Authorization header) are served on both.
 
@@ -44,8 +44,8 @@ from openworkbench.http_errors import proxy_error, unexpected
 from openworkbench.proxy import ProxyTarget, forward_http, forward_websocket
 from openworkbench.proxy.relay_http import raw_path_and_query
 from openworkbench.services.container import Services
-from openworkbench.services.session_origins import AUTH_PATH, SessionOrigins
 from openworkbench.services.signin import COOKIE_NAME
+from openworkbench.sessions.origins import AUTH_PATH, SessionOrigins
 from openworkbench.store.schema import utcnow
 
 PREFIX = "/s/"

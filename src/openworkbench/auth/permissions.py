@@ -45,7 +45,7 @@ class Principal:
     username: str
     kind: str
     # The session whose RPC cookie authenticated the call (None: a token or a sign-in): jobs it launches
-    # get that session's cookie too (services/rpc_cookies.py).
+    # get that session's cookie too (sessions/cookies.py).
     session_id: str | None = None
 
     @classmethod

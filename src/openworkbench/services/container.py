@@ -11,7 +11,6 @@ from openworkbench.clusters.slurm import SlurmCluster
 from openworkbench.config import Settings
 from openworkbench.errors import ConfigError
 from openworkbench.proxy import RouteTable, UpstreamPool
-from openworkbench.services import session_files
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.history import History
 from openworkbench.services.job_views import JobViews
@@ -19,11 +18,12 @@ from openworkbench.services.jobs import JobService
 from openworkbench.services.password_signin import PasswordSignIn
 from openworkbench.services.retention import Retention
 from openworkbench.services.run_as import RunAsPolicy
-from openworkbench.services.session_origins import SessionOrigins
-from openworkbench.services.session_runner import SessionRunner
-from openworkbench.services.session_watch import SessionWatch
-from openworkbench.services.sessions import SessionService
 from openworkbench.services.signin import SignIn
+from openworkbench.sessions import files as session_files
+from openworkbench.sessions.origins import SessionOrigins
+from openworkbench.sessions.runner import SessionRunner
+from openworkbench.sessions.service import SessionService
+from openworkbench.sessions.watch import SessionWatch
 from openworkbench.store import Store
 from openworkbench.store.epochs import open_epochs
 

@@ -16,12 +16,13 @@ from sqlalchemy import Select, Table, select
 
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.services.job_json import job_json
-from openworkbench.services.session_json import FINAL_STATES, session_json
-from openworkbench.services.session_views import encode
+from openworkbench.sessions.api_json import session_json
+from openworkbench.sessions.states import ENDED
+from openworkbench.sessions.views import encode
 from openworkbench.store import Store
 from openworkbench.store.schema import Job, Session, User
 
-ENDED_SESSIONS = sorted(FINAL_STATES - {"suspended"})  # a suspended session has not ended: it can resume
+ENDED_SESSIONS = sorted(state.value for state in ENDED)  # a suspended session has not ended: it can resume
 Q = TypeVar("Q", bound=Select[Any, Any])
 _JOBS, _USERS = cast(Table, Job.__table__), cast(Table, User.__table__)
 RENDERED = 20_000  # ended jobs' JSON kept (~15 MB): a day's window of a busy server, asked again and again

@@ -24,7 +24,7 @@ from sqlalchemy import or_, select
 
 from openworkbench.services.job_json import job_json
 from openworkbench.services.readthrough import store_allowed
-from openworkbench.services.session_views import encode
+from openworkbench.sessions.views import encode
 from openworkbench.store import Store
 from openworkbench.store.schema import Job, User
 

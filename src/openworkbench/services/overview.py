@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.services.job_json import job_json
-from openworkbench.services.session_json import session_json
+from openworkbench.sessions.api_json import session_json
 from openworkbench.store import Store
 from openworkbench.store.schema import Job, Session, User
 

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from openworkbench.errors import InvalidParameter
-from openworkbench.services.session_json import millis
+from openworkbench.sessions.api_json import millis
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User
 

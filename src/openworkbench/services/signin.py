@@ -17,12 +17,12 @@ from openworkbench.auth.tokens import hash_token, new_token, parse_authorization
 from openworkbench.errors import Unauthenticated
 from openworkbench.proxy import SIGN_IN_COOKIE
 from openworkbench.services.accounts import Accounts, principal_of
-from openworkbench.services.session_json import FINAL_STATES
+from openworkbench.sessions.states import FINAL
 from openworkbench.store.schema import ApiToken, BrowserSession, Session, User, utcnow
 
 COOKIE_NAME = SIGN_IN_COOKIE  # the proxy strips it, so an IDE never sees it
 LIFETIME = timedelta(days=7)
-# A session origin's own sign-in (services/session_origins.py): shorter, never beyond the main sign-in's.
+# A session origin's own sign-in (sessions/origins.py): shorter, never beyond the main sign-in's.
 ORIGIN_LIFETIME = timedelta(hours=12)
 COOKIE_KEY = "cookie:"  # cookies and tokens share one cache; their hashes cannot collide with this prefix
 COOKIE_FRESH_S = 60.0  # a cached sign-in is looked up again at least this often
@@ -117,7 +117,7 @@ class SignIn:
             row = db.execute(query).first()
         if row is None or not rpc_cookie_matches(session_cookie, row.secret):
             raise Unauthenticated("Invalid session RPC cookie")
-        if row.state in FINAL_STATES:
+        if row.state in FINAL:
             raise Unauthenticated(f"The session of this RPC cookie has ended ({row.state})")
         if expires <= utcnow():
             raise Unauthenticated("The session RPC cookie has expired: read a new one from "

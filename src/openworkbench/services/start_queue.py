@@ -5,7 +5,7 @@ until their IDE answers or the start fails). The others wait, first come first s
 product shows before a start (``launching``, or ``resuming``) with ``status_detail`` "Queued to start: N ahead".
 
 The place is written to the store (one transaction for every queued session whose place moved, at most one
-per ``DEBOUNCE``), not computed at read time: each commit of a session drops its cached JSON (session_views),
+per ``DEBOUNCE``), not computed at read time: each commit of a session drops its cached JSON (sessions/views.py),
 so every reader (get_session with or without ``timestamp`` deltas, the web pages) sees the place with nothing
 added to the read path, and a restarted server finds its queued sessions by that text (``was_queued``).
 """
@@ -23,11 +23,12 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from openworkbench import metrics
+from openworkbench.sessions.states import SessionState
 from openworkbench.store import Store
 from openworkbench.store.schema import Session
 
 if TYPE_CHECKING:
-    from openworkbench.services.session_runner import SessionRunner
+    from openworkbench.sessions.runner import SessionRunner
 
 log = logging.getLogger(__name__)
 QUEUED = "Queued to start: "
@@ -147,10 +148,11 @@ class StartQueue:
         async with self._writing:
             self._shown.pop(session_id, None)
             row, _, _ = await runner.load(session_id)
-            if row.state != "resuming":
-                await runner.update(session_id, state="canceled", status_detail=STOPPED_QUEUED)
+            if row.state != SessionState.RESUMING:
+                await runner.transition(session_id, SessionState.CANCELED, STOPPED_QUEUED, status_detail=STOPPED_QUEUED)
                 return
-            await runner.update(session_id, state="suspended", status_detail="")
+            await runner.transition(session_id, SessionState.SUSPENDED, "stopped while queued to resume",
+                                    status_detail="")
         if not suspend:
             await runner.stop(session_id, force, suspend=False)
 

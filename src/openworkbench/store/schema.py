@@ -144,6 +144,22 @@ class Session(Base):
     __table_args__ = (Index("ix_sessions_port_host_port", "port_host", "port", unique=True),)
 
 
+class SessionTransition(Base):
+    """One change of a session's state, written by ``sessions/transitions.py`` alone: when, from, to and why.
+    The session's row keeps its current state and ``last_state_updated``; this is the history, read only
+    to explain a session (never on the get_session path)."""
+
+    __tablename__ = "session_transitions"
+    __table_args__ = (Index("ix_session_transitions_session", "session_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    from_state: Mapped[str | None] = mapped_column(String(16), default=None)  # None: the session was created
+    to_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
 class BrowserSession(Base):
     """A browser's sign-in: a random cookie (stored hashed) bound to the API token used to sign in, or, for a
     password sign-in, to the user (exactly one of the two is set)."""

@@ -26,8 +26,9 @@ from openworkbench.ides import IDES, available
 from openworkbench.services import overview
 from openworkbench.services.compute import compute_envs
 from openworkbench.services.container import Services
-from openworkbench.services.session_views import View
 from openworkbench.services.signin import COOKIE_NAME
+from openworkbench.sessions.states import FINAL, SessionState
+from openworkbench.sessions.views import View
 from openworkbench.web import csrf
 from openworkbench.web.templating import NO_STORE, TEMPLATES  # one template set for every page
 
@@ -36,8 +37,7 @@ JOBS_SHOWN = 100  # the newest of the user's jobs on the homepage
 LIMIT_LABELS = {"cpuCount": "CPUs", "memory": "Memory (MB)", "cpuTime": "CPU time (s)", "memorySwap": "Swap (MB)",
                 "pids": "Processes"}
 ICONS = {"RStudio": "rstudio", "JupyterLab": "jupyterlab", "Jupyter Notebook": "jupyter-notebook", "VS Code": "vscode"}
-SESSION_STATES = ("launching", "pending", "starting", "running", "suspending", "suspended", "resuming",
-                  "stopping", "finished", "failed", "killed", "canceled")
+SESSION_STATES = tuple(SessionState)  # the admin page's state filter
 
 
 async def signed_in(services: Services, request: Request) -> Principal | None:
@@ -89,7 +89,7 @@ def ide_choices(services: Services) -> list[dict[str, Any]]:
 
 
 async def own_sessions(services: Services, principal: Principal) -> list[View]:
-    views = services.sessions.read_cached(principal, None, None)
+    views = services.sessions.read(principal, None, None, from_store=False)
     if views is None:
         views = await run_in_threadpool(services.sessions.read, principal, None, None)
     return views
@@ -200,7 +200,7 @@ def routes(services: Services) -> list[Route]:
 
         sessions, jobs, users = await run_in_threadpool(read)
         return render(request, "admin.html", principal, status=status, sessions=sessions, jobs=jobs, users=users,
-                      filters=filters, states=SESSION_STATES, ides=list(IDES),
+                      filters=filters, states=SESSION_STATES, final_states=FINAL, ides=list(IDES),
                       can_write=allowed(principal, Action.MANAGE_USERS), **context)
 
     async def user_action(request: Request) -> Response:

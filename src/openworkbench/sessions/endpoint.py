@@ -1,6 +1,6 @@
 """Who must serve a session's IDE; where its IDE on a cluster node listens, checked before it is believed.
 
-The report is a file in a directory the session's user owns, read by root: ``session_files.read_endpoint``
+The report is a file in a directory the session's user owns, read by root: ``files.read_endpoint``
 checks the file itself (regular, the user's, short); this checks what it says (the job's own node).
 """
 
@@ -14,8 +14,8 @@ from openworkbench.clusters.slurm.info import endpoint_host_refusal
 from openworkbench.errors import LaunchFailed, UpstreamRefused
 from openworkbench.proxy.upstream import Upstream
 from openworkbench.safefs.sockets import expected_peer_uid
-from openworkbench.services import session_files as files
 from openworkbench.services.jobs import posix_account
+from openworkbench.sessions import files
 
 
 def peer_uid(owner: str) -> int:

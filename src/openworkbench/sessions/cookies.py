@@ -17,7 +17,7 @@ from openworkbench.clusters.base import Account
 from openworkbench.config import Settings
 from openworkbench.errors import LaunchFailed
 from openworkbench.ides import LaunchContext
-from openworkbench.services import session_files as files
+from openworkbench.sessions import files
 from openworkbench.store.schema import utcnow
 
 COOKIE_VARIABLE = "RS_SESSION_RPC_COOKIE"

@@ -5,10 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from openworkbench.sessions.states import RUNNING, SessionState
 from openworkbench.store.schema import Session
-
-RUNNING_STATES = frozenset({"running"})
-FINAL_STATES = frozenset({"suspended", "failed", "killed", "finished", "canceled"})
 
 
 def millis(value: datetime) -> int:
@@ -34,11 +32,11 @@ def session_json(row: Session, owner: str, url: str | None = None) -> dict[str, 
         "last_used": millis(row.last_used),
         "project": None,
         "project_id": row.project_id,
-        "running": row.state in RUNNING_STATES,
-        "executing": row.executing and row.state in RUNNING_STATES,
+        "running": row.state in RUNNING,
+        "executing": row.executing and row.state in RUNNING,
         "working_dir": row.working_dir,
         "save_prompt_required": False,
-        "suspend_size": row.suspend_size if row.state == "suspended" else 0,
+        "suspend_size": row.suspend_size if row.state == SessionState.SUSPENDED else 0,
         "r_version": "",
         "r_version_label": "",
         "r_version_home": "",

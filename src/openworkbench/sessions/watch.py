@@ -13,13 +13,14 @@ from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
-from openworkbench.errors import EventsLost, StoreError, StoreUnavailable, WorkbenchError
+from openworkbench.errors import EventsLost, IllegalTransition, StoreError, StoreUnavailable, WorkbenchError
 from openworkbench.ides.client import quietly, using
 from openworkbench.services.job_events import JobChange
 from openworkbench.services.job_json import outcome
-from openworkbench.services.session_runner import LIVE_STATES, SessionRunner
 from openworkbench.services.start_queue import was_queued
-from openworkbench.store.schema import Session, User, utcnow
+from openworkbench.sessions.runner import SessionRunner
+from openworkbench.sessions.states import LIVE, Adoption, SessionState, adoption_of
+from openworkbench.store.schema import Session, User
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class SessionWatch:
             return  # a hook's job, or the last run's
         if self._in_charge(row.id):
             self._recheck.add(row.id)  # a start about to say "running", say: looked at once it is done
-        elif row.state == "running":
+        elif row.state == SessionState.RUNNING:
             await self._ended(row, owner, change.summary())
 
     async def _check_job(self, row: Session, owner: str, principal: Principal) -> bool:
@@ -154,10 +155,11 @@ class SessionWatch:
     async def _ended(self, row: Session, owner: str, job: dict[str, Any] | None) -> None:
         ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
         why = f"the IDE process ended: {outcome(job)}" if job else "the session has no IDE job"
-        state = "finished" if ok else "failed"
-        # The row was read before: a stop_session may have ended it since (SIGTERM, exit 143). Its end stands.
-        written = await self.runner.update(row.id, "running", state=state, status_detail="" if ok else why)
-        if written.state != state:
+        ended = SessionState.FINISHED if ok else SessionState.FAILED
+        try:  # the row was read before: a stop_session may have ended it since (SIGTERM, exit 143). Its end stands.
+            await self.runner.transition(row.id, ended, why, expect=SessionState.RUNNING,
+                                         status_detail="" if ok else why)
+        except IllegalTransition:  # moved on meanwhile (SessionMoved): whoever moved it cleans up
             return
         ide = self.runner.ide(row.workbench)
         await self.runner.clean_up(row, ide, self.runner.context(row, owner))
@@ -167,7 +169,7 @@ class SessionWatch:
         return task is not None and not task.done()
 
     def _running(self) -> list[tuple[Session, str, Principal]]:
-        query = select(Session, User).join(User).where(Session.state == "running")
+        query = select(Session, User).join(User).where(Session.state == SessionState.RUNNING.value)
         with self.store.session() as db:
             return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
 
@@ -200,26 +202,34 @@ class SessionWatch:
                 await self._fail_bad_row(row.id, exc)
 
     async def _adopt_one(self, row: Session, owner: str, principal: Principal) -> None:
+        """What ``states.adoption_of`` (``ON_RESTART``, refined by the row and its job) says for the session's
+        state, through the same transitions."""
         await run_in_threadpool(self.runner.remember, row, owner)  # a store write: not on the event loop
-        job = await run_in_threadpool(self.jobs.get, principal, row.job_id) if row.job_id else None
-        if row.state == "running" and job is not None and job["status"] in FINAL_STATUSES:
-            why = f"the IDE process ended while the server was down: {outcome(job)}"
-            await self.runner.update(row.id, state="failed", status_detail=why)
-            await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
-        elif row.state in ("launching", "resuming") and was_queued(row.status_detail):  # it never began: queue it
-            self.runner.spawn(row.id, self.runner.start(row.id, resuming=row.state == "resuming"))
-        elif row.state == "resuming" and job is not None and _of_an_earlier_run(job, row):
-            # Killed in the resume before its new IDE job was recorded (in a start hook, say): the job named is
-            # the last run's, and the session is still the suspended one. Its resume starts again.
+        state = SessionState(row.state)
+        job = None
+        if row.job_id and state in (SessionState.RUNNING, SessionState.RESUMING):
+            job = await run_in_threadpool(self.jobs.get, principal, row.job_id)
+        queued = was_queued(row.status_detail)
+        adoption = adoption_of(state, has_job=bool(row.job_id), queued=queued,
+                               job_of_earlier_run=job is not None and _of_an_earlier_run(job, row))
+        if adoption is Adoption.FAIL:
+            why = "the server restarted while it launched"
+            await self.runner.transition(row.id, SessionState.FAILED, why, status_detail=why)
             await run_in_threadpool(self._stop_jobs_of, row.id, owner, principal)
-            self.runner.spawn(row.id, self.runner.start(row.id, resuming=True))
-        elif row.state in ("pending", "starting", "resuming") and row.job_id:
+        elif adoption is Adoption.START_AGAIN:
+            # Queued, it never began; a resume killed before its new IDE job was recorded (in a start hook, say)
+            # names the last run's job, and the session is still the suspended one. Either starts again.
+            if not queued:
+                await run_in_threadpool(self._stop_jobs_of, row.id, owner, principal)
+            self.runner.spawn(row.id, self.runner.start(row.id, resuming=state is SessionState.RESUMING))
+        elif adoption is Adoption.FOLLOW_START:
             self.runner.spawn(row.id, self._resume_wait(row.id))
-        elif row.state in ("suspending", "shutting_down"):
-            self.runner.request_stop(row.id, force=False, suspend=row.state == "suspending")
-        elif row.state == "launching":
-            await self.runner.update(row.id, state="failed", status_detail="the server restarted while it launched")
-            await run_in_threadpool(self._stop_jobs_of, row.id, owner, principal)
+        elif adoption is Adoption.FINISH_STOP:
+            self.runner.request_stop(row.id, force=False, suspend=state is SessionState.SUSPENDING)
+        elif adoption is Adoption.CHECK_JOB and job is not None and job["status"] in FINAL_STATUSES:
+            why = f"the IDE process ended while the server was down: {outcome(job)}"
+            await self.runner.transition(row.id, SessionState.FAILED, why, status_detail=why)
+            await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
 
     def _stop_jobs_of(self, session_id: str, owner: str, principal: Principal) -> None:
         """A session failed in its launch leaves no job of that launch running: a start hook, or its IDE when the
@@ -232,22 +242,20 @@ class SessionWatch:
                     log.info("session %s: job %s not stopped: %s", session_id, job["id"], exc.message)
 
     async def _fail_bad_row(self, session_id: str, exc: Exception) -> None:
-        """End a session the server chokes on ``failed``, written directly: the runner's update would choke too."""
+        """End a session the server chokes on ``failed``, through the transitions alone: the runner's
+        ``transition`` would choke too (it routes the row)."""
         log.exception("session %s cannot be followed", session_id)
         why = f"the session could not be followed: {type(exc).__name__}: {exc}"
         try:
-            await run_in_threadpool(self._write_failed, session_id, why)
+            await run_in_threadpool(lambda: self.runner.states.transition(session_id, SessionState.FAILED, why,
+                                                                          status_detail=why[:2000]))
+        except IllegalTransition:
+            pass  # ended meanwhile; logged by the transition
         except Exception:
             log.exception("session %s: recording its failure failed too", session_id)
 
-    def _write_failed(self, session_id: str, why: str) -> None:
-        with self.store.session() as db:
-            row = db.get(Session, session_id)
-            if row is not None:
-                row.state, row.status_detail, row.last_state_updated = "failed", why[:2000], utcnow()
-
     def _live(self) -> list[tuple[Session, str, Principal]]:
-        query = select(Session, User).join(User).where(Session.state.in_(LIVE_STATES))
+        query = select(Session, User).join(User).where(Session.state.in_([state.value for state in LIVE]))
         query = query.order_by(Session.last_state_updated)  # queued ones re-join the queue in their order
         with self.store.session() as db:
             return [(row, user.username, Principal(user.id, user.username, "user")) for row, user in db.execute(query)]
@@ -258,7 +266,7 @@ class SessionWatch:
         ide = self.runner.ide(row.workbench)
         ctx = self.runner.context(row, owner)
         async with self.runner.start_queue.turn(session_id, adopted=True):  # its IDE runs already: no waiting
-            await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == "resuming")
+            await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == SessionState.RESUMING)
 
 
 def _of_an_earlier_run(job: dict[str, Any], row: Session) -> bool:

@@ -21,11 +21,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 from starlette.concurrency import run_in_threadpool
 
-from openworkbench import metrics
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES, Account
 from openworkbench.config import Settings
 from openworkbench.errors import (
+    IllegalTransition,
+    InternalError,
     JobWaitTimeout,
     NotAvailable,
     StoreUnavailable,
@@ -38,13 +39,15 @@ from openworkbench.ides.client import answers, quietly, using
 from openworkbench.models import JobSpec
 from openworkbench.proxy import NOWHERE, ProxyTarget, Route, RouteTable, Upstream, UpstreamPool
 from openworkbench.proxy.ports import PortAllocator
-from openworkbench.services import session_files as files
 from openworkbench.services.job_events import JobChange
 from openworkbench.services.job_json import outcome
 from openworkbench.services.jobs import JobService, posix_account
-from openworkbench.services.rpc_cookies import COOKIE_VARIABLE, SessionCookies
-from openworkbench.services.session_endpoint import checked_endpoint, peer_uid
 from openworkbench.services.start_queue import StartQueue
+from openworkbench.sessions import files
+from openworkbench.sessions.cookies import COOKIE_VARIABLE, SessionCookies
+from openworkbench.sessions.endpoint import checked_endpoint, peer_uid
+from openworkbench.sessions.states import ENDED, LIVE, SessionState
+from openworkbench.sessions.transitions import Transitions
 from openworkbench.store import Store
 from openworkbench.store.availability import once_available
 from openworkbench.store.epochs import open_epochs
@@ -52,7 +55,6 @@ from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
 POLL = 0.1
-LIVE_STATES = ("launching", "pending", "starting", "running", "resuming", "suspending", "shutting_down")
 
 
 @contextlib.contextmanager
@@ -82,12 +84,13 @@ class SessionRunner:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # Every process on the store sees the routes this one writes (proxy/routes.py).
         self.routes = routes or RouteTable(store, open_epochs(settings.database_url).counter(1))
-        self.ports = PortAllocator(store, *settings.sessions.port_range, LIVE_STATES)
+        self.ports = PortAllocator(store, *settings.sessions.port_range, [state.value for state in LIVE])
         self.last_used: dict[str, datetime] = {}
         self._stopping: set[str] = set()
         self._stop_signals: dict[str, asyncio.Event] = {}  # set by request_stop: a start's event waits give way
         self.cookies = SessionCookies(settings)
         self.start_queue = StartQueue(settings.sessions.max_concurrent_starts, store)
+        self.states = Transitions(store)
 
     def ide(self, workbench: str) -> Ide:
         if workbench not in self._ides:
@@ -136,12 +139,21 @@ class SessionRunner:
             return
         except (SessionFailed, StoreUnavailable) as exc:  # the failure is recorded once the store can take it
             why = str(exc) if isinstance(exc, SessionFailed) else f"the start was cut short: {exc.message}"
-            row = await once_available(lambda: self.update(session_id, state="failed", status_detail=why))
+            row = await once_available(lambda: self._fail(session_id, why))
+            if row is None:  # a stop (or another failure) ended it meanwhile, and cleaned up
+                return
             _, owner, _ = await once_available(lambda: self.load(session_id))
             await self.clean_up(row, self.ide(row.workbench), self.context(row, owner))
         except Exception as exc:  # a bug must not leave a session in a transitional state forever
             log.exception("session %s", session_id)
-            await self.update(session_id, state="failed", status_detail=f"internal error: {exc}")
+            await self._fail(session_id, f"internal error: {exc}")
+
+    async def _fail(self, session_id: str, why: str) -> Session | None:
+        """Failed, with ``why`` as its status_detail; None when it had ended already (logged by transition)."""
+        try:
+            return await self.transition(session_id, SessionState.FAILED, why, status_detail=why)
+        except IllegalTransition:
+            return None
 
     async def close(self) -> None:
         for task in self.tasks.values():
@@ -150,20 +162,26 @@ class SessionRunner:
         await self.start_queue.close()
 
     # -- state -------------------------------------------------------------------------------
-    async def update(self, session_id: str, only_from: str | None = None, **fields: Any) -> Session:
-        return await run_in_threadpool(self.update_sync, session_id, fields, only_from)
+    async def transition(self, session_id: str, to: SessionState, reason: str, *, expect: SessionState | None = None,
+                         **fields: Any) -> Session:
+        """Move the session to ``to`` (sessions/transitions.py checks and records it) and route it so, in one
+        transaction; ``expect``: only from that state (else ``SessionMoved``, nothing written)."""
+        return await run_in_threadpool(lambda: self.transition_sync(session_id, to, reason, expect, **fields))
 
-    def update_sync(self, session_id: str, fields: dict[str, Any], only_from: str | None = None) -> Session:
-        """Write ``fields``; with ``only_from``, only if the session is still in that state (else unchanged)."""
+    def transition_sync(self, session_id: str, to: SessionState, reason: str, expect: SessionState | None = None,
+                        **fields: Any) -> Session:
+        return self.states.transition(session_id, to, reason, expect=expect, then=self.remember, **fields)[0]
+
+    async def update(self, session_id: str, **fields: Any) -> Session:
+        return await run_in_threadpool(self.update_sync, session_id, fields)
+
+    def update_sync(self, session_id: str, fields: dict[str, Any]) -> Session:
+        """Fields other than the state (written by ``transition`` alone)."""
+        if "state" in fields:
+            raise InternalError("a session's state is written by transition(), never by update()")
         with self.store.session() as db:
-            row = db.get(Session, session_id, with_for_update=only_from is not None)
+            row = db.get(Session, session_id)
             assert row is not None
-            if only_from is not None and row.state != only_from:
-                return row
-            if fields.get("state") == "running" and row.state != "running":
-                metrics.session_running(row.workbench, row.cluster, row.state, row.created, row.last_state_updated)
-            if "state" in fields and fields["state"] != row.state:
-                row.last_state_updated = utcnow()
             for key, value in fields.items():
                 setattr(row, key, value)
             owner = db.scalar(select(User.username).where(User.id == row.user_id)) or ""
@@ -269,9 +287,11 @@ class SessionRunner:
 
     def _launch_ide(self, principal: Principal, spec: JobSpec, session_id: str, resuming: bool) -> str:
         job_id = str(self.jobs.launch(principal, spec, session_id)["id"])
-        self.update_sync(session_id, {"job_id": job_id, "state": "resuming" if resuming else "pending"})
+        if resuming:  # a resume stays "resuming" until its IDE answers
+            self.update_sync(session_id, {"job_id": job_id})
+        else:
+            self.transition_sync(session_id, SessionState.PENDING, f"job {job_id} launched", job_id=job_id)
         return job_id
-
 
     def _endpoint_file(self, row: Session, account: Account) -> str:
         """Where the IDE's job reports "host port": the cluster's shared directory, the user's own part."""
@@ -313,10 +333,11 @@ class SessionRunner:
                     ctx = await self._read_endpoint(row, ctx, principal, job.summary())
                 if started is None:
                     started = time.monotonic()
-                    if not resuming:
-                        await self.update(row.id, state="starting")
+                    if not resuming and row.state != SessionState.STARTING:  # an adopted start may be past it
+                        await self.transition(row.id, SessionState.STARTING, f"job {job_id} is running")
                 if await self._answers(ide, ctx, principal, job_id):
-                    await self.update(row.id, state="running", status_detail="", last_used=utcnow())
+                    await self.transition(row.id, SessionState.RUNNING, "the IDE answers", status_detail="",
+                                          last_used=utcnow())
                     return
                 if time.monotonic() - started > timeout:
                     await self._kill(principal, job_id)
@@ -410,11 +431,15 @@ class SessionRunner:
     # -- stop --------------------------------------------------------------------------------
     async def stop(self, session_id: str, force: bool, suspend: bool) -> None:
         row, owner, principal = await self.load(session_id)
-        if row.state == "suspended":  # stopping a suspended session discards what it kept
-            await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
-            await self.update(session_id, state="finished", suspend_size=None)
+        if row.state in ENDED:  # a stop asked while another one (or a failure) was ending it
             return
-        await self.update(session_id, state="suspending" if suspend else "shutting_down")
+        if row.state == SessionState.SUSPENDED:  # stopping a suspended session discards what it kept
+            await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
+            await self.transition(session_id, SessionState.FINISHED, "stopped while suspended", suspend_size=None)
+            return
+        stopping = SessionState.SUSPENDING if suspend else SessionState.SHUTTING_DOWN
+        if row.state != stopping:  # already so when a restart finishes the stop (states.ON_RESTART)
+            await self.transition(session_id, stopping, "force stop requested" if force else "stop requested")
         ide, ctx = self.ide(row.workbench), self.context(row, owner)
         manifest: dict[str, Any] = {}
         if suspend and not force:
@@ -423,16 +448,18 @@ class SessionRunner:
         await self._run_hooks(row, principal, "stop_hooks")
         await self.clean_up(row, ide, ctx)
         if job is not None and job["status"] == "Canceled":  # its IDE never started (still queued)
-            await self.update(session_id, state="canceled", executing=False)
+            await self.transition(session_id, SessionState.CANCELED, "its job was canceled while queued",
+                                  executing=False)
         elif suspend:
             # What the session keeps: its state directory and the manifest the server holds for it.
             home = (await run_in_threadpool(posix_account, owner)).home
             size = await run_in_threadpool(files.tree_size, row.state_dir, home) + len(json.dumps(manifest))
-            await self.update(session_id, state="suspended", suspend_manifest=manifest, suspend_size=size,
-                            executing=False)
+            await self.transition(session_id, SessionState.SUSPENDED, "suspended", suspend_manifest=manifest,
+                                  suspend_size=size, executing=False)
         else:
             await run_in_threadpool(files.remove_as, await run_in_threadpool(posix_account, owner), row.state_dir)
-            await self.update(session_id, state="killed" if force else "finished", executing=False)
+            ended = SessionState.KILLED if force else SessionState.FINISHED
+            await self.transition(session_id, ended, "stopped", executing=False)
 
     async def clean_up(self, row: Session, ide: Ide, ctx: LaunchContext) -> None:
         """What one run of the IDE leaves: pooled connections, its socket, its runtime files."""

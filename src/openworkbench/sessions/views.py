@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from openworkbench.services.session_json import session_json
+from openworkbench.sessions.api_json import session_json
 from openworkbench.store.schema import Session
 
 
@@ -72,6 +72,16 @@ class SessionViews:
         if ids is None:
             return list(found.values())  # a whole list is kept oldest first already
         return sorted(found.values(), key=lambda view: view.created)
+
+    def read(self, username: str, ids: list[str] | None,
+             load: Callable[[], Sequence[tuple[Session, str]]] | None) -> list[View] | None:
+        """Read-through: from memory, else the rows ``load`` reads from the store, kept for the next read
+        (None on a miss without ``load``)."""
+        found = self.listing(username, ids)
+        if found is not None or load is None:
+            return found
+        generation = self._generation  # before the store is read: a commit meanwhile forbids keeping the rows
+        return self.fill(username, load(), whole=ids is None, generation=generation)
 
     def fill(self, username: str, rows: Sequence[tuple[Session, str]], whole: bool, generation: int) -> list[View]:
         """Render the rows a store read returned; keep them unless a commit came in since ``generation``."""

@@ -11,39 +11,27 @@ import hashlib
 import os
 import secrets
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, overload
 
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from openworkbench.api import params as p
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.config import Settings
 from openworkbench.errors import InvalidParameter, InvalidState, NotAvailable, NotFound, QuotaExceeded
 from openworkbench.ides import IDES, available
 from openworkbench.models import EnvironmentVariable, JobSpec
-from openworkbench.services import session_files as files
 from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.projects import NO_PROJECT, list_projects, project_path
-from openworkbench.services.rpc_cookies import COOKIE_VARIABLE
-from openworkbench.services.session_json import FINAL_STATES
-from openworkbench.services.session_runner import LIVE_STATES, SessionRunner
-from openworkbench.services.session_views import SessionViews, View, parse_ids
+from openworkbench.sessions import files, transitions
+from openworkbench.sessions.cookies import COOKIE_VARIABLE
+from openworkbench.sessions.requests import LaunchRequest, ResumeRequest, StopRequest
+from openworkbench.sessions.runner import SessionRunner
+from openworkbench.sessions.states import FINAL, LIVE, SessionState
+from openworkbench.sessions.views import SessionViews, View, parse_ids
 from openworkbench.store import Store
-from openworkbench.store.schema import Session, User, utcnow
-
-
-def _hooks(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [hook.exe for hook in (value if isinstance(value, list) else [value])]
-
-
-def _environment(value: Any) -> list[dict[str, str]]:
-    if isinstance(value, dict):
-        return [{"name": key, "value": val} for key, val in value.items()]
-    return list(value or [])
+from openworkbench.store.schema import Session, User
 
 
 class SessionService:
@@ -62,18 +50,18 @@ class SessionService:
         self._quota = threading.Lock()
 
     # -- launch and resume -------------------------------------------------------------------
-    async def launch(self, principal: Principal, params: p.LaunchSession) -> dict[str, str]:
+    async def launch(self, principal: Principal, params: LaunchRequest) -> dict[str, str]:
         row_id = await run_in_threadpool(self._create, principal, params)
         self.runner.spawn(row_id, self.runner.start(row_id, resuming=False))
         return await run_in_threadpool(self._address, row_id)
 
-    def _create(self, principal: Principal, params: p.LaunchSession) -> str:
+    def _create(self, principal: Principal, params: LaunchRequest) -> str:
         owner = params.username or principal.username
         require(principal, Action.ACT_AS, owner)
         self.jobs.run_as.check(owner)
         ide = self._available_ide(params.workbench)
         account = posix_account(owner)
-        launch = params.launch_parameters.model_dump() if params.launch_parameters else {}
+        launch = dict(params.launch_parameters or {})
         cluster = launch.get("cluster") or self.settings.ides[params.workbench].default_cluster
         cluster = cluster or self.settings.default_cluster
         self._validate_launch(cluster, launch)
@@ -89,26 +77,26 @@ class SessionService:
             "workbench": params.workbench,
             "open_file": params.open_file,
             "launch_parameters": launch,
-            "start_hooks": _hooks(params.start_hooks),
-            "stop_hooks": _hooks(params.stop_hooks),
-            "environment": _environment(params.environment),
+            "start_hooks": list(params.start_hooks),
+            "stop_hooks": list(params.stop_hooks),
+            "environment": [dict(item) for item in params.environment],
         }
         working_dir = self._working_dir(params, account.home, owner)
         with self._quota, self.store.session() as db:
             self._check_quota(db, owner, None)
-            db.add(row := Session(
-                id=session_id, user_id=user_id, workbench=params.workbench,
+            row = transitions.create(
+                db, "launch_session", id=session_id, user_id=user_id, workbench=params.workbench,
                 name=params.name or launch.get("name") or f"{params.workbench} Session", project_id=ide.project_id,
-                url=url, state="launching", status_detail="", cluster=cluster, request=request,
+                url=url, status_detail="", cluster=cluster, request=request,
                 working_dir=working_dir, socket_path=files.socket_path(self.settings.sessions.runtime_dir, account,
                                                                        session_id),
                 state_dir=files.state_dir(account, session_id), secret=secrets.token_urlsafe(32),
                 suspend_manifest={}, executing=False,
-            ))
+            )
             self.runner.remember(row, owner, db)  # routed (to "launching") by every server from now on
         return session_id
 
-    def _working_dir(self, params: p.LaunchSession, home: str, owner: str) -> str:
+    def _working_dir(self, params: LaunchRequest, home: str, owner: str) -> str:
         """The session's directory: ``working_directory``, else the directory of project ``project_id``."""
         working_dir = params.working_directory or "~"
         if working_dir == "~" or working_dir.startswith("~/"):
@@ -149,7 +137,7 @@ class SessionService:
         if not cap:
             return
         query = (select(func.count()).select_from(Session).join(User)
-                 .where(User.username == owner, Session.state.in_(LIVE_STATES)))
+                 .where(User.username == owner, Session.state.in_([state.value for state in LIVE])))
         if resuming is not None:
             query = query.where(Session.id != resuming)
         live = db.scalar(query) or 0
@@ -193,11 +181,11 @@ class SessionService:
             assert row is not None
             return {"id": row.id, "url": self.public_url(row.url), "project_id": row.project_id}
 
-    async def resume(self, principal: Principal, params: p.ResumeSession) -> dict[str, str]:
+    async def resume(self, principal: Principal, params: ResumeRequest) -> dict[str, str]:
         owner = params.username or principal.username
         require(principal, Action.ACT_AS, owner)
         await run_in_threadpool(self.jobs.run_as.check, owner)
-        launch = params.launch_parameters.model_dump() if params.launch_parameters else None
+        launch = dict(params.launch_parameters) if params.launch_parameters else None
         await run_in_threadpool(self._mark_resuming, params.session_id, owner, launch)
         self.runner.spawn(params.session_id, self.runner.start(params.session_id, resuming=True))
         return await run_in_threadpool(self._address, params.session_id)
@@ -207,22 +195,20 @@ class SessionService:
             row, row_owner = self._row(db, session_id)
             if row_owner != owner:
                 raise NotFound(f"no session '{session_id}' of user '{owner}'")
-            if row.state != "suspended":
+            if row.state != SessionState.SUSPENDED:
                 raise InvalidState(f"session '{session_id}' is {row.state}, not suspended")
             self._check_quota(db, owner, session_id)
             if launch:
                 self._validate_launch(launch.get("cluster") or row.cluster, launch)
                 row.request = {**row.request, "launch_parameters": launch}
                 row.cluster = launch.get("cluster") or row.cluster
-            row.state, row.status_detail, row.last_state_updated = "resuming", "", utcnow()
+            transitions.write(db, row, SessionState.RESUMING, "resume_session", status_detail="")
 
     # -- stop, suspend ---------------------------------------------------------------------
-    async def stop(self, principal: Principal, params: p.StopSession) -> dict[str, Any]:
-        ids = [item.strip() for item in params.session_ids.split(",") if item.strip()]
-        suspend = params.suspend_session or params.suspend
-        plans = await run_in_threadpool(self._plan_stop, principal, ids, suspend)
+    async def stop(self, principal: Principal, params: StopRequest) -> dict[str, Any]:
+        plans = await run_in_threadpool(self._plan_stop, principal, list(params.session_ids), params.suspend)
         for session_id in plans:
-            self.runner.request_stop(session_id, force=params.force_quit, suspend=suspend)
+            self.runner.request_stop(session_id, force=params.force, suspend=params.suspend)
         return {}
 
     def _plan_stop(self, principal: Principal, ids: list[str], suspend: bool) -> list[str]:
@@ -234,7 +220,7 @@ class SessionService:
             for session_id in ids:
                 row, owner = self._row(db, session_id)
                 require(principal, Action.WRITE, owner)
-                if row.state in FINAL_STATES and not (row.state == "suspended" and not suspend):
+                if row.state in FINAL and not (row.state == SessionState.SUSPENDED and not suspend):
                     raise InvalidState(f"session '{session_id}' has already ended ({row.state})")
                 if suspend and not self.runner.ide(row.workbench).supports_suspend:
                     raise NotAvailable(f"{row.workbench} sessions cannot be suspended")
@@ -242,27 +228,31 @@ class SessionService:
         return plans
 
     # -- reading -----------------------------------------------------------------------------
-    def read(self, principal: Principal, user: str | None, session_ids: str | None) -> list[View]:
-        """The user's sessions (or those of ``session_ids``), oldest first: from memory, else the store."""
+    @overload
+    def read(self, principal: Principal, user: str | None, session_ids: str | None) -> list[View]: ...
+
+    @overload
+    def read(self, principal: Principal, user: str | None, session_ids: str | None, *,
+             from_store: bool) -> list[View] | None: ...
+
+    def read(self, principal: Principal, user: str | None, session_ids: str | None, *,
+             from_store: bool = True) -> list[View] | None:
+        """The user's sessions (or those of ``session_ids``), oldest first, read through the views' cache.
+
+        ``from_store=False`` is for the event loop, which must not wait for the store: None on a miss (the
+        caller then reads again in a thread).
+        """
         username = user or principal.username
         require(principal, Action.READ, username)
         ids = parse_ids(session_ids)
-        cached = self.views.listing(username, ids)
-        if cached is not None:
-            return cached
-        generation = self.views.generation()
+        return self.views.read(username, ids, (lambda: self._rows(username, ids)) if from_store else None)
+
+    def _rows(self, username: str, ids: list[str] | None) -> Sequence[tuple[Session, str]]:
         query = select(Session, User.username).join(User).where(User.username == username)
         if ids is not None:
             query = query.where(Session.id.in_(ids))
         with self.store.session() as db:
-            rows = db.execute(query.order_by(Session.created)).tuples().all()
-        return self.views.fill(username, rows, whole=ids is None, generation=generation)
-
-    def read_cached(self, principal: Principal, user: str | None, session_ids: str | None) -> list[View] | None:
-        """``read`` from memory alone (safe on the event loop); None when the store must be read."""
-        username = user or principal.username
-        require(principal, Action.READ, username)
-        return self.views.listing(username, parse_ids(session_ids))
+            return db.execute(query.order_by(Session.created)).tuples().all()
 
     def _row(self, db: Any, session_id: str) -> tuple[Session, str]:
         found = db.execute(select(Session, User.username).join(User).where(Session.id == session_id)).first()
