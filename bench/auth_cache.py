@@ -46,7 +46,8 @@ def measure(url: str) -> dict[str, float]:
     return figures
 
 
-def main() -> None:
+def on_each_store(measure: Callable[[str], dict[str, float]]) -> None:
+    """``measure`` on a fresh SQLite store, and on PostgreSQL when WORKBENCH_TEST_PG_URL names one; printed."""
     with tempfile.TemporaryDirectory() as tmp:
         urls = {"sqlite": f"sqlite:///{tmp}/bench.db"}
         if os.environ.get("WORKBENCH_TEST_PG_URL"):
@@ -54,6 +55,10 @@ def main() -> None:
         for name, url in urls.items():
             figures = measure(url)
             print(f"{name:>10}: " + ", ".join(f"{k} {v:.1f} µs" for k, v in figures.items()))
+
+
+def main() -> None:
+    on_each_store(measure)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ Usage: scripts/with-postgres.sh env PYTHONPATH=. .venv/bin/python -m bench.route
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Callable
 
-from bench.auth_cache import per_call_us
+from bench.auth_cache import on_each_store, per_call_us
 from openworkbench.proxy import ProxyTarget, Route, RouteTable, Upstream
 from openworkbench.services.accounts import Accounts
 from openworkbench.store import Store
@@ -64,13 +62,7 @@ def measure(url: str) -> dict[str, float]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        urls = {"sqlite": f"sqlite:///{tmp}/bench.db"}
-        if os.environ.get("WORKBENCH_TEST_PG_URL"):
-            urls["postgresql"] = os.environ["WORKBENCH_TEST_PG_URL"]
-        for name, url in urls.items():
-            figures = measure(url)
-            print(f"{name:>10}: " + ", ".join(f"{k} {v:.1f} µs" for k, v in figures.items()))
+    on_each_store(measure)
 
 
 if __name__ == "__main__":

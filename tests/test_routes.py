@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from openworkbench.errors import InvalidState, NotAvailable, NotFound
 from openworkbench.proxy import NOWHERE, ProxyTarget, Route, RouteTable, Upstream
-from openworkbench.proxy.ports import PortAllocator
+from openworkbench.proxy.ports import PortAllocator, _bindable
 from openworkbench.services.accounts import Accounts
 from openworkbench.store import Store
 from openworkbench.store.epochs import open_epochs
@@ -205,17 +205,8 @@ def _range(size: int) -> tuple[int, int]:
     """A range below the kernel's ephemeral ports (no outgoing connection takes them), free right now."""
     while True:
         low = 21000 + secrets.randbelow(8000)
-        if all(_free(port) for port in range(low, low + size)):
+        if all(_bindable(port) for port in range(low, low + size)):
             return low, low + size - 1
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_ports_unique_under_concurrent_launches(store: Store, database_url: str) -> None:
