@@ -212,7 +212,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stand_in.write_text("#!/bin/sh\nexec sleep 600\n")
     stand_in.chmod(0o755)
     try:
-        with session_server(tmp_path_factory.mktemp("perm") / "data", f'[ides."JupyterLab"]\nexe = "{stand_in}"\n',
+        # Its sessions hold their start slots for good: enough slots that none waits in the start queue.
+        with session_server(tmp_path_factory.mktemp("perm") / "data",
+                            f'max_concurrent_starts = 100\n[ides."JupyterLab"]\nexe = "{stand_in}"\n',
                             start_timeout_s=3600) as srv:
             yield srv
     finally:
