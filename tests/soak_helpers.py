@@ -134,6 +134,15 @@ def row_counts(server: Server) -> dict[str, int]:
         return {table: db.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0] for table in tables}
 
 
+def transitions_of(server: Server, session_ids: list[str]) -> int:
+    """The state history rows (session_transitions) of these sessions, read beside the server."""
+    path = server.data_dir / "workbench.db"
+    marks = ", ".join("?" * len(session_ids))
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
+        query = f"SELECT count(*) FROM session_transitions WHERE session_id IN ({marks})"
+        return int(db.execute(query, session_ids).fetchone()[0])
+
+
 @dataclass(frozen=True)
 class Level:
     """What must come back to where it was: fds (but the store's pool), threads, asyncio tasks."""
