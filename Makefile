@@ -30,8 +30,11 @@ lint: install
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
 
+# Most tests on TEST_WORKERS parallel workers, then those marked `serial` alone (scripts/test-phases.sh says why).
+TEST_WORKERS ?= 4
 test: install system-deps ides lint
-	scripts/with-postgres.sh scripts/with-slurm.sh $(BIN)/pytest -q $(PYTEST_ARGS)
+	TEST_WORKERS=$(TEST_WORKERS) scripts/with-postgres.sh scripts/with-slurm.sh scripts/test-phases.sh \
+		$(BIN)/pytest -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .workbench .pytest_cache .mypy_cache .ruff_cache

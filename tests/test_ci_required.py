@@ -35,7 +35,7 @@ pytest.skip("Chromium missing", allow_module_level=True)
 '''
 
 
-def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str | None) -> pytest.RunResult:
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str | None, *args: str) -> pytest.RunResult:
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     if ci is None:
         monkeypatch.delenv("CI", raising=False)
@@ -43,7 +43,7 @@ def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str | No
         monkeypatch.setenv("CI", ci)
     pytester.makepyfile(test_suite=SUITE, test_browser=BROWSER)
     return pytester.runpytest_subprocess("-p", "tests.ci_required", "-p", "no:cacheprovider", "-rA",
-                                         "--continue-on-collection-errors")
+                                         "--continue-on-collection-errors", *args)
 
 
 def test_without_ci_missing_services_skip(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -64,3 +64,12 @@ def test_under_ci_a_skipped_service_fails_the_run(pytester: pytest.Pytester, mon
 
 def test_other_ci_values_do_not_enforce(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run(pytester, monkeypatch, "false").ret == 0
+
+
+def test_under_ci_a_skip_on_a_worker_fails_the_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make test` runs most of the suite on pytest-xdist workers: the rule holds there too."""
+    result = run(pytester, monkeypatch, "true", "-n", "2")
+    result.assert_outcomes(passed=1, failed=1, skipped=1, xfailed=1, errors=2)  # as without workers
+    assert result.ret != 0
+    for reason in ("WORKBENCH_TEST_PG_URL is not set", "needs a Slurm cluster", "Chromium missing"):
+        result.stdout.fnmatch_lines([f"*skipped under CI=true*{reason}*"])
