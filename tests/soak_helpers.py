@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import sqlite3
 import statistics
 import time
@@ -39,6 +41,25 @@ class Samples:
         return {name: round(statistics.linear_regression(times, [values[i] for i in kept]).slope * 60, 3)
                 for name, values in self.series.items()}
 
+    def level(self, name: str, at: float, window: float = 30.0) -> float:
+        """The median of ``name`` over the samples within ``window`` s of ``at`` (one sample is noise)."""
+        pairs = list(zip(self.times, self.series[name], strict=True))
+        near = [value for t, value in pairs if abs(t - at) <= window]
+        return statistics.median(near) if near else min(pairs, key=lambda pair: abs(pair[0] - at))[1]
+
+    def memory(self, warm_up: float) -> dict[str, float]:
+        """RSS judged after the warm-up, two ways: its slope from ``warm_up`` to the end (and over the last
+        third alone), and its level at ``warm_up`` against the end's, per job made in between."""
+        end = self.times[-1]
+        window = min(30.0, end / 10)
+        start_mb, end_mb = self.level("rss_mb", warm_up, window), self.level("rss_mb", end, window)
+        jobs = self.level("jobs", end, window) - self.level("jobs", warm_up, window)
+        return {"rss_first_mb": round(self.series["rss_mb"][0], 1), "warm_up_s": round(warm_up),
+                "rss_at_warm_up_mb": round(start_mb, 1), "rss_at_end_mb": round(end_mb, 1),
+                "slope_after_warm_up_mb_per_min": self.slopes(warm_up)["rss_mb"],
+                "slope_last_third_mb_per_min": self.slopes(end * 2 / 3)["rss_mb"],
+                "bytes_per_job_after_warm_up": round((end_mb - start_mb) * 2**20 / max(jobs, 1))}
+
 
 def parse_gauges(text: str) -> dict[str, float]:
     found = {sample.name: sample.value for family in text_string_to_metric_families(text)
@@ -64,6 +85,7 @@ async def sampler(load: Load, admin: str, samples: Samples, every: float = 2.0) 
                 samples.times.append(time.monotonic() - began)
                 for name, value in parse_gauges(text).items():
                     samples.series[name].append(value)
+                samples.series["jobs"].append(len(load.jobs) + len(load.stopped))  # made so far: per-job growth
         except (aiohttp.ClientError, TimeoutError) as exc:
             load.tally.error("/metrics", repr(exc))
         await asyncio.sleep(every)
@@ -169,3 +191,28 @@ def settled(server: Server, admin: str, baseline: Level, timeout: float = 90) ->
         if level.within(baseline) or time.monotonic() - began > timeout:
             return level, round(time.monotonic() - began, 1)
         time.sleep(0.5)
+
+
+def snapshot_times(text: str, seconds: float) -> list[float]:
+    """OWB_SOAK_SNAPSHOTS ("120,600,...": seconds into the load), each capped to just before the load ends."""
+    return sorted(min(float(at), seconds - 1) for at in text.split(",") if at.strip())
+
+
+async def snapshots(pid: int, times: list[float]) -> None:
+    """Ask the server under test (started with OWB_TRACEMALLOC) for a tracemalloc snapshot at each time."""
+    began = time.monotonic()
+    for at in times:
+        await asyncio.sleep(max(0.0, at - (time.monotonic() - began)))
+        os.kill(pid, signal.SIGUSR2)
+
+
+def trimmed(server: Server) -> dict[str, Any]:
+    """RSS and malloc's heap before and after the server (with OWB_TRACEMALLOC) trims malloc's free memory."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGUSR1)
+    path = server.data_dir / "tracemalloc" / f"{server.proc.pid}-trim.json"
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        assert time.monotonic() < deadline, "no trim measurement"
+        time.sleep(0.2)
+    return dict(json.loads(path.read_text()))  # renamed into place whole

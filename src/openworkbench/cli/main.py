@@ -9,18 +9,17 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from openworkbench.config import Settings, load_settings
 from openworkbench.errors import InvalidParameter, WorkbenchError
-from openworkbench.services.accounts import Accounts, check_username, isoformat
-from openworkbench.services.container import open_store
-from openworkbench.services.run_as import RunAsPolicy
+
+# The settings and the store (pydantic, SQLAlchemy, alembic, aiohttp: ~1 s of imports) are imported by the commands
+# that use them: a client command (`workbench sessions list`) talks HTTP only and starts in a fraction of that.
+if TYPE_CHECKING:
+    from openworkbench.config import Settings
+    from openworkbench.services.accounts import Accounts
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,10 +44,15 @@ def fail_cleanly(func: F) -> F:
 
 
 def _settings(data_dir: str | None, config_file: str | None, **server: Any) -> Settings:
+    from openworkbench.config import load_settings
+
     return load_settings(config_file, data_dir=data_dir, **server)
 
 
 def _accounts(data_dir: str | None, config_file: str | None) -> Accounts:
+    from openworkbench.services.accounts import Accounts
+    from openworkbench.services.container import open_store
+
     return Accounts(open_store(_settings(data_dir, config_file)))
 
 
@@ -66,13 +70,18 @@ def serve(host: str | None, port: int | None, data_dir: str | None, config_file:
     """Run the API server."""
     import uvicorn
 
+    from openworkbench import allocator, memtrace
     from openworkbench.api.app import create_app
     from openworkbench.api.http_protocol import protocol_class
     from openworkbench.logs import announcer, log_config
+    from openworkbench.store.serve_lock import hold_serve_lock
 
     server: dict[str, Any] = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     # Flags override single keys of [server]; settings sources are deep-merged.
     settings = _settings(data_dir, config_file, server=server or None)
+    hold_serve_lock(settings.database_url)  # SQLite: a second server on the store exits here (store/serve_lock.py)
+    allocator.limit_arenas(settings.server.malloc_arena_max)  # before any thread starts
+    memtrace.install(settings.data_dir)  # OWB_TRACEMALLOC only: off by default (docs/reliability.md)
     app = create_app(settings)
     address = f"http://{settings.server.host}:{settings.server.port}"
     say = announcer(settings.server.log_format)  # with JSON logs, these lines are JSON too
@@ -127,6 +136,8 @@ def revoke_api_token(name: str, data_dir: str | None, config_file: str | None) -
 @fail_cleanly
 def list_api_tokens(data_dir: str | None, config_file: str | None) -> None:
     """List tokens: name, kind, user, created, last used (never the token)."""
+    from openworkbench.services.accounts import isoformat
+
     rows = [
         [t.name, t.kind, t.username, isoformat(t.created) or "", isoformat(t.last_used) or "never"]
         for t in _accounts(data_dir, config_file).list_tokens()
@@ -187,6 +198,10 @@ def user_passwd(name: str, data_dir: str | None, config_file: str | None) -> Non
     Typed twice at the terminal; from a pipe, the first line of standard input. Never an argument: the command
     line of every process is visible to every user. Stored as an argon2id hash; NAME's password sign-ins end.
     """
+    from openworkbench.services.accounts import Accounts, check_username
+    from openworkbench.services.container import open_store
+    from openworkbench.services.run_as import RunAsPolicy
+
     settings = _settings(data_dir, config_file)
     check_username(name)
     RunAsPolicy.load(settings.auth.allowed_system_users).check(name)  # no web password for root or daemon
@@ -215,6 +230,7 @@ def store_check(settle_s: float, data_dir: str | None, config_file: str | None) 
 
     Prints each problem on a line and exits 1 if there is any; prints "store ok" and exits 0 otherwise.
     """
+    from openworkbench.services.container import open_store
     from openworkbench.store.check import check_store
 
     problems = check_store(open_store(_settings(data_dir, config_file)), settle_s)
@@ -238,6 +254,10 @@ def _read_password() -> str:
 
 def _print_table(headers: list[str], rows: list[list[str]]) -> None:
     """Names exactly as stored: Text cells are never read as markup, and nothing is cut."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(*headers, box=None)
     for row in rows:
         table.add_row(*(Text(cell) for cell in row))
