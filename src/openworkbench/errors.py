@@ -13,6 +13,8 @@ class WorkbenchError(Exception):
 
     code: int = 500
     http_status: int = 500
+    # Seconds a client should wait before trying again, sent as Retry-After with the error (None: not sent).
+    retry_after: int | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -180,6 +182,11 @@ class RequestTimeout(WorkbenchError):
     http_status = 408
 
 
+class ClientGone(BadRequest):
+    """The client closed its connection before its request body arrived: nobody reads the answer. (A kind of
+    BadRequest: a client that reads answers knows code 400 as BadRequest.)"""
+
+
 class PayloadTooLarge(WorkbenchError):
     """A request body over the configured cap."""
 
@@ -229,6 +236,7 @@ class StoreUnavailable(StoreError):
 
     code = 503
     http_status = 503
+    retry_after = 5  # a restart or failover of PostgreSQL takes seconds; HAProxy and clients honour it
 
 
 # -- sessions' state machine (sessions/states.py) ---------------------------------------------
@@ -242,3 +250,11 @@ class IllegalTransition(InternalError):
 class SessionMoved(IllegalTransition):
     """A writer read a session in one state and would move it from there, but another writer moved it first
     (a stop ended it): not a bug, a lost race. Nothing is written; the other writer's state stands."""
+
+
+# -- replicas (services/leadership.py, cli serve) ---------------------------------------------
+
+
+class StoreInUse(StoreError):
+    """``workbench serve`` on a SQLite store another server process already serves: SQLite is single-server
+    (replicas need PostgreSQL). Said by the CLI before anything starts; never sent over the API."""

@@ -1,10 +1,10 @@
-"""The ASGI application: the routing table behind the cross-cutting middleware, and the job monitor."""
+"""The ASGI application: the routing table behind the cross-cutting middleware, and what runs beside it (the
+job monitor, the session watch, the relay of other replicas' job changes)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,42 +15,12 @@ from openworkbench.api.forwarded import TrustedProxies
 from openworkbench.api.routes import routing_table
 from openworkbench.config import Settings
 from openworkbench.metrics import HttpMetrics
-from openworkbench.services.container import Services, build_services
+from openworkbench.services.container import build_services
+from openworkbench.services.job_monitor import Monitor
 from openworkbench.web.headers import SecurityHeaders
 
 log = logging.getLogger(__name__)
-
-
-class Monitor:
-    """Threads that poll the clusters for job state at the configured interval, one per cluster: a
-    scheduler that hangs (a 30 s squeue timeout) must not hold up the others' updates."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.interval = services.settings.local.poll_interval_ms / 1000
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(name,), name=f"job-monitor-{name}", daemon=True)
-                         for name in services.clusters]
-
-    def start(self) -> None:
-        adopted = self.services.jobs.adopt()
-        self.services.jobs.poll_once()  # fresh job states before sessions are re-adopted
-        if adopted:
-            log.info("following %d job(s) started before this server", adopted)
-        for thread in self._threads:
-            thread.start()
-
-    def _run(self, cluster: str) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.services.jobs.poll_once(cluster)
-            except Exception:  # one bad poll must not end monitoring
-                log.exception("job monitor poll of cluster %s failed", cluster)
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
+__all__ = ["Monitor", "create_app"]  # Monitor: tests build a server's services in process and monitor them
 
 
 def create_app(settings: Settings) -> TrustedProxies:
@@ -58,8 +28,12 @@ def create_app(settings: Settings) -> TrustedProxies:
 
     @asynccontextmanager
     async def lifespan(app: object) -> AsyncIterator[None]:
+        if services.relay is not None:
+            services.relay.start()  # listening before anything is launched: other replicas' changes reach us
         monitor = Monitor(services)
-        monitor.start()
+        if services.relay is not None:
+            services.relay.listeners.append(monitor.remote_changes)
+        monitor.start()  # takes the roles it can (services/leadership.py), then polls what it leads
         services.job_views.refresh()  # the active job list in memory before the first poll asks for it
         services.retention.start()
         await services.watch.adopt()
@@ -71,7 +45,7 @@ def create_app(settings: Settings) -> TrustedProxies:
             await services.runner.close()
             await services.pool.close()
             monitor.stop()
-            services.retention.stop()
+            services.retention.stop()  # services.close() below gives up the roles and stops the relay
             services.close()
 
     # One routing table (api/routes.py); the middleware is what crosses every route. Outermost:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from openworkbench.auth.cache import PrincipalCache
 from openworkbench.clusters.base import Cluster
@@ -13,17 +13,21 @@ from openworkbench.errors import ConfigError
 from openworkbench.proxy import RouteTable, UpstreamPool
 from openworkbench.services.accounts import Accounts
 from openworkbench.services.history import History
+from openworkbench.services.job_monitor import monitor_role
+from openworkbench.services.job_relay import Relay
 from openworkbench.services.job_views import JobViews
 from openworkbench.services.jobs import JobService
+from openworkbench.services.leadership import Leadership, Liveness, new_replica_id
 from openworkbench.services.password_signin import PasswordSignIn
 from openworkbench.services.retention import Retention
 from openworkbench.services.run_as import RunAsPolicy
 from openworkbench.services.signin import SignIn
 from openworkbench.sessions import files as session_files
+from openworkbench.sessions.live import SessionFeed
 from openworkbench.sessions.origins import SessionOrigins
 from openworkbench.sessions.runner import SessionRunner
 from openworkbench.sessions.service import SessionService
-from openworkbench.sessions.watch import SessionWatch
+from openworkbench.sessions.watch import SESSIONS_ROLE, SessionWatch
 from openworkbench.store import Store
 from openworkbench.store.epochs import open_epochs
 
@@ -45,6 +49,11 @@ class Services:
     history: History
     retention: Retention
     origins: SessionOrigins | None = None  # server.session_domain set: each session on its own host
+    live: SessionFeed = field(default_factory=SessionFeed)  # what the homepage's long-poll waits on
+    # Replicas (services/leadership.py): who leads what; whether another replica lives; their job changes.
+    leadership: Leadership | None = None
+    liveness: Liveness | None = None
+    relay: Relay | None = None
 
     @property
     def routes(self) -> RouteTable:
@@ -52,6 +61,10 @@ class Services:
         return self.runner.routes
 
     def close(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+        if self.leadership is not None:
+            self.leadership.stop()
         for cluster in self.clusters.values():
             cluster.close()
         if self.accounts.cache is not None:
@@ -91,18 +104,27 @@ def build_services(settings: Settings) -> Services:
     accounts = Accounts(store, PrincipalCache(epochs.counter(0)))
     clusters = build_clusters(settings)
     run_as = RunAsPolicy.load(settings.auth.allowed_system_users)
+    replica_id = new_replica_id()
     jobs = JobService(store, accounts, clusters, settings.default_cluster, run_as,
-                      settings.jobs.output_stream_max_bytes)
+                      settings.jobs.output_stream_max_bytes, replica_id)
+    leadership = Leadership(settings.database_url, replica_id, [*map(monitor_role, clusters), SESSIONS_ROLE],
+                            settings.database.leader_check_interval_s)
+    jobs.monitors = lambda cluster: leadership.leads(monitor_role(cluster))
+    liveness = Liveness(store, replica_id)
     pool = UpstreamPool()
     runner = SessionRunner(settings, store, jobs, pool, RouteTable(store, epochs.counter(1)))
+    runner.replica_id = replica_id
     origins = SessionOrigins(settings.server.session_domain) if settings.server.session_domain else None
     sessions = SessionService(settings, store, jobs, runner, public_url=origins.url if origins else None)
-    watch = SessionWatch(runner)
+    watch = SessionWatch(runner, leadership, liveness)
     job_views = JobViews(store, settings.jobs.expiry_hours)
     store.watch_commits(job_views.written)
     history = History(store)
     store.watch_commits(history.written)
     signin = SignIn(accounts)
     passwords = PasswordSignIn(settings.auth, signin, run_as)
+    live = SessionFeed(settings.server.live_max_waiters, settings.server.live_max_waiters_per_user)
+    sessions.views.listeners.append(live.written)
     return Services(settings, store, accounts, clusters, jobs, pool, runner, watch, sessions, signin, passwords,
-                    job_views, history, Retention(store, settings.jobs), origins)
+                    job_views, history, Retention(store, settings.jobs), origins, live, leadership, liveness,
+                    Relay(store, replica_id, jobs.events, jobs.changes_of))

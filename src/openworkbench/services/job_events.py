@@ -94,6 +94,14 @@ class Subscription:
             self.high_water = max(self.high_water, len(self._queue))
         self._ready.set()
 
+    def lose(self) -> None:
+        """On the subscription's loop: changes may have been missed (another replica's, while the relay was
+        away); the next read raises ``EventsLost``, so the reader reads the store again."""
+        if not self.closed:
+            self._overflowed = True
+            self._queue.clear()
+            self._ready.set()
+
     def drain(self) -> list[JobChange]:
         """The changes queued now, without waiting; ``EventsLost`` (once) after an overflow."""
         if self._overflowed:
@@ -198,6 +206,17 @@ class JobEvents:
                     loop.call_soon_threadsafe(_deliver, items)
                 except RuntimeError:  # that loop is closed: its subscribers are gone with it
                     pass
+
+    def lost(self) -> None:
+        """Every subscriber may have missed changes (the cross-replica relay reconnected): each is told by
+        ``EventsLost`` on its next read, and reads the store again, as after an overflow."""
+        with self._lock:
+            subs = [*self._others, *(sub for subs in self._by_job.values() for sub in subs)]
+        for sub in subs:
+            try:
+                sub.loop.call_soon_threadsafe(sub.lose)
+            except RuntimeError:  # that loop is closed: its subscribers are gone with it
+                pass
 
     async def current(self, job_id: str) -> JobChange:
         """The job's stored state (one store read, in a worker thread); NotFound if there is no such job."""

@@ -67,6 +67,12 @@ class Store:
         """Have ``watcher`` told, after every successful commit, what it wrote (for in-memory caches)."""
         self._watchers.append(watcher)
 
+    def after_flush(self, hook: Callable[[Session, list[Any]], None]) -> None:
+        """Have ``hook(session, objects)`` run inside each ORM transaction after a flush, with what it wrote
+        (the replicas' relay sends its NOTIFY there: delivered on commit only)."""
+        event.listen(self._sessions, "after_flush",
+                     lambda session, _context: hook(session, [*session.new, *session.dirty, *session.deleted]))
+
     def wrote(self, objects: list[Any]) -> None:
         """Tell the watchers what a committed ``transaction()`` wrote (they do not see Core writes)."""
         for watcher in self._watchers:

@@ -102,6 +102,9 @@ class Job(Base):
     output_purged: Mapped[datetime | None] = mapped_column(default=None)
     # When it was first seen Running (the product's runningTimestamp; terminatedTime is end_time).
     running_time: Mapped[datetime | None] = mapped_column(default=None)
+    # The server process that launched it (migration 0011): a monitor on another replica leaves a Pending row
+    # without cluster state alone while that process lives (its launch is under way).
+    replica: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (Index("ix_jobs_user_id_end_time", "user_id", "end_time"),)
 
@@ -140,6 +143,9 @@ class Session(Base):
     # on ``port_host`` while the session lives (proxy/ports.py); unique per host.
     port: Mapped[int | None] = mapped_column(Integer, default=None)
     port_host: Mapped[str | None] = mapped_column(String(255), default=None)
+    # The server process that last moved it (migration 0011): the one carrying out its start or stop. The
+    # sessions leader takes over a session in flight only once that process is gone (services/leadership.py).
+    replica: Mapped[str | None] = mapped_column(String(64), default=None)
 
     __table_args__ = (Index("ix_sessions_port_host_port", "port_host", "port", unique=True),)
 
