@@ -5,8 +5,9 @@ a job that ended earlier has rotated out (``get_historical_session`` lists it). 
 and kept until a commit writes it: the store tells ``written`` (ORM commits through its hook, the launch
 path's Core writes through ``Store.wrote``), the job is marked stale, and the next read reloads the stale
 jobs alone, in one query. A poller's ``timestamp`` delta needs, per job, the server time of its last write
-(``changed``) and, per job that rotated out, when it left (kept for ``DEPARTED_HORIZON``; older departures
-are computed from the store: a job leaves at its end time plus the expiry).
+(``changed``) and, per job that rotated out, when it left (kept for ``DEPARTED_HORIZON``, and at most the
+newest ``DEPARTED_MAX``; older departures are computed from the store: a job leaves at its end time plus the
+expiry).
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from openworkbench.store import Store
 from openworkbench.store.schema import Job, User
 
 DEPARTED_HORIZON = 3600.0  # seconds a departure is remembered; older ones are asked of the store
+# ... and at most this many (~250 B each): a server that ends more jobs an hour keeps only the newest, and a
+# ``since`` older than those is answered from the store, as one older than the hour is.
+DEPARTED_MAX = 50_000
+# Jobs written and not read since: a server whose get_session nobody asks for jobs would note every job it ever
+# wrote (the soak's find). Past this many, the next read reloads the whole list instead (one query).
+STALE_MAX = 10_000
 READ_BATCH = 500  # ids per reload query: well below any database's limit of bound parameters
 
 
@@ -74,9 +81,12 @@ def epoch(value: datetime | None) -> float | None:
 
 
 class JobViews:
-    def __init__(self, store: Store, expiry_hours: float) -> None:
+    def __init__(self, store: Store, expiry_hours: float, departed_max: int = DEPARTED_MAX,
+                 stale_max: int = STALE_MAX) -> None:
         self.store = store
         self.expiry = expiry_hours * 3600
+        self.departed_max = departed_max
+        self.stale_max = stale_max
         self._views: dict[str, JobView] = {}
         self._by_owner: dict[str, dict[str, JobView]] = {}
         self._lists: dict[str, JobList] = {}
@@ -86,6 +96,7 @@ class JobViews:
         self._stale: dict[str, tuple[int, float]] = {}  # id -> (write sequence number, server time)
         self._seq = 0
         self._loaded = False
+        self._reload_after = 0  # a whole read that began before this write sequence number is not current
         self._lock = threading.Lock()
 
     # -- what commits wrote ------------------------------------------------------------------------
@@ -100,8 +111,18 @@ class JobViews:
             for obj in touched:
                 if not isinstance(obj, Job):  # a bulk UPDATE or DELETE of unknown rows: load everything again
                     self._loaded = False
+                    self._reload_after = self._seq
                     return
                 self._stale[obj.id] = (self._seq, now)
+            if len(self._stale) > self.stale_max:
+                self._stale_all()
+
+    def _stale_all(self) -> None:
+        """Everything stale, as after a bulk write: the next read reloads the whole list; a read under way
+        (begun before ``_seq``) must not count as that reload."""
+        self._stale.clear()
+        self._loaded = False
+        self._reload_after = self._seq
 
     # -- reading -----------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -158,6 +179,12 @@ class JobViews:
         with self.store.session() as db:
             return list(db.scalars(query))
 
+    def held(self) -> dict[str, int]:
+        """What memory holds, by count: jobs listed (bound: the expiry), departures (``departed_max`` and
+        ``DEPARTED_HORIZON``), jobs written and not read since (``stale_max``)."""
+        with self._lock:
+            return {"listed": len(self._views), "departed": len(self._departed), "stale": len(self._stale)}
+
     # -- inside the lock -----------------------------------------------------------------------------
     def _left(self, username: str, since: float | None) -> list[str] | None:
         if since is None:
@@ -175,7 +202,7 @@ class JobViews:
             for view in gone:
                 self._depart(now, view)
             self._horizon = min(self._horizon, now)
-            self._loaded = True
+            self._loaded = seq >= self._reload_after
         found = set()
         for row in rows:
             found.add(row.id)
@@ -229,19 +256,23 @@ class JobViews:
             del self._departed[:bisect.bisect_left(self._departed, forget, key=lambda item: item[0])]
         if self._loaded:
             self._horizon = max(self._horizon, forget)
+        if (excess := len(self._departed) - self.departed_max) > 0:
+            # Departures up to the last one dropped are the store's to tell from now on.
+            self._horizon = max(self._horizon, self._departed[excess - 1][0])
+            del self._departed[:excess]
 
     # -- the store -----------------------------------------------------------------------------------
     def _read_all(self, cutoff: float) -> list[JobView]:
         active = or_(Job.end_time.is_(None), Job.end_time >= datetime.fromtimestamp(cutoff, UTC))
         with self.store.session() as db:
-            return [_view(job, owner) for job, owner in db.execute(_QUERY.where(active)).tuples()]
+            return [_view(job, owner) for job, owner in db.execute(_QUERY.where(active))]
 
     def _read(self, ids: list[str]) -> list[JobView]:
         views: list[JobView] = []
         with self.store.session() as db:
             for start in range(0, len(ids), READ_BATCH):
                 query = _QUERY.where(Job.id.in_(ids[start:start + READ_BATCH]))
-                views += [_view(job, owner) for job, owner in db.execute(query).tuples()]
+                views += [_view(job, owner) for job, owner in db.execute(query)]
         return views
 
 

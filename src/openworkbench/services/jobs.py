@@ -7,27 +7,20 @@ the Local backend starts it if its supervisor never ran.
 
 from __future__ import annotations
 
-import dataclasses
-import grp
 import logging
-import os
-import pwd
 import secrets
 import threading
 from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from openworkbench import metrics
 from openworkbench.auth.permissions import Action, Principal, require
 from openworkbench.clusters import profiles
 from openworkbench.clusters.base import (
-    ACTIVE_STATUSES,
     FINAL_STATUSES,
-    Account,
     Cluster,
     JobRef,
     JobState,
@@ -41,52 +34,26 @@ from openworkbench.errors import (
     WorkbenchError,
 )
 from openworkbench.models import JobSpec
-from openworkbench.services import output
+from openworkbench.services import job_rows, output
 from openworkbench.services.accounts import Accounts
+from openworkbench.services.job_accounts import group_name, with_group
+from openworkbench.services.job_accounts import posix_account as posix_account  # its old home: importers
 from openworkbench.services.job_backlog import NEVER_STARTED, Backlog, Seen
 from openworkbench.services.job_events import JobChange, JobEvents
 from openworkbench.services.job_json import job_json
+from openworkbench.services.job_relay import notify
 from openworkbench.services.run_as import RunAsPolicy
 from openworkbench.store import Store
-from openworkbench.store.schema import Job, User, utcnow
+from openworkbench.store.schema import Job, User
 
 log = logging.getLogger(__name__)
 APPLY_BATCH = 500  # job rows per transaction of a poll; well below any database's limit of bound parameters
 
 
-def posix_account(username: str) -> Account:
-    """The account a job of ``username`` runs as: that user when we are root, else ourselves."""
-    try:
-        entry = pwd.getpwnam(username) if os.geteuid() == 0 else pwd.getpwuid(os.getuid())
-    except (KeyError, ValueError):  # ValueError: a NUL in the name
-        raise LaunchFailed(f"user '{username}' has no POSIX account on this server") from None
-    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
-    return Account(entry.pw_name, entry.pw_uid, entry.pw_gid, tuple(groups), entry.pw_dir, entry.pw_shell)
-
-
-def with_group(account: Account, group: str | None) -> Account:
-    """The account with ``group`` (one of the user's groups) as the job's primary group."""
-    if not group:
-        return account
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except (KeyError, ValueError):
-        raise InvalidParameter(f"job.group: no group '{group}' on this server") from None
-    if gid not in account.groups and gid != account.gid:
-        raise InvalidParameter(f"job.group: user '{account.username}' is not a member of group '{group}'")
-    return dataclasses.replace(account, gid=gid)
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
 class JobService:
     def __init__(self, store: Store, accounts: Accounts, clusters: dict[str, Cluster], default_cluster: str,
-                 run_as: RunAsPolicy | None = None, output_budget: int = output.DEFAULT_BUDGET) -> None:
+                 run_as: RunAsPolicy | None = None, output_budget: int = output.DEFAULT_BUDGET,
+                 replica_id: str | None = None) -> None:
         self.store = store
         self.run_as = run_as or RunAsPolicy()
         self.output_budget = output_budget  # bytes one get_job_output call reads at most
@@ -98,6 +65,9 @@ class JobService:
         self._lock = threading.Lock()
         self.events = JobEvents(self.change_of)
         self.backlog = Backlog()  # states seen while the database was away, written when it is back
+        self.replica_id = replica_id  # recorded on the jobs it launches (services/job_monitor.py)
+        # Does this replica follow the jobs of a cluster (lead its monitor)? Set by the monitor's leadership.
+        self.monitors: Callable[[str], bool] = lambda cluster: True
 
     # -- launching ---------------------------------------------------------------------------
     def launch(self, principal: Principal, spec: JobSpec, session_id: str | None = None) -> dict[str, Any]:
@@ -107,15 +77,15 @@ class JobService:
         cluster, spec = self.checked(spec)
         account = with_group(posix_account(owner), spec.group)
         job_id = secrets.token_hex(8)
-        spec = spec.model_copy(update={"user": owner, "cluster": cluster.name, "group": _group_name(account.gid)})
-        job = _new_job(job_id, 0, cluster.name, spec, session_id)
+        spec = spec.model_copy(update={"user": owner, "cluster": cluster.name, "group": group_name(account.gid)})
+        job = job_rows.new_job(job_id, 0, cluster.name, spec, session_id, self.replica_id)
         try:
             self._record(job, owner)
         except StoreUnavailable:  # nothing started; a row whose commit's answer was lost ends Failed later
             self.backlog.hold_now(job_id, NEVER_STARTED)
             raise
         self.store.wrote([job])  # Core writes: the job views learn of them from us
-        self.events.publish([_change(job, owner)])
+        self.events.publish([job_rows.change(job, owner)])
         try:
             state = cluster.submit(job_id, spec, account)
         except Exception as exc:  # whatever went wrong, the recorded job ends Failed, never stays Pending
@@ -127,18 +97,19 @@ class JobService:
             raise failure from None
         # Until the job is followed, below, nothing but this request writes its row: the row in hand is the
         # stored one. So the update needs no read first, and the reply needs no read-back.
-        _update_row(job, state)
+        job_rows.update_row(job, state)
         try:
             with self.store.transaction() as conn:
-                conn.execute(UPDATE_JOB, {"b_id": job_id, **{f"b_{col}": getattr(job, col) for col in UPDATED_COLUMNS}})
+                conn.execute(job_rows.UPDATE_JOB, job_rows.update_params(job))
+                self._notify(conn, [job_id])
         except StoreUnavailable:  # the job runs and its Pending row is stored: the monitor writes the rest later
             self.backlog.hold_now(job_id, state)
         self.store.wrote([job])
         with self._lock:  # followed and published together: the monitor's changes of it come after this one
-            if job.status not in FINAL_STATUSES:
+            if job.status not in FINAL_STATUSES and self.monitors(cluster.name):  # else its monitor finds it
                 self._active[job_id] = JobRef(job_id, job.status, spec, account, state.cluster_state or {})
                 self._clusters_of[job_id] = cluster.name
-            self.events.publish([_change(job, owner)])
+            self.events.publish([job_rows.change(job, owner)])
         return job_json(job, owner)
 
     def checked(self, spec: JobSpec) -> tuple[Cluster, JobSpec]:
@@ -153,16 +124,18 @@ class JobService:
 
         Prepared Core statements: on this path the ORM's unit of work cost more than the SQL."""
         with self.store.transaction() as conn:
-            user = conn.execute(OWNER, {"owner": owner}).first()
+            user = conn.execute(job_rows.OWNER, {"owner": owner}).first()
             if user is not None and user.disabled:
                 raise InvalidParameter(f"user '{owner}' is disabled")
             if user is not None:
                 job.user_id = user.id
-                conn.execute(INSERT_JOB, _values(job, JOB_COLUMNS))
+                conn.execute(job_rows.INSERT_JOB, job_rows.values(job, job_rows.JOB_COLUMNS))
+                self._notify(conn, [job.id])
                 return
         job.user_id = self.owner_id(owner)  # a POSIX user new to Workbench: registered first
         with self.store.transaction() as conn:
-            conn.execute(INSERT_JOB, _values(job, JOB_COLUMNS))
+            conn.execute(job_rows.INSERT_JOB, job_rows.values(job, job_rows.JOB_COLUMNS))
+            self._notify(conn, [job.id])
 
     def _cluster(self, name: str) -> Cluster:
         try:
@@ -191,13 +164,23 @@ class JobService:
             require(principal, Action.READ, owner)
             return job_json(job, owner)
 
+    def changes_of(self, job_ids: list[str]) -> list[JobChange]:
+        """The stored state of these jobs as changes (what the relay publishes of other replicas' commits)."""
+        with self.store.session() as db:
+            return [job_rows.change(*row) for row in db.execute(select(Job, User.username).join(User)
+                                                        .where(Job.id.in_(job_ids)))]
+
+    def _notify(self, conn: Any, job_ids: list[str]) -> None:
+        if job_ids:
+            notify(self.store, conn, self.replica_id or "", job_ids)
+
     def change_of(self, job_id: str) -> JobChange:
         """The job's stored state as a change (what the events' waiters read after subscribing)."""
         with self.store.session() as db:
             row = db.execute(select(Job, User.username).join(User).where(Job.id == job_id)).first()
             if row is None:
                 raise NotFound(f"no job '{job_id}'")
-            return _change(*row)
+            return job_rows.change(*row)
 
     def list_for(self, principal: Principal, username: str, session_ids: list[str] | None) -> list[dict[str, Any]]:
         """Jobs of ``username``: all of them, or those of the given sessions."""
@@ -229,48 +212,56 @@ class JobService:
 
     # -- stopping ----------------------------------------------------------------------------
     def stop(self, principal: Principal, job_id: str, force: bool) -> None:
+        """Ask the job's cluster to stop it, on any replica: the job as stored says where it runs."""
         job = self.get(principal, job_id)
         require(principal, Action.WRITE, job["user"])
-        ref = self._active.get(job_id)
-        if ref is None or job["status"] in FINAL_STATUSES:
+        if job["status"] in FINAL_STATUSES:
             raise InvalidState(f"job '{job_id}' has already ended ({job['status']})")
         with self.store.session() as db:
             row = db.get(Job, job_id)
-            if row is not None:
-                row.stop_requested = "kill" if force else "stop"
-        state = self.clusters[self._clusters_of[job_id]].stop(ref, force)
+            if row is None:
+                raise InvalidState(f"job '{job_id}' has already ended")
+            row.stop_requested = "kill" if force else "stop"
+            ref = self._active.get(job_id) or job_rows.ref_of(row, job["user"])
+        cluster = self.clusters.get(row.cluster)
+        if cluster is None:
+            raise InvalidState(f"job '{job_id}' runs on cluster '{row.cluster}', which this server does not have")
+        state = cluster.stop(ref, force)
         if state is not None:
             self._apply(job_id, state)
 
-    # -- following state ---------------------------------------------------------------------
-    def adopt(self) -> int:
-        """Load every unfinished job, so the monitor follows jobs started before a restart. A row that cannot
-        be loaded (its stored request no longer valid, say) is logged and ends Failed; the others go on."""
-        failed: dict[str, JobState] = {}
-        with self.store.session() as db:
-            rows = db.execute(select(Job, User.username).join(User).where(Job.status.in_(ACTIVE_STATUSES))).all()
-            for job, owner in rows:
-                try:
-                    self._adopt_one(job, owner)
-                except Exception as exc:
-                    log.exception("job %s cannot be followed after the restart", job.id)
-                    failed[job.id] = JobState("Failed", f"the job could not be followed after a server restart: "
-                                                        f"{type(exc).__name__}: {exc}")
-        self._apply_all(failed)
-        return len(rows) - len(failed)
+    # -- following state (services/job_monitor.py decides which jobs) ---------------------------------------
+    def follows(self, job_id: str) -> bool:
+        return job_id in self._active
 
-    def _adopt_one(self, job: Job, owner: str) -> None:
-        spec = JobSpec.model_validate(job.spec)
-        try:
-            account: Account | None = posix_account(owner)
-        except LaunchFailed:
-            account = None
-        self._active[job.id] = JobRef(job.id, job.status, spec, account, dict(job.cluster_state or {}))
-        self._clusters_of[job.id] = job.cluster
+    def adopt_one(self, job: Job, owner: str) -> None:
+        """Follow a stored unfinished job (the monitor found it: launched before a restart, or elsewhere)."""
+        ref = job_rows.ref_of(job, owner)
+        with self._lock:
+            self._active[job.id] = ref
+            self._clusters_of[job.id] = job.cluster
 
-    def poll_once(self, only: str | None = None) -> int:
+    def release(self, cluster: str) -> int:
+        """Stop following the jobs of ``cluster``: another replica monitors it now."""
+        with self._lock:
+            ids = [job_id for job_id, name in self._clusters_of.items() if name == cluster]
+            for job_id in ids:
+                self._active.pop(job_id, None)
+                self._clusters_of.pop(job_id, None)
+        return len(ids)
+
+    def flush_backlog(self) -> None:
+        """Write states held while the store was away (a replica that does not poll has its launches')."""
+        if len(self.backlog):
+            self._store_seen(self.backlog.take({}))
+
+    def apply_all(self, updates: dict[str, JobState]) -> None:
+        self._apply_all(updates)
+
+    def poll_once(self, only: str | None = None, hold: bool = False) -> int:
         """Ask each cluster (or only the one named) about its active jobs, one call per cluster, and store what
-        changed. Jobs of a cluster no longer configured fail in a poll of all clusters."""
+        changed (``hold``: only keep it in the backlog, for a later write). Jobs of a cluster no longer configured
+        fail in a poll of all clusters."""
         changed: dict[str, JobState] = {}
         by_cluster: dict[str, list[JobRef]] = {}
         with self._lock:
@@ -288,7 +279,10 @@ class JobService:
                     log.exception("polling cluster %s failed", name)
                     continue
             changed.update(updates)
-        self._store_seen(self.backlog.take(changed))
+        if hold:
+            self.backlog.hold(self.backlog.take(changed))
+        else:
+            self._store_seen(self.backlog.take(changed))
         return len(changed)
 
     def _store_seen(self, seen: dict[str, Seen]) -> None:
@@ -315,7 +309,7 @@ class JobService:
             if row is None:
                 return None
             job, username = row
-            changes = [_change(job, username)] if _update_row(job, state) else []
+            changes = [job_rows.change(job, username)] if job_rows.update_row(job, state) else []
             status = job.status
             rendered = job_json(job, owner) if owner is not None else None
         self._follow({job_id: (status, state)}, changes)
@@ -331,9 +325,11 @@ class JobService:
             changes: list[JobChange] = []
             with self.store.session() as db:
                 for job, owner in db.execute(select(Job, User.username).join(User).where(Job.id.in_(batch))):
-                    if _update_row(job, updates[job.id], seen_at.get(job.id) if seen_at else None):
-                        changes.append(_change(job, owner))
+                    if job_rows.update_row(job, updates[job.id], seen_at.get(job.id) if seen_at else None):
+                        changes.append(job_rows.change(job, owner))
                     stored[job.id] = (job.status, updates[job.id])
+            # After the commit, never inside it: a follower that subscribes after this publish must find the
+            # end in its read of the store (subscribe, then read: services/job_events.py).
             self._follow(stored, changes)
 
     def _follow(self, stored: dict[str, tuple[str, JobState]], changes: list[JobChange]) -> None:
@@ -346,69 +342,7 @@ class JobService:
                 ref = self._active.get(job_id)
                 if status in FINAL_STATUSES:
                     self._active.pop(job_id, None)
+                    self._clusters_of.pop(job_id, None)  # else one entry per job ever launched (the soak's find)
                 elif ref is not None:
                     cluster_state = state.cluster_state if state.cluster_state is not None else ref.cluster_state
                     self._active[job_id] = JobRef(job_id, status, ref.spec, ref.account, cluster_state)
-
-
-def _new_job(job_id: str, user_id: int, cluster: str, spec: JobSpec, session_id: str | None) -> Job:
-    now = utcnow()
-    return Job(
-        id=job_id,
-        user_id=user_id,
-        session_id=session_id,
-        cluster=cluster,
-        name=spec.name[:255],  # the column's size; an IDE's or a hook's job name is built from longer parts
-        spec=spec.model_dump(mode="json"),
-        status="Pending",
-        status_message="",
-        host="",
-        stdout_file="",
-        stderr_file="",
-        cluster_state={},
-        submission_time=now,
-        last_update_time=now,
-    )
-
-
-JOB_COLUMNS = tuple(Job.__table__.columns.keys())
-# What _update_row may change.
-UPDATED_COLUMNS = ("status", "status_message", "exit_code", "pid", "host", "stdout_file", "stderr_file",
-                   "cluster_state", "last_update_time", "end_time", "running_time")
-# Built once: SQLAlchemy then finds their compiled form in its cache without building a statement per call.
-_JOBS, _USERS = cast(Table, Job.__table__), cast(Table, User.__table__)
-OWNER = select(_USERS.c.id, _USERS.c.disabled).where(_USERS.c.username == bindparam("owner"))
-INSERT_JOB = _JOBS.insert()
-UPDATE_JOB = (_JOBS.update().where(_JOBS.c.id == bindparam("b_id"))
-              .values({name: bindparam(f"b_{name}") for name in UPDATED_COLUMNS}))
-
-
-def _values(job: Job, columns: tuple[str, ...]) -> dict[str, Any]:
-    return {name: getattr(job, name) for name in columns}
-
-
-def _change(job: Job, owner: str) -> JobChange:
-    return JobChange(job.id, owner, job.cluster, job.session_id, job.status, job.status_message, job.exit_code,
-                     job.host, job.last_update_time)
-
-
-def _update_row(job: Job, state: JobState, seen_at: datetime | None = None) -> bool:
-    """Write what the cluster reported into the row; False when the row is final and stays as it was."""
-    if job.status in FINAL_STATUSES:
-        return False  # a final status is final: late reports never change it
-    if job.status == "Pending" and state.status == "Running":
-        metrics.job_started(job.cluster, job.submission_time)
-    job.status = state.status
-    job.status_message = state.status_message
-    if state.status == "Canceled" and job.stop_requested:
-        job.status_message = job.status_message or "Canceled before it started"
-    for attr in ("exit_code", "pid", "host", "stdout_file", "stderr_file", "cluster_state"):
-        value = getattr(state, attr)
-        if value is not None:
-            setattr(job, attr, value)
-    job.last_update_time = utcnow()
-    if job.status == "Running" and job.running_time is None:
-        job.running_time = seen_at or job.last_update_time
-    if job.status in FINAL_STATUSES:
-        job.end_time = seen_at or job.last_update_time
-    return True

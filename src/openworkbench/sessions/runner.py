@@ -8,12 +8,11 @@ runs the stop hooks. ``watch`` follows running sessions: a dead IDE, idleness, a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import functools
 import json
 import logging
-import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -27,26 +26,23 @@ from openworkbench.config import Settings
 from openworkbench.errors import (
     IllegalTransition,
     InternalError,
-    JobWaitTimeout,
     NotAvailable,
     StoreUnavailable,
-    UpstreamRefused,
-    WaitInterrupted,
     WorkbenchError,
 )
 from openworkbench.ides import Ide, LaunchContext, ide_for
-from openworkbench.ides.client import answers, quietly, using
+from openworkbench.ides.client import quietly, using
 from openworkbench.models import JobSpec
 from openworkbench.proxy import NOWHERE, ProxyTarget, Route, RouteTable, Upstream, UpstreamPool
 from openworkbench.proxy.ports import PortAllocator
-from openworkbench.services.job_events import JobChange
-from openworkbench.services.job_json import outcome
 from openworkbench.services.jobs import JobService, posix_account
 from openworkbench.services.start_queue import StartQueue
-from openworkbench.sessions import files
+from openworkbench.sessions import files, readiness
 from openworkbench.sessions.cookies import COOKIE_VARIABLE, SessionCookies
-from openworkbench.sessions.endpoint import checked_endpoint, peer_uid
+from openworkbench.sessions.endpoint import peer_uid
+from openworkbench.sessions.hooks import SessionFailed, SessionJobs
 from openworkbench.sessions.states import ENDED, LIVE, SessionState
+from openworkbench.sessions.stop_signals import StopRequested, StopSignals
 from openworkbench.sessions.transitions import Transitions
 from openworkbench.store import Store
 from openworkbench.store.availability import once_available
@@ -54,23 +50,6 @@ from openworkbench.store.epochs import open_epochs
 from openworkbench.store.schema import Session, User, utcnow
 
 log = logging.getLogger(__name__)
-POLL = 0.1
-
-
-@contextlib.contextmanager
-def _finally(action: Callable[[str], None], session_id: str) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        action(session_id)
-
-
-class SessionFailed(Exception):
-    """The session cannot go on; the message becomes its status_detail."""
-
-
-class StopRequested(Exception):
-    """A stop arrived while the session was starting: the start gives way."""
 
 
 class SessionRunner:
@@ -86,11 +65,12 @@ class SessionRunner:
         self.routes = routes or RouteTable(store, open_epochs(settings.database_url).counter(1))
         self.ports = PortAllocator(store, *settings.sessions.port_range, [state.value for state in LIVE])
         self.last_used: dict[str, datetime] = {}
-        self._stopping: set[str] = set()
-        self._stop_signals: dict[str, asyncio.Event] = {}  # set by request_stop: a start's event waits give way
+        self.signals = StopSignals()  # set by request_stop: a start's steps and event waits give way
+        self.hooks = SessionJobs(settings, jobs, self.signals)
         self.cookies = SessionCookies(settings)
         self.start_queue = StartQueue(settings.sessions.max_concurrent_starts, store)
         self.states = Transitions(store)
+        self.replica_id: str | None = None  # recorded on the sessions this process moves (services/leadership.py)
 
     def ide(self, workbench: str) -> Ide:
         if workbench not in self._ides:
@@ -100,15 +80,20 @@ class SessionRunner:
     # -- tasks -------------------------------------------------------------------------------
     def spawn(self, session_id: str, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` (a start) for the session in the background."""
-        self.tasks[session_id] = asyncio.get_running_loop().create_task(self._guard(session_id, work))
+        task = self.tasks[session_id] = asyncio.get_running_loop().create_task(self._guard(session_id, work))
+        task.add_done_callback(functools.partial(self._done, session_id))
+
+    def _done(self, session_id: str, task: asyncio.Task[None]) -> None:
+        """A finished start or stop leaves ``tasks`` (else one done task per session ever, the soak found)."""
+        if self.tasks.get(session_id) is task:
+            del self.tasks[session_id]
 
     def request_stop(self, session_id: str, force: bool, suspend: bool) -> None:
         """Stop after whatever runs for the session now has given way (a start checks often)."""
         if self.start_queue.withdraw(session_id):  # it only waited to start: out of the queue now
             self.spawn(session_id, self.start_queue.end_withdrawn(self, session_id, force, suspend))
             return
-        self._stopping.add(session_id)
-        self._stop_signal(session_id).set()
+        self.signals.request(session_id)
         previous = self.tasks.get(session_id)
         self.spawn(session_id, self._stop_after(previous, session_id, force, suspend))
 
@@ -116,26 +101,16 @@ class SessionRunner:
                           suspend: bool) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
-        self._stopping.discard(session_id)
-        self._stop_signals.pop(session_id, None)
+        self.signals.given_way(session_id)
         await self.stop(session_id, force, suspend)
-
-    def _stop_signal(self, session_id: str) -> asyncio.Event:
-        return self._stop_signals.setdefault(session_id, asyncio.Event())
-
-    def _drop_signal(self, session_id: str) -> None:
-        """A wait is over: its signal goes, unless a stop set it (``_stop_after`` drops that one)."""
-        if (signal := self._stop_signals.get(session_id)) is not None and not signal.is_set():
-            del self._stop_signals[session_id]
-
-    def _check_stop(self, session_id: str) -> None:
-        if session_id in self._stopping:
-            raise StopRequested
 
     async def _guard(self, session_id: str, work: Coroutine[Any, Any, None]) -> None:
         try:
             await work
         except (asyncio.CancelledError, StopRequested):
+            return
+        except IllegalTransition as exc:  # another replica moved it meanwhile (a stop_session there): it goes on
+            log.info("session %s: %s; this replica's work on it ends", session_id, exc.message)
             return
         except (SessionFailed, StoreUnavailable) as exc:  # the failure is recorded once the store can take it
             why = str(exc) if isinstance(exc, SessionFailed) else f"the start was cut short: {exc.message}"
@@ -149,9 +124,16 @@ class SessionRunner:
             await self._fail(session_id, f"internal error: {exc}")
 
     async def _fail(self, session_id: str, why: str) -> Session | None:
-        """Failed, with ``why`` as its status_detail; None when it had ended already (logged by transition)."""
+        """Failed, with ``why`` as its status_detail; None when it had ended already (logged by transition), or
+        when a stop on another replica is ending it: that stop cleans up, and its end is what the user asked for."""
         try:
-            return await self.transition(session_id, SessionState.FAILED, why, status_detail=why)
+            row, _, _ = await self.load(session_id)
+            if row.state in (SessionState.SHUTTING_DOWN, SessionState.SUSPENDING):
+                log.info("session %s: %s, not failed (%s): its stop ends it", session_id, row.state, why)
+                return None
+            # From the state just read only: a stop that moves it meanwhile wins (SessionMoved).
+            return await self.transition(session_id, SessionState.FAILED, why, expect=SessionState(row.state),
+                                         status_detail=why)
         except IllegalTransition:
             return None
 
@@ -170,6 +152,8 @@ class SessionRunner:
 
     def transition_sync(self, session_id: str, to: SessionState, reason: str, expect: SessionState | None = None,
                         **fields: Any) -> Session:
+        if self.replica_id:  # this process carries the session on from here (a dead one's is taken over)
+            fields.setdefault("replica", self.replica_id)
         return self.states.transition(session_id, to, reason, expect=expect, then=self.remember, **fields)[0]
 
     async def update(self, session_id: str, **fields: Any) -> Session:
@@ -247,7 +231,7 @@ class SessionRunner:
     async def _start(self, session_id: str, resuming: bool) -> None:
         row, owner, principal = await self.load(session_id)
         row = await self.with_port(row)
-        await self._run_hooks(row, principal, "start_hooks")
+        await self.hooks.run_hooks(row, principal, "start_hooks")
         ide = self.ide(row.workbench)
         account = await run_in_threadpool(posix_account, owner)
         await run_in_threadpool(peer_uid, owner)  # looked up here, in a thread, not in context() on the loop
@@ -259,7 +243,7 @@ class SessionRunner:
             raise SessionFailed(exc.message) from None
         if (opened := ctx.open_path()) is not None:  # asked as the user: root's answer would be an oracle
             ctx = dataclasses.replace(ctx, open_is_dir=await run_in_threadpool(files.is_dir_as, account, opened))
-        self._check_stop(session_id)
+        self.signals.check(session_id)
         argv = ide.argv(ctx) + (ide.restore_args(ctx, row.suspend_manifest) if resuming else [])
         if ctx.network:
             endpoint_file = await run_in_threadpool(self._endpoint_file, row, account)
@@ -272,9 +256,11 @@ class SessionRunner:
         try:
             # One thread call launches and records the job: a stop arriving meanwhile will find it.
             job_id = await run_in_threadpool(self._launch_ide, principal, spec, session_id, resuming)
+        except IllegalTransition:  # another replica's stop_session moved it: that stop ends it, not a failure
+            raise
         except WorkbenchError as exc:
             raise SessionFailed(f"the IDE could not be launched: {exc.message}") from None
-        await self.until_ready(row, ide, ctx, principal, job_id, resuming)
+        await readiness.until_ready(self, row, ide, ctx, principal, job_id, resuming)
 
     def _prepare_files(self, row: Session, ide: Ide, ctx: LaunchContext, account: Account) -> None:
         runtime_dir = self.settings.sessions.runtime_dir
@@ -287,10 +273,16 @@ class SessionRunner:
 
     def _launch_ide(self, principal: Principal, spec: JobSpec, session_id: str, resuming: bool) -> str:
         job_id = str(self.jobs.launch(principal, spec, session_id)["id"])
-        if resuming:  # a resume stays "resuming" until its IDE answers
-            self.update_sync(session_id, {"job_id": job_id})
-        else:
-            self.transition_sync(session_id, SessionState.PENDING, f"job {job_id} launched", job_id=job_id)
+        try:
+            if resuming:  # a resume stays "resuming" until its IDE answers
+                self.update_sync(session_id, {"job_id": job_id})
+            else:
+                # From launching only: another replica's stop_session may have moved it (a lost race, not a bug).
+                self.transition_sync(session_id, SessionState.PENDING, f"job {job_id} launched",
+                                     SessionState.LAUNCHING, job_id=job_id)
+        except IllegalTransition:  # stopped meanwhile by another replica, which did not know of this job
+            self.jobs.stop(principal, job_id, True)
+            raise
         return job_id
 
     def _endpoint_file(self, row: Session, account: Account) -> str:
@@ -310,123 +302,11 @@ class SessionRunner:
             "metadata": {"redact": [*self.ide(row.workbench).secret_environment, COOKIE_VARIABLE]},
         })
 
-    async def until_ready(self, row: Session, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str,
-                           resuming: bool) -> None:
-        """Follow the IDE's job by its events (read once, then in memory) until the IDE answers its probes."""
-        started: float | None = None
-        timeout = self.settings.sessions.start_timeout_s
-        with self.jobs.events.follow(job_id) as followed, _finally(self._drop_signal, row.id):
-            job = await followed.start()
-            while True:
-                self._check_stop(row.id)
-                job = await followed.refresh()
-                if job.final:
-                    raise SessionFailed(f"the IDE process ended before it was ready: {outcome(job.summary())}")
-                if job.status == "Pending" and job.status_message != row.status_detail:
-                    # A long queue is normal on HPC: no timeout while pending, but say why it waits.
-                    row = await self.update(row.id, status_detail=job.status_message)
-                if job.status != "Running":  # no probe before it runs: the next change, or a stop, wakes us
-                    with contextlib.suppress(WaitInterrupted):
-                        await followed.change(interrupt=self._stop_signal(row.id))
-                    continue
-                if ctx.network and not ctx.endpoint:
-                    ctx = await self._read_endpoint(row, ctx, principal, job.summary())
-                if started is None:
-                    started = time.monotonic()
-                    if not resuming and row.state != SessionState.STARTING:  # an adopted start may be past it
-                        await self.transition(row.id, SessionState.STARTING, f"job {job_id} is running")
-                if await self._answers(ide, ctx, principal, job_id):
-                    await self.transition(row.id, SessionState.RUNNING, "the IDE answers", status_detail="",
-                                          last_used=utcnow())
-                    return
-                if time.monotonic() - started > timeout:
-                    await self._kill(principal, job_id)
-                    raise SessionFailed(f"start timeout: the IDE did not answer within {timeout:g} s")
-                await asyncio.sleep(POLL)  # the IDE's own readiness: probed, nothing tells us
-
-    async def _answers(self, ide: Ide, ctx: LaunchContext, principal: Principal, job_id: str) -> bool:
-        """Is the IDE ready? What sits at its socket not being the IDE ends the start at once."""
-        try:
-            return await answers(ide, ctx)
-        except UpstreamRefused as exc:
-            log.warning("session %s: readiness probe refused: %s", ctx.session_id, exc.log_text())
-            await self._kill(principal, job_id)
-            raise SessionFailed(exc.message) from None
-
-    async def _kill(self, principal: Principal, job_id: str) -> None:
-        await quietly(run_in_threadpool(self.jobs.stop, principal, job_id, True), None)
-        await self._wait_job(principal, job_id, 10)  # "failed" is said once the IDE is gone
-
-    async def _read_endpoint(self, row: Session, ctx: LaunchContext, principal: Principal,
-                             job: dict[str, Any]) -> LaunchContext:
-        """Where the job says its IDE listens, once it has said so; a report that cannot be trusted (not a
-        regular file of the user's, a host that is not the job's node) fails the session at once."""
-        shared_dir = self.settings.clusters[row.cluster].output_dir
-        path = files.endpoint_path(shared_dir, row.id)
-        try:
-            found = await run_in_threadpool(checked_endpoint, self.jobs.clusters.get(row.cluster), path, ctx.uid,
-                                            job.get("host") or "", shared_dir)
-        except UpstreamRefused as exc:
-            log.warning("session %s: endpoint refused: %s", row.id, exc.message)
-            await self._kill(principal, str(job["id"]))
-            raise SessionFailed(exc.message) from None
-        if found is None:
-            return ctx
-        await self.update(row.id, endpoint=found.endpoint)
-        return dataclasses.replace(ctx, endpoint=found)
-
     async def renew_cookie(self, row: Session, owner: str) -> None:
         """A running session's ``rpc_cookie`` file gets a fresh cookie once half of the last one's life is gone."""
         if self.cookies.due(row.id):
             account = await run_in_threadpool(posix_account, owner)
             await run_in_threadpool(self.cookies.write, account, self.context(row, owner), row.secret)
-
-    async def _run_hooks(self, row: Session, principal: Principal, kind: str) -> None:
-        for exe in row.request.get(kind, []):
-            spec = JobSpec.model_validate({
-                "name": f"{kind[:-1].replace('_', ' ')}: {exe}", "exe": exe, "cluster": row.cluster,
-                "working_directory": row.working_dir, "environment": row.request.get("environment", []),
-                "tags": [kind[:-1]],
-            })
-            job = await self._run_hook(principal, spec, row.id)
-            if kind == "start_hooks" and (job["status"] != "Finished" or job["exitCode"] != 0):
-                raise SessionFailed(f"start hook {exe} failed: {outcome(job)}")
-            if job["status"] != "Finished" or job["exitCode"] != 0:
-                log.warning("session %s: stop hook %s failed: %s", row.id, exe, outcome(job))
-            if kind == "start_hooks":
-                self._check_stop(row.id)
-
-    async def _run_hook(self, principal: Principal, spec: JobSpec, session_id: str) -> dict[str, Any]:
-        """Run one hook job to its end; one that outlives ``hook_timeout_s`` is killed and counts as failed."""
-        limit = self.settings.sessions.hook_timeout_s
-        try:
-            job = await run_in_threadpool(self.jobs.launch, principal, spec, session_id)
-            job = await self._wait_job(principal, job["id"], limit, interruptible=True)
-            if job["status"] not in FINAL_STATUSES:
-                await quietly(run_in_threadpool(self.jobs.stop, principal, job["id"], True), None)
-                await self._wait_job(principal, job["id"], 10)
-                return {"status": "Failed", "exitCode": None,
-                        "statusMessage": f"it did not finish within {limit:g} s and was killed"}
-            return job
-        except WorkbenchError as exc:
-            return {"status": "Failed", "statusMessage": exc.message, "exitCode": None}
-
-    async def _wait_job(self, principal: Principal, job_id: str, limit: float | None = None,
-                        interruptible: bool = False) -> dict[str, Any]:
-        """The job once it ended or ``limit`` s passed; ``interruptible``: a stop request cuts the wait short.
-        Waits on the job's events: one store read, then nothing until the job changes."""
-        with self.jobs.events.follow(job_id) as followed:
-            job = await followed.start()
-            stop = self._stop_signal(job.session_id) if interruptible and job.session_id else None
-            try:
-                job = await followed.until(FINAL_STATUSES, limit, stop)
-            except JobWaitTimeout as exc:
-                job = exc.last if isinstance(exc.last, JobChange) else job
-            except WaitInterrupted:
-                self._check_stop(job.session_id or "")
-            finally:
-                self._drop_signal(job.session_id or "")
-            return job.summary()
 
     # -- stop --------------------------------------------------------------------------------
     async def stop(self, session_id: str, force: bool, suspend: bool) -> None:
@@ -445,7 +325,7 @@ class SessionRunner:
         if suspend and not force:
             manifest = await quietly(using(ide, ctx, lambda client: ide.save_state(client, ctx)), {})
         job = await self._end_job(principal, row.job_id, ide, ctx, force) if row.job_id else None
-        await self._run_hooks(row, principal, "stop_hooks")
+        await self.hooks.run_hooks(row, principal, "stop_hooks")
         await self.clean_up(row, ide, ctx)
         if job is not None and job["status"] == "Canceled":  # its IDE never started (still queued)
             await self.transition(session_id, SessionState.CANCELED, "its job was canceled while queued",
@@ -476,13 +356,13 @@ class SessionRunner:
         grace = self.settings.sessions.stop_grace_s
         if force:
             await quietly(run_in_threadpool(self.jobs.stop, principal, job_id, True), None)
-            return await self._wait_job(principal, job_id, 10)
+            return await self.hooks.wait(principal, job_id, 10)
         job = await run_in_threadpool(self.jobs.get, principal, job_id)
         if job["status"] == "Running" and await quietly(using(ide, ctx, ide.request_shutdown), False):
-            job = await self._wait_job(principal, job_id, grace)
+            job = await self.hooks.wait(principal, job_id, grace)
         for kill in (False, True):
             if job["status"] in FINAL_STATUSES:
                 break
             await quietly(run_in_threadpool(self.jobs.stop, principal, job_id, kill), None)
-            job = await self._wait_job(principal, job_id, grace if not kill else 10)
+            job = await self.hooks.wait(principal, job_id, grace if not kill else 10)
         return job

@@ -11,10 +11,12 @@ import hashlib
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any, overload
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from starlette.concurrency import run_in_threadpool
 
 from openworkbench.auth.permissions import Action, Principal, require
@@ -28,10 +30,12 @@ from openworkbench.sessions import files, transitions
 from openworkbench.sessions.cookies import COOKIE_VARIABLE
 from openworkbench.sessions.requests import LaunchRequest, ResumeRequest, StopRequest
 from openworkbench.sessions.runner import SessionRunner
-from openworkbench.sessions.states import FINAL, LIVE, SessionState
-from openworkbench.sessions.views import SessionViews, View, parse_ids
+from openworkbench.sessions.states import ENDED, FINAL, LIVE, SessionState
+from openworkbench.sessions.views import REMOVED_HORIZON, SessionViews, View, parse_ids
 from openworkbench.store import Store
 from openworkbench.store.schema import Session, User
+
+ENDED_STATES = sorted(state.value for state in ENDED)
 
 
 class SessionService:
@@ -91,7 +95,7 @@ class SessionService:
                 working_dir=working_dir, socket_path=files.socket_path(self.settings.sessions.runtime_dir, account,
                                                                        session_id),
                 state_dir=files.state_dir(account, session_id), secret=secrets.token_urlsafe(32),
-                suspend_manifest={}, executing=False,
+                suspend_manifest={}, executing=False, replica=self.runner.replica_id,
             )
             self.runner.remember(row, owner, db)  # routed (to "launching") by every server from now on
         return session_id
@@ -202,7 +206,8 @@ class SessionService:
                 self._validate_launch(launch.get("cluster") or row.cluster, launch)
                 row.request = {**row.request, "launch_parameters": launch}
                 row.cluster = launch.get("cluster") or row.cluster
-            transitions.write(db, row, SessionState.RESUMING, "resume_session", status_detail="")
+            transitions.write(db, row, SessionState.RESUMING, "resume_session", status_detail="",
+                              replica=self.runner.replica_id)
 
     # -- stop, suspend ---------------------------------------------------------------------
     async def stop(self, principal: Principal, params: StopRequest) -> dict[str, Any]:
@@ -251,14 +256,33 @@ class SessionService:
         query = select(Session, User.username).join(User).where(User.username == username)
         if ids is not None:
             query = query.where(Session.id.in_(ids))
+        else:  # not the sessions that left the list more than REMOVED_HORIZON ago (views.py)
+            cutoff = time.time() - self.settings.sessions.expiry_hours * 3600 - REMOVED_HORIZON
+            query = query.where(or_(Session.state.not_in(ENDED_STATES), Session.last_state_updated >= _moment(cutoff)))
         with self.store.session() as db:
-            return db.execute(query.order_by(Session.created)).tuples().all()
+            return db.execute(query.order_by(Session.created)).all()
+
+    def left_in_store(self, username: str, since: float, now: float) -> list[str]:
+        """Ids of the user's sessions that left the plain list in (since, now): those that ended expiry
+        earlier (for a ``timestamp`` older than what memory keeps, ``REMOVED_HORIZON``)."""
+        expiry = self.settings.sessions.expiry_hours * 3600
+        begin, end = _moment(since - expiry), _moment(now - expiry)
+        query = (select(Session.id).join(User).where(User.username == username)
+                 .where(Session.state.in_(ENDED_STATES), Session.last_state_updated > begin,
+                        Session.last_state_updated < end).order_by(Session.created))
+        with self.store.session() as db:
+            return list(db.scalars(query))
 
     def _row(self, db: Any, session_id: str) -> tuple[Session, str]:
         found = db.execute(select(Session, User.username).join(User).where(Session.id == session_id)).first()
         if found is None:
             raise NotFound(f"no session '{session_id}'")
         return found[0], found[1]
+
+
+def _moment(seconds: float) -> datetime:
+    """A time to compare with the store's, from epoch seconds; a huge expiry gives 1970, not an error."""
+    return datetime.fromtimestamp(max(seconds, 0.0), UTC)
 
 
 def _user_code(username: str) -> str:

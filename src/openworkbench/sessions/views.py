@@ -17,6 +17,11 @@ from typing import Any
 from openworkbench.sessions.api_json import session_json
 from openworkbench.store.schema import Session
 
+# Seconds an ended session stays in memory after it left the plain list (``sessions.expiry_hours`` after it
+# ended), for ``removed_session_ids``; a list read loads no session that left longer ago (else every session
+# a user ever had: the soak's find), and a poller's older ``timestamp`` is answered from the store.
+REMOVED_HORIZON = 3600.0
+
 
 @dataclass(frozen=True)
 class View:
@@ -49,6 +54,12 @@ class SessionViews:
         # written since the server started counts as changed when it started.
         self._changed: dict[str, float] = {}
         self._started = time.time()
+        # Told what each commit wrote once its views are dropped (sessions/live.py: the homepage's long-poll).
+        self.listeners: list[Callable[[list[Any]], None]] = []
+
+    def held(self) -> int:
+        """How many sessions memory holds (bound: those in their owners' lists, and ``REMOVED_HORIZON``)."""
+        return len(self._views)
 
     def changed_at(self, session_id: str) -> float:
         return self._changed.get(session_id, self._started)
@@ -93,13 +104,27 @@ class SessionViews:
                 if whole:
                     self._lists[username] = ids = tuple(view.data["id"] for view in views)
                     self._listed.update(ids)
+                    self._forget_others(username, set(ids))
         return views
+
+    def _forget_others(self, username: str, kept: set[str]) -> None:
+        """The user's sessions no longer in their list (they left it long ago) leave memory too."""
+        gone = [key for key, view in self._views.items() if view.owner == username and key not in kept]
+        for key in gone:
+            del self._views[key]
+            self._listed.discard(key)
+            self._changed.pop(key, None)
 
     def written(self, objects: list[Any]) -> None:
         """The store's commit hook: forget every session a commit wrote, and the list a new one joins."""
         touched = [obj for obj in objects if obj is Session or isinstance(obj, Session)]
         if not touched:
             return
+        self._drop(touched)
+        for listener in self.listeners:  # after the drop: a woken reader must not find the replaced view
+            listener(touched)
+
+    def _drop(self, touched: list[Any]) -> None:
         now = time.time()
         with self._lock:
             self._generation += 1

@@ -17,12 +17,18 @@ from openworkbench.errors import EventsLost, IllegalTransition, StoreError, Stor
 from openworkbench.ides.client import quietly, using
 from openworkbench.services.job_events import JobChange
 from openworkbench.services.job_json import outcome
+from openworkbench.services.leadership import Leadership, Liveness
 from openworkbench.services.start_queue import was_queued
+from openworkbench.sessions import readiness
 from openworkbench.sessions.runner import SessionRunner
 from openworkbench.sessions.states import LIVE, Adoption, SessionState, adoption_of
 from openworkbench.store.schema import Session, User
 
 log = logging.getLogger(__name__)
+# s between two looks for sessions a dead replica was starting or stopping: one store query each (a look every
+# 0.5 s doubled an idle server's queries); a take-over so comes within this plus the leadership's check interval.
+TAKE_OVER_EVERY_S = 2.0
+SESSIONS_ROLE = "sessions"  # the leadership role of the session watch (services/leadership.py)
 
 
 def _session_job_end(change: JobChange) -> bool:
@@ -37,8 +43,13 @@ PASSING_ERRORS = (StoreError, OSError)
 class SessionWatch:
     """Runs beside the runner: notices what happens to sessions without an API call."""
 
-    def __init__(self, runner: SessionRunner) -> None:
+    def __init__(self, runner: SessionRunner, leadership: Leadership | None = None,
+                 liveness: Liveness | None = None) -> None:
         self.runner = runner
+        # Replicas (services/leadership.py): the leader of "sessions" alone watches and takes over.
+        self.leadership = leadership
+        self.liveness = liveness
+        self._ends: asyncio.Task[None] | None = None  # following IDE jobs' ends: while leading
         self.settings = runner.settings
         self.store = runner.store
         self.jobs = runner.jobs
@@ -47,24 +58,81 @@ class SessionWatch:
 
     # -- following running sessions ------------------------------------------------------
     async def run(self) -> None:
-        """Forever: notice IDEs that died (by their job's events), record activity, and act on idleness."""
-        ends = asyncio.get_running_loop().create_task(self._follow_ends())
+        """Forever: notice IDEs that died (by their job's events), record activity, and act on idleness; with
+        replicas, only while leading "sessions" (the others write the activity their proxies saw)."""
         interval = self.settings.sessions.idle_check_interval_s
-        last_idle_check = 0.0
+        last_idle_check = last_take_over = 0.0
         try:
             while True:
                 await asyncio.sleep(0.5)
                 try:
+                    if not await self._leading():
+                        await self._write_last_used()
+                        continue
                     check_idle = time.monotonic() - last_idle_check >= interval
                     if check_idle:
                         last_idle_check = time.monotonic()
+                    if time.monotonic() - last_take_over >= TAKE_OVER_EVERY_S:
+                        last_take_over = time.monotonic()
+                        await self._take_over()
                     await self._watch_once(check_idle)
                 except StoreUnavailable:  # the store logs the outage once; the next round tries again
                     pass
                 except Exception:
                     log.exception("session watch failed")
         finally:
-            ends.cancel()
+            if self._ends is not None:
+                self._ends.cancel()
+
+    async def _leading(self) -> bool:
+        """Lead "sessions" now? (Confirmed on the lock's connection.) Follows IDE jobs' ends while so."""
+        leading = self.leadership is None or await run_in_threadpool(self.leadership.confirm, SESSIONS_ROLE)
+        if leading and self._ends is None:
+            self._ends = asyncio.get_running_loop().create_task(self._follow_ends())
+        elif not leading and self._ends is not None:
+            self._ends.cancel()
+            self._ends = None
+        return leading
+
+    async def _write_last_used(self) -> None:
+        """A replica that does not watch still proxies: the last use it saw goes to the store for the leader."""
+        used, self.runner.last_used = self.runner.last_used, {}
+        for session_id, when in used.items():
+            try:
+                await self.runner.update(session_id, last_used=when)
+            except StoreUnavailable:
+                self.runner.last_used.setdefault(session_id, when)
+                raise
+            except Exception:  # the session is gone, say
+                log.debug("session %s: last use not written", session_id, exc_info=True)
+
+    async def _take_over(self) -> None:
+        """Starts and stops another replica was carrying out when it died, carried on here (as a restart does:
+        ``ON_RESTART``); a running session needs nothing: this watch follows it already."""
+        if self.liveness is None or self.liveness.store.is_sqlite:
+            return  # one server: its own restart adopted what was in flight
+        rows = [item for item in await run_in_threadpool(self._live)
+                if item[0].state != SessionState.RUNNING and not self._in_charge(item[0].id)
+                and item[0].replica != self.liveness.replica_id]
+        if rows:
+            await self.adopt(rows)
+
+    async def _orphans(self, rows: list[tuple[Session, str, Principal]]) -> list[tuple[Session, str, Principal]]:
+        """The sessions whose recorded replica is gone; marked as this replica's before they are taken over."""
+        if self.liveness is None:
+            return rows
+        alive: dict[str | None, bool] = {}
+        orphans = []
+        for row, owner, principal in rows:
+            if row.replica not in alive:
+                alive[row.replica] = await run_in_threadpool(self.liveness.alive, row.replica)
+            if not alive[row.replica] or row.replica == self.liveness.replica_id:
+                if row.replica and row.replica != self.liveness.replica_id:
+                    log.info("session %s: replica %s is gone; taking over its %s", row.id, row.replica, row.state)
+                    # Marked as ours (no other leader takes it again); ``row`` keeps the dead one's id for the reason.
+                    await self.runner.update(row.id, replica=self.liveness.replica_id)
+                orphans.append((row, owner, principal))
+        return orphans
 
     async def _watch_once(self, check_idle: bool) -> None:
         rows = await run_in_threadpool(self._running)
@@ -152,9 +220,11 @@ class SessionWatch:
         await self._ended(row, owner, job)
         return True
 
-    async def _ended(self, row: Session, owner: str, job: dict[str, Any] | None) -> None:
+    async def _ended(self, row: Session, owner: str, job: dict[str, Any] | None, when: str = "") -> None:
+        """The IDE's job ended (``when``: "while the server was down", found by a restart): ``finished`` for an
+        IDE that exited 0 by itself (File > Shut Down), ``failed`` with its outcome otherwise."""
         ok = job is not None and job["status"] == "Finished" and job["exitCode"] == 0
-        why = f"the IDE process ended: {outcome(job)}" if job else "the session has no IDE job"
+        why = f"the IDE process ended{when}: {outcome(job)}" if job else "the session has no IDE job"
         ended = SessionState.FINISHED if ok else SessionState.FAILED
         try:  # the row was read before: a stop_session may have ended it since (SIGTERM, exit 143). Its end stands.
             await self.runner.transition(row.id, ended, why, expect=SessionState.RUNNING,
@@ -190,9 +260,12 @@ class SessionWatch:
         self.runner.request_stop(row.id, force=False, suspend=suspend)
 
     # -- after a restart -------------------------------------------------------------------
-    async def adopt(self) -> None:
-        """Pick up sessions left in flight by the previous server process."""
-        rows = await run_in_threadpool(self._live)
+    async def adopt(self, rows: list[tuple[Session, str, Principal]] | None = None) -> None:
+        """Pick up sessions left in flight by the previous server process (or by a replica that died): those
+        whose recorded replica is gone, when this replica leads "sessions"."""
+        if self.leadership is not None and not self.leadership.leads(SESSIONS_ROLE):
+            return
+        rows = await self._orphans(rows if rows is not None else await run_in_threadpool(self._live))
         for row, owner, principal in rows:
             try:
                 await self._adopt_one(row, owner, principal)
@@ -213,7 +286,8 @@ class SessionWatch:
         adoption = adoption_of(state, has_job=bool(row.job_id), queued=queued,
                                job_of_earlier_run=job is not None and _of_an_earlier_run(job, row))
         if adoption is Adoption.FAIL:
-            why = "the server restarted while it launched"
+            why = "the server restarted while it launched" if self._restart(row) else \
+                f"the server replica that launched it ({row.replica}) stopped while it launched"
             await self.runner.transition(row.id, SessionState.FAILED, why, status_detail=why)
             await run_in_threadpool(self._stop_jobs_of, row.id, owner, principal)
         elif adoption is Adoption.START_AGAIN:
@@ -227,9 +301,11 @@ class SessionWatch:
         elif adoption is Adoption.FINISH_STOP:
             self.runner.request_stop(row.id, force=False, suspend=state is SessionState.SUSPENDING)
         elif adoption is Adoption.CHECK_JOB and job is not None and job["status"] in FINAL_STATUSES:
-            why = f"the IDE process ended while the server was down: {outcome(job)}"
-            await self.runner.transition(row.id, SessionState.FAILED, why, status_detail=why)
-            await self.runner.clean_up(row, self.runner.ide(row.workbench), self.runner.context(row, owner))
+            await self._ended(row, owner, job, " while the server was down")
+
+    def _restart(self, row: Session) -> bool:
+        """Was the session's last replica an earlier process of this server (SQLite, or no replica recorded)?"""
+        return self.liveness is None or self.liveness.store.is_sqlite or row.replica in (None, self.liveness.replica_id)
 
     def _stop_jobs_of(self, session_id: str, owner: str, principal: Principal) -> None:
         """A session failed in its launch leaves no job of that launch running: a start hook, or its IDE when the
@@ -266,7 +342,8 @@ class SessionWatch:
         ide = self.runner.ide(row.workbench)
         ctx = self.runner.context(row, owner)
         async with self.runner.start_queue.turn(session_id, adopted=True):  # its IDE runs already: no waiting
-            await self.runner.until_ready(row, ide, ctx, principal, row.job_id, row.state == SessionState.RESUMING)
+            await readiness.until_ready(self.runner, row, ide, ctx, principal, row.job_id,
+                                        row.state == SessionState.RESUMING)
 
 
 def _of_an_earlier_run(job: dict[str, Any], row: Session) -> bool:
