@@ -330,6 +330,35 @@ def test_the_homepage_works_on_a_narrow_window_and_from_the_keyboard(
         expect(dialog).to_be_hidden()
 
 
+def test_a_launch_the_live_feed_shows_first_makes_one_card(chromium: Browser, srv: Server) -> None:
+    """The launch's answer can reach the page after the live feed already brought the session (seen in CI under
+    load): the page holds the answer back here until the feed's card is on screen, then lets it through."""
+    with temporary_posix_user("owbdu") as carol:
+        token = srv.token(carol.pw_name)
+        with signed_in(chromium, srv, token) as (_context, page):
+            page.goto(srv.url + "/")
+            expect(page.get_by_text("No sessions yet")).to_be_visible()
+            held: list[Any] = []
+            page.route("**/api/launch_session", lambda route: held.append((route, route.fetch())))
+            page.locator("#new-session").click()
+            dialog = page.locator("dialog#session-dialog")
+            dialog.get_by_label("IDE").select_option("JupyterLab")
+            dialog.get_by_label("Name").fill("once")
+            dialog.locator("#f-workdir").fill("/nonexistent-dir")  # fails at once: no JupyterLab is started
+            dialog.get_by_role("button", name="Launch").click()
+            expect(card(page, "once")).to_have_count(1)  # from the live feed: the launch is not answered yet
+            deadline = time.monotonic() + 30
+            while not held:  # the handler's own fetch of the answer may still be on its way to it
+                assert time.monotonic() < deadline, "the launch never reached the route"
+                page.wait_for_timeout(50)  # lets Playwright run the handler
+            assert len(held) == 1
+            route, answer = held[0]
+            route.fulfill(response=answer)
+            expect(dialog).to_be_hidden()
+            expect(card(page, "once").locator('[data-role="state"]')).to_have_text("failed", timeout=60_000)
+            expect(card(page, "once")).to_have_count(1)
+
+
 class _Attacker(http.server.BaseHTTPRequestHandler):
     page = b""
 
@@ -475,6 +504,10 @@ def transactions(database: str) -> int:
     return int(count)
 
 
+POLLS = 300
+
+
+@pytest.mark.serial  # compares the store's transactions over two windows whose lengths drift under load
 def test_live_updates_read_nothing_from_the_store_per_poll(tmp_path: Path, alice: pwd.struct_passwd) -> None:
     """Issue 11: no database query per client per second. PostgreSQL's own transaction counter, over a window
     of 300 polls of the page's live update (cookie and CSRF header) against an idle window of the same length."""
@@ -489,19 +522,22 @@ def test_live_updates_read_nothing_from_the_store_per_poll(tmp_path: Path, alice
         with contextlib.closing(page_client(srv, token)) as client:
             headers = {"X-OWB-CSRF": client.cookies["owb_csrf"], "Sec-Fetch-Site": "same-origin"}
 
-            def window(polls: int) -> int:
+            def window(polls: int, at_least_s: float) -> tuple[int, float]:
                 time.sleep(1.5)  # PostgreSQL publishes a backend's counts at most once a second
                 before, began = transactions(database), time.monotonic()
                 for _ in range(polls):
                     answer = client.get("/api/get_session", headers=headers)
                     assert [s["id"] for s in answer.json()["result"]["sessions"]] == [failed["id"]], answer.text
-                time.sleep(max(0.0, 3.0 - (time.monotonic() - began)))
+                time.sleep(max(0.0, at_least_s - (time.monotonic() - began)))
+                took = time.monotonic() - began
                 time.sleep(1.5)
-                return transactions(database) - before
+                return transactions(database) - before, took
 
-            idle, polled = window(0), window(300)
-        # The server's own background work (the session watch) runs in both windows; 300 polls add next to none.
-        assert polled - idle < 30, (idle, polled)
+            polled, took = window(POLLS, 3.0)
+            idle, _ = window(0, took)  # as long as the polled window was, however long the load made it
+        # The server's own background work (the session watch, leadership) runs in both windows and varies by a few
+        # dozen under load (CI once saw 22 against 53); one read per poll would add POLLS.
+        assert polled - idle < POLLS // 4, (idle, polled, took)
     finally:
         srv.stop()
         shutil.rmtree(runtime, ignore_errors=True)

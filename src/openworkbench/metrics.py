@@ -53,6 +53,8 @@ ASYNCIO_TASKS = Gauge("openworkbench_asyncio_tasks", "Tasks of the server's even
                       registry=REGISTRY)
 THREADS = Gauge("openworkbench_threads", "Threads of the server process (the OS's count: Python's and native ones)",
                 registry=REGISTRY)
+LIVE_WAITERS = Gauge("openworkbench_live_waiters", "Homepage long-polls waiting for a change of sessions",
+                     registry=REGISTRY)
 
 _api: dict[tuple[str, str], Any] = {}
 _outcomes: dict[type, str] = {}

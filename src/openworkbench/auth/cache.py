@@ -51,3 +51,21 @@ class PrincipalCache:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
             self._entries[key] = _Entry(principal, epoch, time.monotonic() + fresh_for)
+
+
+class EpochSample:
+    """The epoch as last read, read again at most every ``every`` s however many ask: what long waits (the
+    homepage's long-poll) look at each second to learn that someone's access changed, at one read per second
+    per process. Event-loop only."""
+
+    def __init__(self, epoch: AuthEpoch, every: float) -> None:
+        self.epoch = epoch
+        self.every = every
+        self._value: int | None = None
+        self._read_at = -float("inf")
+
+    def current(self) -> int | None:
+        now = time.monotonic()
+        if now - self._read_at >= self.every:
+            self._value, self._read_at = self.epoch.current(), now
+        return self._value

@@ -114,50 +114,63 @@ def refusal(exc: WorkbenchError) -> Response:
     return api_error(exc, status=exc.http_status if exc.http_status != 200 else 400, headers=NO_STORE)
 
 
-def routes(services: Services) -> list[Route]:
-    """The pages' entries of the routing table (api/routes.py)."""
+class Pages:
+    """The pages' handlers, one method each, over the services they call."""
 
-    async def home(request: Request) -> Response:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def routes(self) -> list[Route]:
+        return [Route("/", self.home, methods=["GET"]), Route("/jobs/{job_id}", self.job_page, methods=["GET"]),
+                Route("/tokens", self.tokens_page, methods=["GET"]),
+                Route("/tokens", self.token_action, methods=["POST"]),
+                Route("/admin", self.admin_page, methods=["GET"]),
+                Route("/admin/users", self.user_action, methods=["POST"])]
+
+    async def home(self, request: Request) -> Response:
+        services = self.services
         principal = await signed_in(services, request)
         if principal is None:
             return to_sign_in(request)
+        live_version = services.live.version(principal.user_id)  # before the sessions: web/live.py
         views = await own_sessions(services, principal)
         jobs = await run_in_threadpool(own_jobs, services, principal)
         envs = compute_envs(services.settings, services.clusters)
-        return render(request, "home.html", principal, jobs=jobs,
+        return render(request, "home.html", principal, jobs=jobs, live_version=live_version,
                       sessions_json=json_block(b"[" + b",".join(view.raw for view in views) + b"]"),
                       envs_json=json_block({"ides": ide_choices(services), "clusters": envs["clusters"],
                                             "default_cluster": services.settings.default_cluster,
                                             "limit_labels": LIMIT_LABELS, "limit_types": list(LIMIT_TYPES)}))
 
-    async def job_page(request: Request) -> Response:
+    async def job_page(self, request: Request) -> Response:
         job_id: str = request.path_params["job_id"]
-        principal = await signed_in(services, request)
+        principal = await signed_in(self.services, request)
         if principal is None:
             return to_sign_in(request)
         try:
-            job = await run_in_threadpool(services.jobs.get, principal, job_id)
+            job = await run_in_threadpool(self.services.jobs.get, principal, job_id)
         except (NotFound, PermissionDenied):  # another user's job is not told apart from a missing one
             return render(request, "missing.html", principal, status=404, what=f"job '{job_id}'")
         can_stop = allowed(principal, Action.WRITE, job["user"])
         return render(request, "job.html", principal, job=job, can_stop=can_stop, job_json=json_block(job))
 
-    async def tokens_page(request: Request) -> Response:
-        principal = await signed_in(services, request)
+    async def tokens_page(self, request: Request) -> Response:
+        principal = await signed_in(self.services, request)
         if principal is None:
             return to_sign_in(request)
-        return await tokens_view(request, principal)
+        return await self.tokens_view(request, principal)
 
-    async def tokens_view(request: Request, principal: Principal, status: int = 200, **context: Any) -> Response:
-        tokens = await run_in_threadpool(services.accounts.own_tokens, principal)
+    async def tokens_view(self, request: Request, principal: Principal, status: int = 200,
+                          **context: Any) -> Response:
+        tokens = await run_in_threadpool(self.services.accounts.own_tokens, principal)
         prefix = principal.username + ":"
         listed = [{"name": t.name, "label": t.name.removeprefix(prefix), "kind": t.kind, "created": t.created,
                    "last_used": t.last_used} for t in tokens]
         return render(request, "tokens.html", principal, status=status, tokens=listed, **context)
 
-    async def posted(request: Request) -> tuple[Principal, dict[str, str]] | Response:
+    async def posted(self, request: Request) -> tuple[Principal, dict[str, str]] | Response:
         """A page form's caller and fields, or the refusal: not signed in, cross-site, too large."""
-        principal = await signed_in(services, request)
+        principal = await signed_in(self.services, request)
         if principal is None:
             return refusal(Unauthenticated("Not signed in, or the sign-in has expired"))
         try:
@@ -165,35 +178,37 @@ def routes(services: Services) -> list[Route]:
         except (PermissionDenied, PayloadTooLarge) as exc:
             return refusal(exc)
 
-    async def token_action(request: Request) -> Response:
-        found = await posted(request)
+    async def token_action(self, request: Request) -> Response:
+        found = await self.posted(request)
         if isinstance(found, Response):
             return found
         principal, form = found
+        accounts = self.services.accounts
         try:
             if form.get("action") == "revoke":
                 name = form.get("name", "")
-                await run_in_threadpool(services.accounts.revoke_own_token, principal, name)
-                return await tokens_view(request, principal, notice=f"Token '{name}' revoked.")
-            name, token = await run_in_threadpool(services.accounts.create_own_token, principal,
-                                                  form.get("label", ""))
+                await run_in_threadpool(accounts.revoke_own_token, principal, name)
+                return await self.tokens_view(request, principal, notice=f"Token '{name}' revoked.")
+            name, token = await run_in_threadpool(accounts.create_own_token, principal, form.get("label", ""))
         except WorkbenchError as exc:
-            return await tokens_view(request, principal, status=400, error=exc.message,
-                                     label=form.get("label", ""))
-        return await tokens_view(request, principal, status=201, new_token=token, new_name=name)
+            return await self.tokens_view(request, principal, status=400, error=exc.message,
+                                          label=form.get("label", ""))
+        return await self.tokens_view(request, principal, status=201, new_token=token, new_name=name)
 
-    async def admin_page(request: Request) -> Response:
+    async def admin_page(self, request: Request) -> Response:
         user, state, ide = (request.query_params.get(name, "") for name in ("user", "state", "ide"))
-        principal = await signed_in(services, request)
+        principal = await signed_in(self.services, request)
         if principal is None:
             return to_sign_in(request)
         if not allowed(principal, Action.READ_ALL_USERS):
             return render(request, "missing.html", principal, status=403, what="the Admin view",
                           why="It is for administrators.")
-        return await admin_view(request, principal, overview.Filters(user.strip(), state.strip(), ide.strip()))
+        return await self.admin_view(request, principal, overview.Filters(user.strip(), state.strip(), ide.strip()))
 
-    async def admin_view(request: Request, principal: Principal, filters: overview.Filters, status: int = 200,
-                         **context: Any) -> Response:
+    async def admin_view(self, request: Request, principal: Principal, filters: overview.Filters,
+                         status: int = 200, **context: Any) -> Response:
+        services = self.services
+
         def read() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
             return (overview.all_sessions(services.store, principal, filters),
                     overview.all_jobs(services.store, principal, filters), services.accounts.list_users())
@@ -203,8 +218,8 @@ def routes(services: Services) -> list[Route]:
                       filters=filters, states=SESSION_STATES, final_states=FINAL, ides=list(IDES),
                       can_write=allowed(principal, Action.MANAGE_USERS), **context)
 
-    async def user_action(request: Request) -> Response:
-        found = await posted(request)
+    async def user_action(self, request: Request) -> Response:
+        found = await self.posted(request)
         if isinstance(found, Response):
             return found
         principal, form = found
@@ -212,13 +227,14 @@ def routes(services: Services) -> list[Route]:
         try:
             if action not in ("disable", "enable"):
                 raise NotFound(f"no user action {action[:20]!r}")
-            await run_in_threadpool(services.accounts.set_disabled, principal, username, action == "disable")
+            await run_in_threadpool(self.services.accounts.set_disabled, principal, username, action == "disable")
         except PermissionDenied as exc:
             return refusal(exc)
         except WorkbenchError as exc:
-            return await admin_view(request, principal, overview.Filters(), status=400, error=exc.message)
-        return await admin_view(request, principal, overview.Filters(), notice=f"User '{username}' {action}d.")
+            return await self.admin_view(request, principal, overview.Filters(), status=400, error=exc.message)
+        return await self.admin_view(request, principal, overview.Filters(), notice=f"User '{username}' {action}d.")
 
-    return [Route("/", home, methods=["GET"]), Route("/jobs/{job_id}", job_page, methods=["GET"]),
-            Route("/tokens", tokens_page, methods=["GET"]), Route("/tokens", token_action, methods=["POST"]),
-            Route("/admin", admin_page, methods=["GET"]), Route("/admin/users", user_action, methods=["POST"])]
+
+def routes(services: Services) -> list[Route]:
+    """The pages' entries of the routing table (api/routes.py)."""
+    return Pages(services).routes()

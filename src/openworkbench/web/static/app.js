@@ -3,8 +3,10 @@
 // page can do exactly what the user's token can, never more.
 "use strict";
 
-const POLL_MS = 500; // the session list follows state changes within about this (see docs/web.md, Live updates)
-const HIDDEN_POLL_MS = 5000; // a tab in the background asks less often
+// The session list waits on the server for changes (GET /live/sessions, a long-poll: see docs/web.md, Live updates).
+const BUSY_POLL_MS = 500; // the server had no room for another waiting request: ask again after this, as a poll
+const HIDDEN_POLL_MS = 5000; // a tab in the background holds no connection: it asks this often instead
+const RETRY_MAX_MS = 16000; // after failures the next try waits 1 s, 2 s, ... up to this
 const FINAL_STATES = ["suspended", "failed", "killed", "finished", "canceled"];
 const FINAL_JOB = ["Finished", "Failed", "Killed", "Canceled"];
 
@@ -186,18 +188,61 @@ function applySessions(list) {
   if (JSON.stringify(list) !== before) renderSessions();
 }
 
-async function pollSessions() {
-  for (;;) {
-    try {
-      const result = await api("get_session", null, true); // GET: answered from the server's memory
-      applySessions(result.sessions);
-      document.getElementById("live").classList.remove("error");
-    } catch (e) {
-      flash("Live updates paused: " + e.message, true);
+const live = { version: "", abort: null, wake: null };
+
+function liveSleep(ms) {
+  return new Promise((resolve) => {
+    const done = () => { clearTimeout(timer); live.wake = null; resolve(); };
+    const timer = setTimeout(done, ms);
+    live.wake = done;
+  });
+}
+
+// One answer of /live/sessions: after a change (or the server's wait) when ``wait``, else at once.
+async function fetchLive(wait) {
+  live.abort = new AbortController();
+  const url = "/live/sessions" + (wait ? "?version=" + encodeURIComponent(live.version) : "");
+  try {
+    const resp = await fetch(url, { credentials: "same-origin", headers: { "X-OWB-CSRF": csrfToken() },
+                                    signal: live.abort.signal });
+    let body;
+    try { body = await resp.json(); } catch (e) { throw new ApiError(resp.status, "The server answered " + resp.status); }
+    if (body && body.error) {
+      if (body.error.code === 401) { location.assign("/auth/sign-in?next=" + encodeURIComponent(location.pathname)); }
+      throw new ApiError(body.error.code, body.error.message);
     }
-    await new Promise((resolve) => setTimeout(resolve, document.hidden ? HIDDEN_POLL_MS : POLL_MS));
+    return body;
+  } finally {
+    live.abort = null;
   }
 }
+
+async function followSessions() {
+  let failures = 0;
+  for (;;) {
+    const hidden = document.hidden;
+    let pause;
+    try {
+      const answer = await fetchLive(!hidden);
+      live.version = answer.version;
+      applySessions(answer.sessions);
+      document.getElementById("live").classList.remove("error");
+      failures = 0;
+      pause = hidden ? HIDDEN_POLL_MS : (answer.busy ? BUSY_POLL_MS : 0);
+    } catch (e) {
+      if (e.name === "AbortError") continue; // the tab was hidden: go on at once, as a hidden tab
+      failures += 1;
+      flash("Live updates paused: " + e.message, true);
+      pause = Math.min(RETRY_MAX_MS, 1000 * 2 ** (failures - 1));
+    }
+    if (pause) await liveSleep(pause);
+  }
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden && live.abort) live.abort.abort(); // a hidden tab does not hold one of the browser's connections
+  if (!document.hidden && live.wake) live.wake(); // shown again: follow at once
+});
 
 const ACTIONS = {
   stop: { ask: "Stop the session '%s'? Unsaved work in it is lost.", ok: "Stop", wait: "stopping…",
@@ -374,9 +419,12 @@ async function launchSession(event) {
     const started = await api("launch_session", kwparams);
     document.getElementById("session-dialog").close();
     flash("Launching " + (kwparams.name || kwparams.workbench) + "…");
-    applySessions(sessions.concat([{ id: started.id, name: kwparams.name || kwparams.workbench + " Session",
-      workbench: kwparams.workbench, activity_state: "launching", status_detail: "", url: started.url,
-      created: Date.now(), last_used: Date.now(), launch_parameters: kwparams.launch_parameters }]));
+    // The live feed may have brought the new session already, while this call was answered.
+    if (!sessions.some((s) => s.id === started.id)) {
+      applySessions(sessions.concat([{ id: started.id, name: kwparams.name || kwparams.workbench + " Session",
+        workbench: kwparams.workbench, activity_state: "launching", status_detail: "", url: started.url,
+        created: Date.now(), last_used: Date.now(), launch_parameters: kwparams.launch_parameters }]));
+    }
   } catch (e) {
     showServerError(form, e, "e-");
   } finally {
@@ -418,7 +466,9 @@ async function launchJob(event) {
 
 function startHome() {
   envs = JSON.parse(document.getElementById("compute-envs").textContent);
-  applySessions(JSON.parse(document.getElementById("initial-sessions").textContent));
+  const initial = document.getElementById("initial-sessions");
+  live.version = initial.dataset.version || "";
+  applySessions(JSON.parse(initial.textContent));
   renderSessions();
   document.getElementById("sessions").addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
@@ -435,7 +485,7 @@ function startHome() {
   document.getElementById("f-cluster").addEventListener("change", fillClusterFields);
   document.getElementById("session-form").addEventListener("submit", launchSession);
   document.getElementById("job-form").addEventListener("submit", launchJob);
-  pollSessions();
+  followSessions();
 }
 
 // -- a job's page: its output, live -----------------------------------------------------------------------------
