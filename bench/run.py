@@ -21,11 +21,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import api, jobs_scale, local_jobs, pages, report, scale, sessions
+from bench import api, arenas, jobs_scale, lb, live, local_jobs, pages, report, scale, sessions
 from bench.common import JUPYTER_BIN, RESULTS, ROOT, ROUNDS, posix_user, write_result
 from bench.hub import Hub
 
-MEASURES = ("sessions", "api", "scale", "local_jobs", "slurm", "jobs_scale", "pages")
+MEASURES = ("sessions", "api", "scale", "local_jobs", "slurm", "jobs_scale", "pages", "live", "lb", "arenas")
 
 
 def versions() -> dict[str, str]:
@@ -97,6 +97,9 @@ def main() -> None:
         step("slurm", lambda: slurm(user.pw_name))
         step("jobs_scale", lambda: jobs_scale.run(user, workdir, ROUNDS))  # a hub of its own, sized per row
         step("pages", lambda: pages.run(user.pw_name, workdir, ROUNDS))
+        step("live", lambda: live.run(user.pw_name, workdir))  # idle homepages: old poll vs long-poll
+        step("lb", lambda: lb.in_process_of_its_own(user.pw_name))  # writes its own block of performance.md
+        step("arenas", lambda: arenas.run_and_write(user, workdir, ROUNDS))  # and so does this one
     results["total_s"] = round(time.monotonic() - began, 1)
     if set(args.only) == set(MEASURES):
         write_result("all", results)

@@ -29,7 +29,8 @@ WORKBENCH = str(BIN / "workbench")
 PG_URL = os.environ.get("WORKBENCH_TEST_PG_URL")
 FINAL = ("Finished", "Failed", "Killed", "Canceled")
 # pytester: tests/test_ci_required.py runs pytest on a small suite of its own.
-pytest_plugins = ["pytester", "tests.ci_required"]
+# xdist_scheduling: how `make test` shares the tests among its xdist workers.
+pytest_plugins = ["pytester", "tests.ci_required", "tests.xdist_scheduling"]
 
 
 def free_port() -> int:
@@ -54,6 +55,8 @@ class Server:
     # One client for all calls: a new httpx client costs ~20 ms (it loads the CA bundle).
     client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30))
     start_timeout: float = 120  # seconds: generous, a shared, loaded CI machine (a start took 28 s at load 30)
+    # Told apart from other servers on the same data directory (replicas): its config file and log get this suffix.
+    replica: str = ""
 
     @property
     def url(self) -> str:
@@ -61,18 +64,20 @@ class Server:
 
     @property
     def config_file(self) -> Path:
-        return self.data_dir.parent / f"{self.data_dir.name}.toml"
+        return self.data_dir.parent / f"{self.data_dir.name}{self.replica}.toml"
 
     def start(self) -> Server:
         text = self.config_text
-        if self.database_url:
+        if self.database_url and "[database]\n" in text:  # the test's own [database] keys (replicas) go with it
+            text = text.replace("[database]\n", f'[database]\nurl = "{self.database_url}"\n', 1)
+        elif self.database_url:
             text = f'[database]\nurl = "{self.database_url}"\n' + text
         if "[auth]" not in text:
             # The suite runs as root, and many tests launch jobs as root for brevity; tests of the rule against
             # root and system accounts (test_security_input.py) configure [auth] themselves.
             text += '\n[auth]\nallowed_system_users = ["root"]\n'
         self.config_file.write_text(text)
-        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "ab")
+        log = open(self.data_dir.parent / f"{self.data_dir.name}{self.replica}.log", "ab")
         self.proc = subprocess.Popen(
             [WORKBENCH, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--config", str(self.config_file)],
@@ -90,7 +95,7 @@ class Server:
         raise RuntimeError(f"server did not start: {self.log()}")
 
     def log(self) -> str:
-        return (self.data_dir.parent / f"{self.data_dir.name}.log").read_text(errors="replace")
+        return (self.data_dir.parent / f"{self.data_dir.name}{self.replica}.log").read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

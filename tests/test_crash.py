@@ -33,6 +33,9 @@ from tests.crash_helpers import (
 )
 from tests.sessions_helpers import FINAL, kernel_round_trip, launch, session, session_config
 
+# SIGKILLs in the middle of storms, their timing and load: alone, after the parallel phase of `make test`.
+pytestmark = pytest.mark.serial
+
 JOBS = 200
 CLIENTS = 16
 KILL_AFTER = 100  # replies received before the SIGKILL

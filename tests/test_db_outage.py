@@ -19,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Server, result_of, sign_in_form
 from tests.pg_cluster import PgCluster
+
+# A database outage under a steady load, judged by when answers came: alone, after the parallel phase.
+pytestmark = pytest.mark.serial
 
 OUTAGE_S = 20
 CLIENTS = 6
@@ -37,6 +41,7 @@ class Answer:
     kind: str
     status: int
     body: str
+    retry_after: str | None = None
 
 
 @dataclass
@@ -73,7 +78,8 @@ class Load:
                 kind, call = calls[i % len(calls)]
                 i += 1
                 response = call()
-                answer = Answer(time.monotonic(), kind, response.status_code, response.text)
+                answer = Answer(time.monotonic(), kind, response.status_code, response.text,
+                                response.headers.get("retry-after"))
                 with self.lock:
                     self.answers.append(answer)
                     if kind == "launch_job" and response.status_code == 200:
@@ -94,6 +100,7 @@ def check_answer(answer: Answer) -> None:
     if answer.status == 503:
         error = json.loads(answer.body)["error"]
         assert error["code"] == 503 and "unavailable" in error["message"], answer
+        assert answer.retry_after == "5", answer  # clients and HAProxy know when to try again
         return
     normal = 404 if answer.kind == "proxy" else 200  # the proxy is asked for a session that does not exist
     assert answer.status == normal, answer

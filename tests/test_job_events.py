@@ -17,15 +17,14 @@ import pytest
 from starlette.concurrency import run_in_threadpool
 
 import tests.conftest as conftest
-from openworkbench.api.app import Monitor
 from openworkbench.auth.permissions import Principal
 from openworkbench.clusters.base import FINAL_STATUSES
-from openworkbench.config import Settings
 from openworkbench.errors import EventsLost, JobWaitTimeout, NotFound
 from openworkbench.models import JobSpec
-from openworkbench.services.container import Services, build_services
+from openworkbench.services.container import Services
 from openworkbench.services.job_events import JobChange
 from tests.conftest import Server
+from tests.in_process import running_services
 from tests.sessions_helpers import launch, session, session_server, wait_state
 
 JUPYTER = Path("/opt/openworkbench/jupyter/bin/jupyter-lab")
@@ -34,12 +33,8 @@ JUPYTER = Path("/opt/openworkbench/jupyter/bin/jupyter-lab")
 @pytest.fixture
 def services(tmp_path: Path) -> Iterator[Services]:
     """The real services of a server, with its real job monitor, in this process: the hub is at hand."""
-    built = build_services(Settings(data_dir=tmp_path / "data", auth={"allowed_system_users": ["root"]}))
-    monitor = Monitor(built)
-    monitor.start()
-    yield built
-    monitor.stop()
-    built.close()
+    with running_services(tmp_path / "data") as built:
+        yield built
 
 
 def root(services: Services) -> Principal:

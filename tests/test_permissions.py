@@ -151,7 +151,8 @@ def launch(world: World, token: str, command: str, user: str | None = None) -> d
 
 def sleeper(world: World, owner: str, token: str | None = None) -> str:
     """A long-running job of ``owner``, Running when this returns; stopped at the end of the module."""
-    job = launch(world, token or world.admin, "sleep 30", user=owner)
+    # 600 s, not 30: the module's tests ran past 30 s beside make test's other workers on a loaded machine.
+    job = launch(world, token or world.admin, "sleep 600", user=owner)
     world.started.append((job["id"], owner))
     wait_status(world, job["id"], owner, ("Running",))
     return str(job["id"])

@@ -148,6 +148,7 @@ def sparse_job(srv: Server, users: Users) -> dict[str, Any]:
     return job
 
 
+@pytest.mark.serial  # asserts another user's get_session under 1 s: alone, not beside the parallel phase
 def test_sparse_output_streams_up_to_the_budget_while_others_stay_fast(srv: Server, users: Users) -> None:
     job = sparse_job(srv, users)
     result = StreamResult()
@@ -176,7 +177,10 @@ def test_the_server_stops_reading_when_the_client_goes(srv: Server, users: Users
     headers = {"Authorization": f"Bearer {users.attacker_token}"}
     with httpx.Client(timeout=60) as client, client.stream("POST", f"{srv.url}/api/get_job_output", json=body,
                                                           headers=headers) as resp:
-        assert next(resp.iter_raw(64 * 1024))
+        # Held in a name: a dropped iterator closes the connection at once (httpcore closes it on
+        # GeneratorExit), and then the server rightly let go of the file before the count below.
+        chunks = resp.iter_raw(64 * 1024)
+        assert next(chunks)
         assert server_fds_on(srv, job["stdoutFile"]) == 1  # the stream is alive, held up by this slow client
         # The client goes: the connection closes without reading the rest.
     assert wait_for(lambda: server_fds_on(srv, job["stdoutFile"]) == 0), "the server still holds the output file"
@@ -266,6 +270,7 @@ def job_cgroup(job_id: str, controller: str) -> Path:
     return Path(f"/sys/fs/cgroup/{controller}/openworkbench/{job_id}")
 
 
+@pytest.mark.serial  # asserts another user's get_session under 1 s: alone, not beside the parallel phase
 def test_a_fork_bomb_stops_at_the_pids_limit(srv: Server, users: Users) -> None:
     bomb = (
         "import os, sys, time\n"
@@ -316,6 +321,7 @@ def test_compute_envs_show_the_default_limits_and_jobs_get_them(srv: Server, use
     srv.wait_job(users.victim_token, job["id"])
 
 
+@pytest.mark.serial  # asserts another user's get_session under 1 s: alone, not beside the parallel phase
 @pytest.mark.parametrize("planted", ["fifo", "symlink"])
 def test_a_fifo_or_symlink_output_file_blocks_no_thread(srv: Server, users: Users, planted: str) -> None:
     job = launch(srv, users.attacker_token, command="echo hello")

@@ -353,6 +353,7 @@ def slurm_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @needs_slurm
+@pytest.mark.serial  # asserts another user's get_session under 1 s: alone, not beside the parallel phase
 @pytest.mark.parametrize("kind", ["fifo", "symlink", "foreign-host"])
 def test_a_slurm_session_with_a_subverted_endpoint_fails_and_routes_nowhere(
     slurm_srv: Server, alice: pwd.struct_passwd, bob: pwd.struct_passwd, evil_site: Path, kind: str,

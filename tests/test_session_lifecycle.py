@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pwd
+import secrets
 import signal
 import subprocess
 import threading
@@ -19,9 +20,11 @@ from tests.sessions_helpers import kernel_round_trip, launch, session, session_s
 pytestmark = pytest.mark.skipif(not Path("/opt/openworkbench/jupyter/bin/jupyter-lab").exists(),
                                 reason="IDEs not installed: run scripts/install-ides.sh (make test does)")
 
+# JupyterLab's 12 s leaves a loaded machine time to start the busy session's kernel before it is idle; the
+# suspended session so waits 12 s, the stopped Notebook 3 s.
 IDLE = """idle_check_interval_s = 0.5
 [ides.JupyterLab]
-idle_timeout_minutes = 0.05
+idle_timeout_minutes = 0.2
 [ides."Jupyter Notebook"]
 idle_timeout_minutes = 0.05
 suspend_on_idle = false
@@ -41,18 +44,28 @@ def test_idle_sessions_are_suspended_or_stopped_but_a_busy_kernel_is_not_idle(
     busy = launch(idle_server, token, "JupyterLab")
     idle = launch(idle_server, token, "JupyterLab")
     stopped = launch(idle_server, token, "Jupyter Notebook")
-    for item in (busy, idle, stopped):
-        wait_state(idle_server, token, item["id"], ("running",))
+    wait_state(idle_server, token, busy["id"], ("running",))
     result: list[str] = []
+    # The kernel is put to work as soon as its session runs (not after the others start: it would be idle
+    # meanwhile), and stays busy until the test says so (a file appears), however long the other sessions take
+    # on a loaded machine: a fixed sleep could end first, and the busy session then be idle.
+    wake = Path("/tmp") / f"owb-wake-{secrets.token_hex(4)}"
+    code = f"import os, time\nwhile not os.path.exists({str(wake)!r}): time.sleep(0.1)\n'woke'"
     worker = threading.Thread(target=lambda: result.append(
-        kernel_round_trip(idle_server.url + busy["url"], token, "import time; time.sleep(10); 'woke'")))
+        kernel_round_trip(idle_server.url + busy["url"], token, code, timeout=180)))
     worker.start()
-
-    assert wait_state(idle_server, token, idle["id"], ("suspended",), timeout=30)["suspend_size"] > 0
-    assert wait_state(idle_server, token, stopped["id"], ("finished",), timeout=30)["activity_state"] == "finished"
-    during = session(idle_server, token, busy["id"])
-    assert during["activity_state"] == "running" and during["executing"] is True  # busy kernel, no browser
-    worker.join(timeout=30)
+    try:
+        # Each started (and may have reached its idle end already by the time it is read).
+        wait_state(idle_server, token, idle["id"], ("running", "suspended"), timeout=120)
+        wait_state(idle_server, token, stopped["id"], ("running", "finished"), timeout=120)
+        assert wait_state(idle_server, token, idle["id"], ("suspended",), timeout=60)["suspend_size"] > 0
+        assert wait_state(idle_server, token, stopped["id"], ("finished",), timeout=60)["activity_state"] == "finished"
+        during = session(idle_server, token, busy["id"])
+        assert during["activity_state"] == "running" and during["executing"] is True  # busy kernel, no browser
+    finally:
+        wake.touch()
+    worker.join(timeout=60)
+    wake.unlink()
     assert result == ["'woke'"]
     after = wait_state(idle_server, token, busy["id"], ("suspended",), timeout=30)
     assert after["executing"] is False

@@ -12,6 +12,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -235,17 +236,25 @@ def test_restart_readopts_running_sessions(tmp_path: Path, posix_user: pwd.struc
         token = server.token(posix_user.pw_name)
         keep = launch(server, token, "JupyterLab")
         lose = launch(server, token, "JupyterLab")
-        for item in (keep, lose):
+        done = launch(server, token, "JupyterLab")
+        for item in (keep, lose, done):
             wait_state(server, token, item["id"], ("running",))
-        lost_pid = server.rpc("get_session", token, session_id=lose["id"], include_jobs=True)["jobs"][0]["pid"]
+
+        def ide_pid(item: dict[str, Any]) -> int:
+            return int(server.rpc("get_session", token, session_id=item["id"], include_jobs=True)["jobs"][0]["pid"])
+
+        lost_pid, done_pid = ide_pid(lose), ide_pid(done)
         server.stop(signal.SIGKILL)
         os.kill(lost_pid, signal.SIGKILL)  # its IDE dies while no server runs
-        time.sleep(0.5)
+        os.kill(done_pid, signal.SIGTERM)  # this one shuts down cleanly (Jupyter exits 0), as File > Shut Down
+        time.sleep(1)
         server.start()
         assert httpx.get(server.url + keep["url"] + "api/status",
                          headers={"Authorization": f"Bearer {token}"}).status_code == 200
         failed = wait_state(server, token, lose["id"], ("failed",), timeout=30)
         assert failed["status_detail"].startswith("the IDE process ended while the server was down: Killed")
+        # An IDE that exited 0 by itself ended; it did not fail (wait_state raises on any other end).
+        wait_state(server, token, done["id"], ("finished",), timeout=30)
         server.rpc("stop_session", token, session_ids=keep["id"])
         wait_state(server, token, keep["id"], ("finished", "killed"))
 

@@ -34,7 +34,9 @@ def on_slurm(partition: str = "main", cpus: str | None = None) -> dict[str, obje
 def slurm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     shared = Path("/tmp") / f"owb-shared-{secrets.token_hex(4)}"
     shared.mkdir(mode=0o755)
-    extra = (f'[clusters.Local]\ntype = "Local"\n[clusters.Slurm]\ntype = "Slurm"\nslurm_conf = "{SLURM_CONF}"\n'
+    # One start slot: a session waiting in Slurm's queue must not hold it (the queued test below).
+    extra = ('max_concurrent_starts = 1\n'
+             f'[clusters.Local]\ntype = "Local"\n[clusters.Slurm]\ntype = "Slurm"\nslurm_conf = "{SLURM_CONF}"\n'
              f'output_dir = "{shared}"\npoll_interval_s = 0.5\n')
     with session_server(tmp_path_factory.mktemp("slurm-sessions") / "data", extra) as server:
         yield server
@@ -90,6 +92,13 @@ def test_a_queued_session_waits_with_slurms_reason_and_can_be_canceled(
             time.sleep(0.2)
             detail = wait_state(slurm_server, token, started["id"], ("pending",))["status_detail"]
         assert detail in ("Resources", "Priority")  # Slurm's own reason, and no start timeout while queued
+        # The one start slot is not held by a start that waits in Slurm: a Local session starts meanwhile (its
+        # working directory is missing: it fails at once, having had its turn; queued, it would stay launching).
+        local = launch(slurm_server, token, "JupyterLab", name="local", working_directory="/nonexistent-dir")
+        failed = wait_state(slurm_server, token, local["id"], ("failed",), timeout=30)
+        assert "nonexistent-dir" in failed["status_detail"], failed
+        assert wait_state(slurm_server, token, started["id"], ("pending",))["status_detail"] in ("Resources",
+                                                                                            "Priority")
         slurm_server.rpc("stop_session", token, session_ids=started["id"])
         assert wait_state(slurm_server, token, started["id"], ("canceled",), timeout=60)["activity_state"] == "canceled"
     finally:

@@ -22,7 +22,7 @@ def test_migrations_are_idempotent_and_match_the_schema(store: Store) -> None:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
     assert diff == []
-    assert version == "0010"
+    assert version == "0011"
 
 
 def test_sqlite_uses_wal(tmp_path) -> None:

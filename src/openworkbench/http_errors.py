@@ -66,12 +66,19 @@ def _log_once(exc: WorkbenchError, status: int, where: str) -> None:
         logged(exc, status, where)
 
 
+def with_retry(exc: WorkbenchError, headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """``headers`` plus Retry-After when the class declares how long to wait (a store outage)."""
+    if exc.retry_after is None:
+        return headers
+    return {**(headers or {}), "Retry-After": str(exc.retry_after)}
+
+
 def api_error(exc: WorkbenchError, *, status: int | None = None, headers: Mapping[str, str] | None = None,
               where: str = "") -> Response:
     """The API's answer to ``exc``: the envelope at the class's HTTP status (or ``status``)."""
     status = exc.http_status if status is None else status
     _log_once(exc, status, where)
-    return Response(envelope(exc), status_code=status, media_type=JSON, headers=headers)
+    return Response(envelope(exc), status_code=status, media_type=JSON, headers=with_retry(exc, headers))
 
 
 def proxy_status(exc: WorkbenchError) -> int:
@@ -84,7 +91,7 @@ def proxy_error(exc: WorkbenchError, *, headers: Mapping[str, str] | None = None
     """The proxy's answer to ``exc``: the envelope with ``code`` = HTTP status."""
     status = proxy_status(exc)
     _log_once(exc, status, where)
-    return Response(envelope(exc, status), status_code=status, media_type=JSON, headers=headers)
+    return Response(envelope(exc, status), status_code=status, media_type=JSON, headers=with_retry(exc, headers))
 
 
 def page_error(exc: WorkbenchError, *, status: int | None = None, where: str = "") -> HTMLResponse:
@@ -95,7 +102,7 @@ def page_error(exc: WorkbenchError, *, status: int | None = None, where: str = "
     _log_once(exc, status, where)
     body = TEMPLATES.get_template("error.html").render(
         status=status, reason=http.HTTPStatus(status).phrase, message=exc.message)
-    return HTMLResponse(body, status_code=status, headers=NO_STORE)
+    return HTMLResponse(body, status_code=status, headers=with_retry(exc, NO_STORE))
 
 
 def from_http_exception(exc: HTTPException) -> WorkbenchError:
@@ -113,8 +120,9 @@ def raw_http(exc: WorkbenchError) -> bytes:
     """A whole HTTP/1.1 response, for refusals made before a request exists to answer (api/http_protocol.py)."""
     _log_once(exc, exc.http_status, "connection")
     body = envelope(exc)
+    retry = "" if exc.retry_after is None else f"retry-after: {exc.retry_after}\r\n"
     head = (f"HTTP/1.1 {exc.http_status} {http.HTTPStatus(exc.http_status).phrase}\r\n"
-            f"content-type: {JSON}\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n")
+            f"content-type: {JSON}\r\ncontent-length: {len(body)}\r\n{retry}connection: close\r\n\r\n")
     return head.encode() + body
 
 

@@ -20,7 +20,7 @@ from openworkbench.services.job_views import JobAnswer
 from openworkbench.services.readthrough import store_allowed
 from openworkbench.sessions.api_json import select_fields
 from openworkbench.sessions.states import ENDED
-from openworkbench.sessions.views import View, encode
+from openworkbench.sessions.views import REMOVED_HORIZON, View, encode
 
 LARGE = 64 * 1024  # a part this big is sent as it is, never copied into the answer
 
@@ -66,7 +66,7 @@ def get_session(services: Services, principal: Principal, params: p.GetSession) 
     if params.include_projects:
         store_allowed()  # the store's view of the user's projects
         projects = encode(services.sessions.projects(principal, username))
-    return _response(services, views, jobs, params, now, projects)
+    return _response(services, views, jobs, params, now, projects, username)
 
 
 def _session_views(services: Services, principal: Principal, params: p.GetSession, username: str) -> list[View]:
@@ -94,13 +94,16 @@ def _left_at(view: View, expiry: float) -> float:
 
 
 def _response(services: Services, views: list[View], jobs: JobAnswer | None, params: p.GetSession,
-              now: float, projects: bytes | None = None) -> Response:
+              now: float, projects: bytes | None, username: str) -> Response:
     shown, since = _shown(services, views, params, now), params.timestamp
     removed: list[str] = []
     if since is not None:
         changed_at = services.sessions.views.changed_at
         shown = [view for view in shown if changed_at(view.data["id"]) > since]
-        if not params.session_id:
+        if not params.session_id and since < now - REMOVED_HORIZON:  # older than memory keeps (views.py)
+            store_allowed()
+            removed = services.sessions.left_in_store(username, since, now)
+        elif not params.session_id:
             expiry = services.settings.sessions.expiry_hours * 3600
             removed = [view.data["id"] for view in views if since < _left_at(view, expiry) < now]
     if params.fields:

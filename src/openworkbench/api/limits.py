@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from openworkbench.errors import BadRequest, PayloadTooLarge
+from openworkbench.errors import BadRequest, ClientGone, PayloadTooLarge
 
 # Far deeper than any real kwparams (the deepest is a job's resource limits, 4 levels), far shallower than
 # the recursion limit that json, pydantic and the handlers would otherwise hit with a 500.
@@ -38,11 +38,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # Starlette's: ours, so that every caller answers it as any other error
+        raise ClientGone("the client closed the connection before its request body arrived") from None
     return b"".join(chunks)
 
 

@@ -138,6 +138,9 @@ def checked_limit(kind: str, text: str, least: float | None, maximum: float | No
 
 class Cluster(abc.ABC):
     type: str = ""
+    # Jobs may wait in the cluster's own queue (a batch scheduler). A session start waiting there costs this
+    # server nothing, so it gives up its start slot (services/start_queue.py) while its job is Pending.
+    queues_jobs = False
 
     def __init__(self, name: str, settings: ClusterSettings) -> None:
         self.name = name

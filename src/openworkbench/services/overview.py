@@ -37,7 +37,7 @@ def all_sessions(store: Store, principal: Principal, filters: Filters) -> list[d
     if filters.ide:
         query = query.where(Session.workbench == filters.ide)
     with store.session() as db:
-        rows = db.execute(query.order_by(Session.created.desc()).limit(MAX_ROWS)).tuples().all()
+        rows = db.execute(query.order_by(Session.created.desc()).limit(MAX_ROWS)).all()
         return [session_json(row, owner) for row, owner in rows]
 
 
@@ -50,5 +50,5 @@ def all_jobs(store: Store, principal: Principal, filters: Filters) -> list[dict[
     if filters.state:
         query = query.where(Job.status == filters.state)
     with store.session() as db:
-        rows = db.execute(query.order_by(Job.submission_time.desc()).limit(MAX_ROWS)).tuples().all()
+        rows = db.execute(query.order_by(Job.submission_time.desc()).limit(MAX_ROWS)).all()
         return [job_json(job, owner) for job, owner in rows]

@@ -132,6 +132,12 @@ class StartQueue:
         finally:
             self._release(session_id)
 
+    def pass_on(self, session_id: str) -> None:
+        """A start whose job waits in a scheduler's queue gives its slot to the next: it may wait hours there,
+        and costs this server nothing meanwhile. It does not take a slot again when its job runs."""
+        if session_id in self.line.starting:
+            self._release(session_id)
+
     def withdraw(self, session_id: str) -> bool:
         """Take a waiting session out of the queue at once (a stop); False if it is not waiting."""
         if not self.line.withdraw(session_id):

@@ -46,6 +46,7 @@ INFO_TTL_S = 30.0  # partitions and nodes change rarely; describe() and validate
 
 class SlurmCluster(Cluster):
     type = "Slurm"
+    queues_jobs = True
 
     def __init__(self, name: str, settings: ClusterSettings) -> None:
         super().__init__(name, settings)
