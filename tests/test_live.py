@@ -32,7 +32,7 @@ from playwright.sync_api import expect, sync_playwright
 from tests.conftest import Server, make_pg_database, sign_in_form, sign_out_form, temporary_posix_user
 from tests.sessions_helpers import launch, session_config, wait_state
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
-from tests.test_web_pages import card, page_client, transactions
+from tests.test_web_pages import card, page_client, settled_transactions
 
 WAIT_S = 4  # the server's live_wait_s here: short, for the revocation and store tests (production: 25)
 PER_USER, ALL = 40, 50
@@ -213,21 +213,20 @@ def test_long_polls_read_nothing_from_the_store_while_they_wait(srv: Server, ali
             finally:
                 await asyncio.gather(*(c.aclose() for c in clients + more_clients))
 
-        time.sleep(1.5)  # PostgreSQL publishes a backend's counts at most once a second
-        before, began = transactions(database), time.monotonic()
+        before, began = settled_transactions(database), time.monotonic()
         answers = asyncio.run(waits())
-        time.sleep(1.5)
-        read, took = transactions(database) - before, time.monotonic() - began
-        idle_before = transactions(database)
-        time.sleep(took)
-        idle = transactions(database) - idle_before
+        took = time.monotonic() - began
+        middle = settled_transactions(database)
+        time.sleep(took)  # the idle window: as long as the waits took
+        read, idle = middle - before, settled_transactions(database) - middle
     assert {(a.status_code, a.json()["busy"], a.json()["version"]) for a in answers} == {
         (200, False, alice_version), (200, False, bob_version)}
-    # The server's own background work runs in both windows. A long-poll may read the store on arrival and before
-    # it answers (a token's check reads the auth epoch each time, docs/security.md), never while it waits (the
-    # waiters share one auth epoch read a second): 50 that read even once a second while waiting 4 s would add 200
-    # on top of those 100.
-    assert read - idle < 2 * ALL + 25, (idle, read)
+    # The server's own background work runs in both windows. A long-poll reads the auth epoch on arrival and
+    # before it answers (one single-row SELECT each: docs/security.md), never while it waits (the waiters share
+    # one read a second), and a sign-in whose cache entry went stale meanwhile is looked up once more (a token's
+    # last use is recorded once a minute). Measured: 102 to 134 over an idle window. 50 that read even once a
+    # second while waiting 4 s would add 200 more.
+    assert read - idle < 3 * ALL, (idle, read)
 
 
 def test_waiters_are_bounded_and_leave_nothing_when_their_clients_go_away(

@@ -504,13 +504,28 @@ def transactions(database: str) -> int:
     return int(count)
 
 
+# A backend publishes its counts when it goes idle, but at most once a second: counts made within a second of its
+# last report wait until it has been idle for 10 s (PostgreSQL 15's PGSTAT_IDLE_INTERVAL). Windows compared
+# with less than this after them move counts from one window into the next (CI once saw 39 against 267).
+PG_STATS_SETTLE_S = 11.0
+
+
+def settled_transactions(database: str) -> int:
+    """``transactions`` once every backend has published what it did up to now."""
+    time.sleep(PG_STATS_SETTLE_S)
+    return transactions(database)
+
+
 POLLS = 300
 
 
 @pytest.mark.serial  # compares the store's transactions over two windows whose lengths drift under load
-def test_live_updates_read_nothing_from_the_store_per_poll(tmp_path: Path, alice: pwd.struct_passwd) -> None:
-    """Issue 11: no database query per client per second. PostgreSQL's own transaction counter, over a window
-    of 300 polls of the page's live update (cookie and CSRF header) against an idle window of the same length."""
+def test_a_cookie_poll_of_get_session_reads_one_row_not_the_sessions(tmp_path: Path,
+                                                                      alice: pwd.struct_passwd) -> None:
+    """Issue 11: ``get_session`` is answered from the session cache. PostgreSQL's own transaction counter, over a
+    window of 300 polls with the sign-in cookie and CSRF header, against an idle window of the same length: each
+    poll reads the auth epoch (one single-row SELECT, so a revocation on any server is refused by the very next
+    request: docs/security.md) and nothing else."""
     url = make_pg_database()
     database = sa.engine.make_url(url).database or ""
     runtime = Path("/tmp") / f"owb-rt-{secrets.token_hex(4)}"
@@ -522,22 +537,19 @@ def test_live_updates_read_nothing_from_the_store_per_poll(tmp_path: Path, alice
         with contextlib.closing(page_client(srv, token)) as client:
             headers = {"X-OWB-CSRF": client.cookies["owb_csrf"], "Sec-Fetch-Site": "same-origin"}
 
-            def window(polls: int, at_least_s: float) -> tuple[int, float]:
-                time.sleep(1.5)  # PostgreSQL publishes a backend's counts at most once a second
-                before, began = transactions(database), time.monotonic()
-                for _ in range(polls):
-                    answer = client.get("/api/get_session", headers=headers)
-                    assert [s["id"] for s in answer.json()["result"]["sessions"]] == [failed["id"]], answer.text
-                time.sleep(max(0.0, at_least_s - (time.monotonic() - began)))
-                took = time.monotonic() - began
-                time.sleep(1.5)
-                return transactions(database) - before, took
-
-            polled, took = window(POLLS, 3.0)
-            idle, _ = window(0, took)  # as long as the polled window was, however long the load made it
-        # The server's own background work (the session watch, leadership) runs in both windows and varies by a few
-        # dozen under load (CI once saw 22 against 53); one read per poll would add POLLS.
-        assert polled - idle < POLLS // 4, (idle, polled, took)
+            before, began = settled_transactions(database), time.monotonic()
+            for _ in range(POLLS):
+                answer = client.get("/api/get_session", headers=headers)
+                assert [s["id"] for s in answer.json()["result"]["sessions"]] == [failed["id"]], answer.text
+            time.sleep(max(0.0, 3.0 - (time.monotonic() - began)))
+            took = time.monotonic() - began
+            middle = settled_transactions(database)
+            time.sleep(took)  # the idle window: as long as the polled one was, however long the load made it
+            polled, idle = middle - before, settled_transactions(database) - middle
+        # The server's own background work (the session watch, leadership) runs in both windows, and the sign-in's
+        # cache entry is checked in the store again now and then: a few dozen. Reading the sessions from the store
+        # would add another POLLS. At least half of POLLS shows that the counter saw the polls at all.
+        assert POLLS // 2 < polled - idle < POLLS * 3 // 2, (idle, polled, took)
     finally:
         srv.stop()
         shutil.rmtree(runtime, ignore_errors=True)
