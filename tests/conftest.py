@@ -206,9 +206,29 @@ def temporary_posix_user(prefix: str = "owbu") -> Iterator[pwd.struct_passwd]:
     try:
         yield pwd.getpwnam(name)
     finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], check=False)
-        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+        remove_posix_user(name)
         shutil.rmtree(home, ignore_errors=True)
+
+
+USERDEL_GONE = (0, 6)  # removed; no such user
+
+
+def remove_posix_user(name: str, timeout: float = 15.0, with_home: bool = True) -> None:
+    """Kill the user's processes and remove the user. ``userdel`` refuses (8) while a killed process is still
+    exiting, so it is tried again until it works; a user that outlives ``timeout`` is reported, not left quietly
+    in /etc/passwd."""
+    deadline = time.monotonic() + timeout
+    while True:
+        subprocess.run(["pkill", "-KILL", "-u", name], check=False)
+        done = subprocess.run(["userdel", *(["--remove"] if with_home else []), name], check=False,
+                              capture_output=True, text=True)
+        if done.returncode in USERDEL_GONE:
+            return
+        if time.monotonic() > deadline:
+            print(f"conftest: cannot remove test user {name}: userdel exit {done.returncode}: {done.stderr.strip()}",
+                  file=sys.stderr)
+            return
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from sqlalchemy import update
 
 from openworkbench.auth.permissions import Action, Principal, allowed
 from openworkbench.store.schema import User
-from tests.conftest import Server, result_of
+from tests.conftest import Server, remove_posix_user, result_of
 from tests.sessions_helpers import session_server
 
 KINDS = ("user", "admin-readonly", "admin", "super-admin-readonly", "super-admin")
@@ -200,8 +200,7 @@ def posix_accounts(count: int) -> Iterator[list[pwd.struct_passwd]]:
         yield [pwd.getpwnam(name) for name in names]
     finally:
         for name in names:
-            subprocess.run(["pkill", "-KILL", "-u", name], check=False)
-            subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+            remove_posix_user(name)
             shutil.rmtree(f"/tmp/owb-home-{name}", ignore_errors=True)
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import remove_posix_user
+
 CLUSTERS = Path(__file__).resolve().parents[1] / "src" / "openworkbench" / "clusters"
 SUPERVISOR = CLUSTERS / "supervisor.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -433,7 +435,7 @@ def test_user() -> Iterator[pwd.struct_passwd]:
     try:
         yield pwd.getpwnam(name)
     finally:
-        subprocess.run(["userdel", name], check=False, capture_output=True)
+        remove_posix_user(name, with_home=False)
 
 
 @needs_root
