@@ -21,6 +21,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ import pytest
 import sqlalchemy as sa
 from playwright.sync_api import expect, sync_playwright
 
+from openworkbench.store import Store
+from openworkbench.store.schema import BrowserSession, utcnow
 from tests.conftest import Server, make_pg_database, sign_in_form, sign_out_form, temporary_posix_user
 from tests.sessions_helpers import launch, session_config, wait_state
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
@@ -157,6 +160,39 @@ def test_a_revocation_ends_a_waiting_long_poll_at_once_not_at_its_timeout(tmp_pa
             assert not waiting.is_alive(), "the revoked long-poll still waits"
         refused = answer[0]
         assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"].lower(), refused.text
+    finally:
+        server.stop()
+
+
+EXPIRES_IN_S = 6
+
+
+def test_a_sign_in_that_expires_while_its_long_poll_waits_gets_401_at_its_expiry(tmp_path: Path,
+                                                                                 alice: pwd.struct_passwd) -> None:
+    """Expiry moves no epoch, yet a browser sign-in that expires while its long-poll waits (``live_wait_s`` 300 s)
+    gets 401 within seconds of its expiry, not at the end of the wait: the waiter checks its sign-in in the store
+    again when the cached entry goes stale, which is at the sign-in's expiry at the latest."""
+    server = Server(tmp_path / "data", config_text="[server]\nlive_wait_s = 300\n").start()
+    try:
+        with contextlib.closing(page_client(server, server.token(alice.pw_name))) as client:
+            store = Store(f"sqlite:///{server.data_dir / 'workbench.db'}")
+            try:
+                expires = utcnow() + timedelta(seconds=EXPIRES_IN_S)
+                with store.session() as db:  # this server's only sign-in: the one of this client
+                    db.execute(sa.update(BrowserSession).values(expires=expires))
+            finally:
+                store.dispose()
+            version = client.get("/live/sessions", headers=page_headers(client)).json()["version"]
+            answer: list[tuple[httpx.Response, datetime]] = []
+            waiting = threading.Thread(target=lambda: answer.append((client.get(
+                "/live/sessions", params={"version": version}, headers=page_headers(client), timeout=120),
+                utcnow())))
+            waiting.start()
+            waiting.join(EXPIRES_IN_S + 30)  # a tenth of the wait it was given
+            assert not waiting.is_alive(), "the expired sign-in's long-poll still waits"
+        refused, at = answer[0]
+        assert refused.status_code == 401 and "expired" in refused.json()["error"]["message"], refused.text
+        assert at >= expires, (at, expires)  # not before: it waited while the sign-in held
     finally:
         server.stop()
 

@@ -64,6 +64,13 @@ class Credentials:
     def caller(self, services: Services) -> Principal:
         return services.signin.rpc_caller(self.authorization, self.rpc_cookie, self.page_cookie)
 
+    def expiry_check_at(self, services: Services) -> float | None:
+        """For a page's sign-in (the only credential that expires): when its cached entry goes stale
+        (``time.monotonic()``), by the sign-in's expiry at the latest. None for anything else, or if not cached."""
+        if not self.page_cookie or self.rpc_cookie or parse_authorization(self.authorization) is not None:
+            return None
+        return services.signin.cookie_fresh_until(self.page_cookie)
+
 
 def credentials(request: Request) -> Credentials:
     """The request's credentials. The sign-in cookie counts only for a call of one of our pages: one that

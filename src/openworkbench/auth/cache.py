@@ -40,6 +40,12 @@ class PrincipalCache:
             return None
         return entry.principal
 
+    def fresh_until(self, key: str) -> float | None:
+        """When the entry of ``key`` goes stale (``time.monotonic()``), from memory alone: no epoch read. None: no
+        entry."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry.fresh_until
+
     def begin(self) -> int | None:
         """The epoch to hand to ``put`` after the store look-up: read it before the look-up starts."""
         return self.epoch.current()

@@ -100,6 +100,12 @@ class SignIn:
         cache = self.accounts.cache
         return cache.get(COOKIE_KEY + hash_token(cookie)) if cache else None
 
+    def cookie_fresh_until(self, cookie: str) -> float | None:
+        """When the cached sign-in of ``cookie`` goes stale (``time.monotonic()``: by its expiry at the latest),
+        from memory alone; None when it is not cached."""
+        cache = self.accounts.cache
+        return cache.fresh_until(COOKIE_KEY + hash_token(cookie)) if cache else None
+
     def rpc_caller(self, authorization: str | None, session_cookie: str | None,
                    page_cookie: str | None = None) -> Principal:
         """The caller of an RPC: the Authorization header first, then a session's RPC cookie, then the sign-in

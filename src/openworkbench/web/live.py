@@ -7,13 +7,15 @@ user's version is not ``v``, else when a commit changes one of their sessions (s
 cookie with the CSRF header), checked from the sign-in cache on arrival and again before answering. A
 sign-in revoked while the request waits gets 401, not the list, within about ``REVOCATION_CHECK_S``: each
 waiter looks at the auth epoch that often (one read per process, however many wait) and checks its own
-credentials again only when the epoch moved. A client that goes away while it waits ends the wait at once:
-its waiter, its tasks and its connection go with it.
+credentials again only when the epoch moved, or when a page sign-in's cache entry went stale: a sign-in that
+expires while it waits gets 401 within a second of its expiry too. A client that goes away while it waits ends the wait
+at once: its waiter, its tasks and its connection go with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -66,18 +68,23 @@ async def _until_disconnected(receive: Receive) -> None:
 
 async def _until_refused(services: Services, creds: Credentials, access: EpochSample, seen: int | None) -> None:
     """Returns once the credentials are refused: looked at again each time anyone's access has changed since
-    ``seen``, the sample taken before they were last checked (a later one could already hold a revocation)."""
+    ``seen``, the sample taken before they were last checked (a later one could already hold a revocation), and
+    when a page sign-in's cache entry goes stale (by the sign-in's expiry at the latest; tokens do not expire)."""
+    stale_at = creds.expiry_check_at(services)
     while True:
         await asyncio.sleep(REVOCATION_CHECK_S)
-        if (now := access.current()) == seen:
+        due = stale_at is not None and time.monotonic() >= stale_at
+        if (now := access.current()) == seen and not due:
             continue
         seen = now
         try:
-            await caller(services, creds)  # the epoch moved: not from memory, from the store
+            await caller(services, creds)  # the epoch moved or the entry went stale: from the store
         except (Unauthenticated, PermissionDenied):
             return
         except StoreError:
-            continue  # the store is away: this wait goes on; its answer checks again
+            stale_at = None  # the store is away: this wait goes on, on the epoch alone; its answer checks again
+            continue
+        stale_at = creds.expiry_check_at(services)
 
 
 async def wait_or_leave(services: Services, request: Request, principal: Principal, known: str,
