@@ -175,6 +175,7 @@ def test_a_sign_in_that_expires_while_its_long_poll_waits_gets_401_at_its_expiry
     server = Server(tmp_path / "data", config_text="[server]\nlive_wait_s = 300\n").start()
     try:
         with contextlib.closing(page_client(server, server.token(alice.pw_name))) as client:
+            version = client.get("/live/sessions", headers=page_headers(client)).json()["version"]
             store = Store(f"sqlite:///{server.data_dir / 'workbench.db'}")
             try:
                 expires = utcnow() + timedelta(seconds=EXPIRES_IN_S)
@@ -182,7 +183,6 @@ def test_a_sign_in_that_expires_while_its_long_poll_waits_gets_401_at_its_expiry
                     db.execute(sa.update(BrowserSession).values(expires=expires))
             finally:
                 store.dispose()
-            version = client.get("/live/sessions", headers=page_headers(client)).json()["version"]
             answer: list[tuple[httpx.Response, datetime]] = []
             waiting = threading.Thread(target=lambda: answer.append((client.get(
                 "/live/sessions", params={"version": version}, headers=page_headers(client), timeout=120),
