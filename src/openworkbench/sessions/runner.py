@@ -319,7 +319,9 @@ class SessionRunner:
             return
         stopping = SessionState.SUSPENDING if suspend else SessionState.SHUTTING_DOWN
         if row.state != stopping:  # already so when a restart finishes the stop (states.ON_RESTART)
-            await self.transition(session_id, stopping, "force stop requested" if force else "stop requested")
+            # The row as the move left it: another replica's start may have recorded its IDE job since the load,
+            # and this stop must end it. (A start that records its job after the move fails to, and kills it.)
+            row = await self.transition(session_id, stopping, "force stop requested" if force else "stop requested")
         ide, ctx = self.ide(row.workbench), self.context(row, owner)
         manifest: dict[str, Any] = {}
         if suspend and not force:
