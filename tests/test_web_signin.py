@@ -411,6 +411,9 @@ def timed_post(client: httpx.Client, username: str, password: str) -> tuple[http
     return response, time.monotonic() - started
 
 
+# Times the delays, and the growth between the first and the third (3 s expected, 2 s asserted): a first
+# attempt slowed by load beside it (2.6 s once, with another suite's soak test running) hides the growth.
+@pytest.mark.serial
 def test_failed_sign_ins_are_slowed_down_per_user_and_address(local_server: Server) -> None:
     name, password = f"frank{secrets.token_hex(3)}", f"pw {secrets.token_hex(6)}"
     set_pw = subprocess.run([WORKBENCH, "user", "passwd", name, "--data-dir", str(local_server.data_dir),
