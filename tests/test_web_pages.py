@@ -479,6 +479,8 @@ def test_an_admin_sees_everyones_sessions_stops_one_and_disables_a_user(
             rows.filter(has_text="alice's notebook").get_by_role("button", name="Stop").click()
             confirm(page, "Stop")
             wait_state(srv, alice_token, alices_session["id"], ("finished", "killed"), timeout=120)
+            # The page loads again to show it (the script said "stopping…"); a dialog opened meanwhile stays.
+            expect(rows.filter(has_text="alice's notebook")).to_contain_text(re.compile("finished|killed"))
 
             user_row = page.locator("#admin-users-table tbody tr", has_text=bob.pw_name)
             user_row.get_by_role("button", name="Disable").click()

@@ -561,6 +561,13 @@ async function startJob() {
 }
 
 // -- Admin: stop or force quit anyone's session or job ------------------------------------------------------------
+// The page shows the stop's outcome by loading again, but not while a confirmation is open: that would drop the
+// admin's next action half-way (Disable clicked right after a Stop).
+function reloadUnlessAsking() {
+  if (document.querySelector("dialog[open]")) setTimeout(reloadUnlessAsking, 500);
+  else location.reload();
+}
+
 function startAdmin(table) {
   table.closest("main").addEventListener("click", async (event) => {
     const button = event.target.closest("button[data-action]");
@@ -575,7 +582,7 @@ function startAdmin(table) {
       else await api("stop_session", { session_ids: button.dataset.session, force_quit: kind === "kill" });
       const badge = button.closest("tr").querySelector(".badge");
       badge.textContent = "stopping…";
-      setTimeout(() => location.reload(), 1500);
+      setTimeout(reloadUnlessAsking, 1500);
     } catch (e) {
       alert(e.message);
     }
