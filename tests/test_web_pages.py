@@ -482,6 +482,18 @@ def test_an_admin_sees_everyones_sessions_stops_one_and_disables_a_user(
             # The page loads again to show it (the script said "stopping…"); a dialog opened meanwhile stays.
             expect(rows.filter(has_text="alice's notebook")).to_contain_text(re.compile("finished|killed"))
 
+            # A job that takes 3 s to stop: the page follows it to its end, past the 1.5 s it once gave a stop.
+            slow = srv.rpc("launch_job", bob_token, job={
+                "name": "bob's slow stopper", "command": "trap 'sleep 3; exit 0' TERM; sleep 600 & wait"})["job"]
+            srv.wait_job(bob_token, slow["id"], ("Running",), timeout=60)
+            page.goto(srv.url + "/admin")
+            job_row = page.locator("#admin-jobs-table tbody tr", has_text="bob's slow stopper")
+            job_row.get_by_role("button", name="Stop").click()
+            confirm(page, "Stop")
+            expect(job_row).to_contain_text("stopping…")
+            expect(job_row).to_contain_text(re.compile("Finished|Killed|Canceled|Failed"), timeout=30_000)
+            expect(job_row.get_by_role("button", name="Stop")).to_have_count(0)  # the loaded page: nothing to stop
+
             user_row = page.locator("#admin-users-table tbody tr", has_text=bob.pw_name)
             user_row.get_by_role("button", name="Disable").click()
             confirm(page, "Disable")

@@ -561,11 +561,38 @@ async function startJob() {
 }
 
 // -- Admin: stop or force quit anyone's session or job ------------------------------------------------------------
-// The page shows the stop's outcome by loading again, but not while a confirmation is open: that would drop the
-// admin's next action half-way (Disable clicked right after a Stop).
+// After a stop the page follows the session or job through the API until it has ended (a JupyterLab can take
+// many seconds to stop), showing each state on its row, and then loads again to show the whole outcome. It does
+// not load while a confirmation is open: that would drop the admin's next action half-way.
+const FOLLOW_EVERY_MS = 1000;
+const FOLLOW_FOR_MS = 120000;
+
 function reloadUnlessAsking() {
   if (document.querySelector("dialog[open]")) setTimeout(reloadUnlessAsking, 500);
   else location.reload();
+}
+
+async function stateOf(button) {
+  const owner = button.dataset.owner;
+  if (button.dataset.action === "stop-job") {
+    const job = (await api("get_session", { include_all_jobs: true, user: owner })).jobs.find((j) => j.id === button.dataset.job);
+    return job ? { state: job.status, ended: FINAL_JOB.includes(job.status) } : { state: null, ended: true };
+  }
+  const session = (await api("get_session", { session_id: button.dataset.session, user: owner })).sessions[0];
+  return session ? { state: session.activity_state, ended: FINAL_STATES.includes(session.activity_state) }
+    : { state: null, ended: true };
+}
+
+async function followThenReload(button, badge) {
+  const until = Date.now() + FOLLOW_FOR_MS;
+  while (Date.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, FOLLOW_EVERY_MS));
+    let now;
+    try { now = await stateOf(button); } catch (e) { break; } // the loaded page shows what the server has
+    if (now.state) badge.textContent = now.state;
+    if (now.ended) break;
+  }
+  reloadUnlessAsking();
 }
 
 function startAdmin(table) {
@@ -582,7 +609,7 @@ function startAdmin(table) {
       else await api("stop_session", { session_ids: button.dataset.session, force_quit: kind === "kill" });
       const badge = button.closest("tr").querySelector(".badge");
       badge.textContent = "stopping…";
-      setTimeout(reloadUnlessAsking, 1500);
+      followThenReload(button, badge);
     } catch (e) {
       alert(e.message);
     }
