@@ -54,8 +54,7 @@ def test_a_stop_ends_the_ide_job_another_replica_recorded_after_the_stop_read_th
             await runner.stop(session_id, force=False, suspend=False)
         finally:
             runner.load = read  # type: ignore[method-assign]
-        ended = await services.jobs.events.wait(job_id, FINAL_STATUSES, timeout=30)  # not left running
-        assert ended.status in FINAL_STATUSES, ended
+        await services.jobs.events.wait(job_id, FINAL_STATUSES, timeout=30)  # not left running: else JobWaitTimeout
         assert (await read(session_id))[0].state == SessionState.FINISHED
 
     try:

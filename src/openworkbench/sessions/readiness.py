@@ -70,10 +70,13 @@ async def until_ready(runner: SessionRunner, row: Session, ide: Ide, ctx: Launch
             if started is None:
                 started = time.monotonic()
                 if not resuming and row.state != SessionState.STARTING:  # an adopted start may be past it
-                    await runner.transition(row.id, SessionState.STARTING, f"job {job_id} is running")
+                    # From pending only: a stop that moved it meanwhile (another replica's) is a lost race.
+                    await runner.transition(row.id, SessionState.STARTING, f"job {job_id} is running",
+                                            expect=SessionState.PENDING)
             if await _answers(runner, ide, ctx, principal, job_id):
                 await runner.transition(row.id, SessionState.RUNNING, "the IDE answers", status_detail="",
-                                      last_used=utcnow())
+                                        last_used=utcnow(),
+                                        expect=SessionState.RESUMING if resuming else SessionState.STARTING)
                 return
             if time.monotonic() - started > timeout:
                 await runner.hooks.kill(principal, job_id)
