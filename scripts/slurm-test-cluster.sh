@@ -47,6 +47,16 @@ start() {
     cpus=$(slurmd -C | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' | head -1)
     mem=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -1)
     local port=$((20000 + RANDOM % 20000))
+    # A test holds a user's jobs between allocation (squeue says R) and their batch script by making hold/<user>:
+    # the prolog waits while it is there (60 s at most). It always exits 0: a failed prolog drains the node.
+    mkdir -p "$dir/hold"
+    cat > "$dir/prolog.sh" <<PROLOG
+#!/bin/sh
+n=0
+while [ -e "$dir/hold/\$SLURM_JOB_USER" ] && [ \$n -lt 300 ]; do sleep 0.2; n=\$((n + 1)); done
+exit 0
+PROLOG
+    chmod 755 "$dir/prolog.sh"
     cat > "$dir/slurm.conf" <<CONF
 ClusterName=owbtest
 SlurmctldHost=$node
@@ -73,6 +83,7 @@ SchedulerType=sched/backfill
 JobCompType=jobcomp/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
+Prolog=$dir/prolog.sh
 ReturnToService=2
 MinJobAge=${OWB_SLURM_MIN_JOB_AGE:-600}
 KillWait=10  # Slurm's default is 30. With 3, a TERM trap once did not write before the job ended, on a loaded CI machine

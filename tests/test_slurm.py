@@ -176,6 +176,25 @@ def test_force_quit_kills_at_once(srv: Server, token: str) -> None:
     assert text(srv, token, job["id"]) == ""  # no TERM-then-KILL round: the trap never ran
 
 
+def test_force_quit_between_allocation_and_the_batch_script_kills_it(srv: Server, token: str, user: str,
+                                                                     output_dir: Path) -> None:
+    """Slurm says R from allocation on, while the node still runs its prolog; a signal sent then finds no batch
+    script and is dropped. The test cluster's prolog holds the job there (scripts/slurm-test-cluster.sh)."""
+    hold = Path(SLURM_CONF).parent / "hold" / user
+    hold.touch()
+    try:
+        job = launch(srv, token, command="echo ran; exec sleep 600")
+        wait(srv, token, job, "Running")
+        srv.rpc("stop_job", token, job_id=job["id"], force_quit=True)
+        time.sleep(1)  # the signal has gone by now
+        assert (output_dir / job["id"] / "stdout").read_text() == ""  # held: the script has not started
+    finally:
+        hold.unlink()
+    done = wait(srv, token, job)
+    assert (done["status"], done["exitCode"]) == ("Killed", 137), done
+    assert text(srv, token, job["id"]) == ""  # the program never ran
+
+
 def test_cancel_while_pending(srv: Server, token: str, timeout_job: dict[str, Any]) -> None:
     assert srv.job(token, timeout_job["id"])["status"] == "Running"  # it holds a CPU ...
     cpus = next(lim["maxValue"] for e in srv.rpc("get_compute_envs", token)["clusters"] if e["name"] == "Slurm"

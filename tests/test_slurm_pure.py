@@ -260,6 +260,28 @@ def test_script_force_signal_kills_the_program_group_at_once(tmp_path: Path) -> 
     assert live_processes_of_group(program) == []
 
 
+def test_script_never_starts_a_program_forced_before_it_ran(tmp_path: Path) -> None:
+    """Slurm drops a signal sent while the job is allocated but its script has not started: the server's mark,
+    made before the signal, is what the script finds then."""
+    witness = tmp_path / "ran"
+    paths = write_script(tmp_path, spec(command=f"touch {witness}; sleep 60"))
+    Path(paths.force_quit).touch()
+    done = subprocess.run(["bash", paths.script], capture_output=True, timeout=10, check=False)
+    assert done.returncode == 137 and Path(paths.exit).read_text() == "137\n"
+    assert not witness.exists()
+
+
+def test_script_kills_a_program_whose_force_signal_came_while_the_script_began(tmp_path: Path) -> None:
+    """The signal before the program exists (the wrapper's first lines): the trap, set first, keeps it."""
+    paths = write_script(tmp_path, spec(command="echo ran; sleep 60"))
+    script = Path(paths.script).read_text()
+    marker = "set -m  # the program"
+    assert marker in script  # the signal lands just before the program starts
+    Path(paths.script).write_text(script.replace(marker, f"kill -{signal.SIGUSR2.name[3:]} $$; {marker}", 1))
+    done = subprocess.run(["bash", paths.script], capture_output=True, text=True, timeout=10, check=False)
+    assert done.returncode == 137 and Path(paths.exit).read_text() == "137\n"
+
+
 def live_processes_of_group(pgid: int) -> list[int]:
     found = []
     for stat_file in Path("/proc").glob("[0-9]*/stat"):

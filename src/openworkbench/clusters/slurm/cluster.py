@@ -29,6 +29,7 @@ from openworkbench.clusters.slurm.parse import (
 )
 from openworkbench.clusters.slurm.script import (
     FORCE_SIGNAL,
+    JobPaths,
     env_file,
     job_paths,
     render_script,
@@ -246,13 +247,22 @@ class SlurmCluster(Cluster):
         if not slurm_id:
             return JobState("Canceled", "Canceled before it reached Slurm")
         if force and job.status == "Running":
-            # The wrapper SIGKILLs the program's process group; Slurm's own KILL would send TERM first.
+            # The wrapper SIGKILLs the program's process group; Slurm's own KILL would send TERM first. The mark
+            # first: Slurm drops the signal if the batch script has not started yet, and the wrapper reads it then.
+            self._mark_forced(job)
             signalled = self.commands.run("scancel", ["--batch", f"--signal={FORCE_SIGNAL}", str(slurm_id)])
             if signalled.returncode == 0:
                 return None
         # Pending: Slurm drops it (Canceled). Running: SIGTERM to the program, SIGKILL after KillWait.
         self.commands.check("scancel", [str(slurm_id)])
         return None
+
+    def _mark_forced(self, job: JobRef) -> None:
+        paths = JobPaths(str(job.cluster_state.get("dir") or job_paths(self.output_dir, job.id).dir))
+        try:
+            files.mark(paths.force_quit)
+        except OSError as exc:  # the signal still goes; it alone stops a script that has started
+            log.warning("job %s: the force_quit mark could not be made: %s", job.id, exc)
 
     def close(self) -> None:
         """Nothing to release: Slurm keeps the jobs, the store keeps their ids."""

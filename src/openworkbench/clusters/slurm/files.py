@@ -11,6 +11,7 @@ a file for a symlink that the server, as root, would then read):
 | ``stdout``, ``stderr`` | user, 0600 | the job's output (made empty here); root's, 0440, once the job has ended |
 | ``status/`` | user, 0700 | where the wrapper writes ``exit`` (it needs a writable directory to rename into) |
 | ``slurm_job_id`` | server | Slurm's job id, written as soon as sbatch answers |
+| ``force_quit`` | server, empty | made by a ``force_quit`` before its signal: the wrapper does not start a marked job |
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ def make_job_dir(output_dir: str, job_dir: str, owner: Owner) -> None:
         os.makedirs(output_dir, mode=0o711, exist_ok=True)  # traversable, not listable: job ids stay private
     paths.ensure_dir(job_dir, output_dir, 0o711)
     paths.ensure_dir(os.path.join(job_dir, "status"), output_dir, 0o700, owner.uid, owner.gid)
+
+
+def mark(path: str) -> None:
+    """An empty file of the server's at ``path`` (in a job's directory, the server's own), if none is there."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except FileExistsError:
+        pass
 
 
 def remove(path: str, output_dir: str) -> None:

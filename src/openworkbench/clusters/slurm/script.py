@@ -12,7 +12,9 @@ The batch script is a small bash wrapper around the job's program. It
 - ignores SIGTERM itself once the program runs (Slurm signals the program directly on ``scancel`` or
   at the time limit; an ignored signal never cuts ``wait`` short, so the status it returns is the
   program's) and kills the program's process group at once on SIGUSR2 (``force_quit``: Slurm turns a
-  ``scancel --signal=KILL`` into a TERM-then-KILL cancel, so a real SIGKILL needs the wrapper);
+  ``scancel --signal=KILL`` into a TERM-then-KILL cancel, so a real SIGKILL needs the wrapper). It does not
+  start the program at all when the server has marked the job (``force_quit``, written before the signal):
+  Slurm drops a signal sent while a job is allocated (squeue says R) but its batch script has not started;
 - writes the program's exit status to ``<job dir>/status/exit`` (temporary file + rename), so exit codes
   are right without accounting, and exits with it.
 """
@@ -62,6 +64,10 @@ class JobPaths:
     @property
     def exit(self) -> str:
         return f"{self.dir}/status/exit"
+
+    @property
+    def force_quit(self) -> str:
+        return f"{self.dir}/force_quit"
 
     @property
     def slurm_id(self) -> str:
@@ -162,6 +168,9 @@ def render_script(job_id: str, spec: JobSpec, account: Account, paths: JobPaths,
         f"    printf '%s\\n' \"$@\" > {q(paths.exit + '.tmp')} && /bin/mv -f {q(paths.exit + '.tmp')} {q(paths.exit)}",
         "}",
         "__owb_fail() { printf 'Open Workbench: %s\\n' \"$1\" >&2; __owb_end failed \"$1\"; exit 127; }",
+        "__owb_pid= __owb_forced=",
+        f"trap '__owb_forced=1; [ -z \"$__owb_pid\" ] || kill -KILL -- \"-$__owb_pid\" 2>/dev/null' {FORCE_SIGNAL}"
+        "  # force_quit",
         "__owb_why() { if [ -e \"$1\" ]; then echo 'Permission denied'; else echo 'No such file or directory'; fi; }",
         f"cd -- {q(cwd)} 2>/dev/null ||",
         f"    __owb_fail {q(f'{cannot}: Could not change to working directory {cwd}')}\": $(__owb_why {q(cwd)})\"",
@@ -173,12 +182,14 @@ def render_script(job_id: str, spec: JobSpec, account: Account, paths: JobPaths,
         lines.append(f"type -P -- {q(argv[0])} >/dev/null || __owb_fail {q(cannot + ': No such file or directory')}")
     lines += file_size_limit(max_file_size_mb)
     lines += [
+        # Forced before its start: Slurm dropped the signal, sent while there was no batch script yet to get it.
+        f"[ ! -e {q(paths.force_quit)} ] || {{ __owb_end 137; exit 137; }}",
         "set -m  # the program gets its own process group and default signal handling",
         f"exec {' '.join(q(a) for a in argv)} < {q(stdin)} &",
-        "__owb_pid=$! __owb_forced=",
+        "__owb_pid=$!",
         "set +m",
         "trap '' TERM  # Slurm signals the program itself (scancel, time limit): stay to record how it ended",
-        f"trap '__owb_forced=1; kill -KILL -- \"-$__owb_pid\" 2>/dev/null' {FORCE_SIGNAL}  # force_quit",
+        "[ -z \"$__owb_forced\" ] || kill -KILL -- \"-$__owb_pid\" 2>/dev/null  # forced while it started",
         "exec 2>/dev/null  # bash's own job notices are not the program's output",
         "wait \"$__owb_pid\"; __owb_code=$?",
         "[ -z \"$__owb_forced\" ] || __owb_code=137  # wait was cut short by the signal; the program is SIGKILLed",
