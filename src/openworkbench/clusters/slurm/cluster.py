@@ -169,7 +169,7 @@ class SlurmCluster(Cluster):
         return parse_squeue(result.stdout)
 
     def _state_of(self, ref: JobRef, slurm_id: str, job: SlurmJob | None) -> JobState | None:
-        job_dir = str(ref.cluster_state.get("dir") or job_paths(self.output_dir, ref.id).dir)
+        job_dir = self._job_dir(ref)
         started = bool(ref.cluster_state.get("started"))
         if job is None:
             job = self._left_queue(slurm_id)
@@ -257,10 +257,13 @@ class SlurmCluster(Cluster):
         self.commands.check("scancel", [str(slurm_id)])
         return None
 
+    def _job_dir(self, ref: JobRef) -> str:
+        """Where the job's files are: the directory it was submitted with (the config may have changed since)."""
+        return str(ref.cluster_state.get("dir") or job_paths(self.output_dir, ref.id).dir)
+
     def _mark_forced(self, job: JobRef) -> None:
-        paths = JobPaths(str(job.cluster_state.get("dir") or job_paths(self.output_dir, job.id).dir))
-        try:
-            files.mark(paths.force_quit)
+        try:  # the server's own file in the server's own directory: nothing of the user's is followed
+            files.write_private(JobPaths(self._job_dir(job)).force_quit, b"", files.Owner(None, None))
         except OSError as exc:  # the signal still goes; it alone stops a script that has started
             log.warning("job %s: the force_quit mark could not be made: %s", job.id, exc)
 

@@ -64,14 +64,6 @@ def make_job_dir(output_dir: str, job_dir: str, owner: Owner) -> None:
     paths.ensure_dir(os.path.join(job_dir, "status"), output_dir, 0o700, owner.uid, owner.gid)
 
 
-def mark(path: str) -> None:
-    """An empty file of the server's at ``path`` (in a job's directory, the server's own), if none is there."""
-    try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
-    except FileExistsError:
-        pass
-
-
 def remove(path: str, output_dir: str) -> None:
     paths.remove_file(path, output_dir)
 
