@@ -520,10 +520,13 @@ async function streamOutput(pre, state) {
   }
 }
 
+async function jobOf(id, user) {
+  return (await api("get_session", { include_all_jobs: true, user: user })).jobs.find((j) => j.id === id);
+}
+
 async function refreshJob(id, user) {
   const asked = (refreshJob.asked = (refreshJob.asked || 0) + 1);
-  const result = await api("get_session", { include_all_jobs: true, user: user });
-  const job = result.jobs.find((j) => j.id === id);
+  const job = await jobOf(id, user);
   if (!job || asked !== refreshJob.asked) return; // a later answer is on its way: it wins
   const badge = document.getElementById("job-status");
   badge.textContent = job.status;
@@ -575,7 +578,7 @@ function reloadUnlessAsking() {
 async function stateOf(button) {
   const owner = button.dataset.owner;
   if (button.dataset.action === "stop-job") {
-    const job = (await api("get_session", { include_all_jobs: true, user: owner })).jobs.find((j) => j.id === button.dataset.job);
+    const job = await jobOf(button.dataset.job, owner);
     return job ? { state: job.status, ended: FINAL_JOB.includes(job.status) } : { state: null, ended: true };
   }
   const session = (await api("get_session", { session_id: button.dataset.session, user: owner })).sessions[0];
