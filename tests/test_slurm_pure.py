@@ -31,6 +31,7 @@ from openworkbench.clusters.slurm.parse import (
     parse_squeue,
 )
 from openworkbench.clusters.slurm.script import (
+    FORCE_SIGNAL,
     JobPaths,
     Request,
     env_file,
@@ -277,7 +278,7 @@ def test_script_kills_a_program_whose_force_signal_came_while_the_script_began(t
     script = Path(paths.script).read_text()
     marker = "set -m  # the program"
     assert marker in script  # the signal lands just before the program starts
-    Path(paths.script).write_text(script.replace(marker, f"kill -{signal.SIGUSR2.name[3:]} $$; {marker}", 1))
+    Path(paths.script).write_text(script.replace(marker, f"kill -{FORCE_SIGNAL} $$; {marker}", 1))
     done = subprocess.run(["bash", paths.script], capture_output=True, text=True, timeout=10, check=False)
     assert done.returncode == 137 and Path(paths.exit).read_text() == "137\n"
 
